@@ -1,0 +1,245 @@
+"""The ``pspnet`` command: one verb per job, thin handlers, lazy imports.
+
+Every handler turns its flags into library calls. User errors (bad flags, bad files, bad data)
+become one ``error: ...`` line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+EPILOG = """examples:
+  pspnet demo                                      # train PSPNet + FCN on generated scenes, report
+  pspnet list-models
+  pspnet zoo                                       # public weights, sources, reported mIoU
+  pspnet zoo --download mmseg_pspnet_r50_ade20k
+  pspnet convert train_epoch_100.pth weights/pspnet50_ade20k --classes-file ade20k.txt
+  pspnet info weights/pspnet50_ade20k
+  pspnet predict --weights weights/pspnet50_ade20k photo.jpg photos/ --out masks/
+  pspnet data check --data-root data/camvid --list data/camvid/train.txt --num-classes 11
+"""
+
+
+def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--set key=value`` for model options (values parsed as YAML)."""
+    import yaml
+
+    from pspnet.config import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must look like key=value (e.g. align_corners=true)")
+        k, v = item.split("=", 1)
+        out[k.strip().removeprefix("model.")] = yaml.safe_load(v)
+    return out
+
+
+def _read_names(path: str | None) -> tuple[str, ...] | None:
+    """Class names from a file: one name a line, or CamVid's ``index<TAB>name<TAB>R G B``."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--classes-file {p} does not exist")
+    names = []
+    for line in p.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            parts = line.split("\t")
+            names.append(parts[1].strip() if len(parts) >= 2 and parts[0].strip().isdigit()
+                         else line.strip())
+    return tuple(names)
+
+
+# --------------------------------------------------------------------------------------------
+# Handlers
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from pspnet.models.zoo import MODELS
+
+    for name, spec in MODELS.items():
+        print(f"{name:<12} {spec.description}")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from pspnet import hub
+
+    if args.download:
+        path = hub.fetch(args.download, allow_unverified=args.allow_unverified)
+        print(path)
+        return 0
+    print(f"{'name':<30} {'arch':<10} {'data':<10} {'mIoU':>6}  source")
+    for e in hub.ZOO.values():
+        miou = f"{e.miou:.2f}" if e.miou is not None else "-"
+        print(f"{e.name:<30} {e.arch:<10} {e.dataset:<10} {miou:>6}  {e.source}")
+        if args.verbose:
+            print(f"    protocol: {e.protocol}")
+            for u, h in zip(e.urls, e.sha256):
+                print(f"    {u}  sha256:{h or 'unpublished'}")
+            if e.notes:
+                print(f"    note: {e.notes}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from pspnet.checkpoint import convert, load_model
+
+    out = convert(
+        args.src,
+        args.dst,
+        arch=args.arch,
+        num_classes=args.num_classes,
+        classes=_read_names(args.classes_file),
+        **_parse_overrides(args.set),
+    )
+    model = load_model(out)
+    print(f"wrote {out} ({model.config.arch}, {model.config.num_classes} classes, "
+          f"source {model.meta.source})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from pspnet.checkpoint import load_model
+    from pspnet.config import to_dict
+
+    model = load_model(args.path, args.arch, args.num_classes, **_parse_overrides(args.set))
+    n = sum(p.numel() for p in model.parameters())
+    doc = {"parameters": n, **to_dict(model.meta)}
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from pspnet.data.check import check_dataset
+    from pspnet.data.datasets import (
+        folder_samples,
+        get_dataset_spec,
+        list_file_samples,
+        make_label_map,
+    )
+
+    spec = get_dataset_spec(args.dataset) if args.dataset else None
+    if args.list:
+        samples = list_file_samples(args.data_root, args.list)
+    elif args.images and args.labels:
+        samples = folder_samples(args.images, args.labels)
+    elif spec is not None:
+        samples = spec.find_samples(args.data_root, args.split)
+    else:
+        from pspnet.config import ConfigError
+
+        raise ConfigError("give --list FILE, or --images DIR --labels DIR, or --dataset NAME")
+    num_classes = args.num_classes or (spec.num_classes if spec else None)
+    if num_classes is None:
+        from pspnet.config import ConfigError
+
+        raise ConfigError("--num-classes is required for a list file or folders")
+    label_map = make_label_map(args.label_map or (spec.label_map if spec else None))
+    report = check_dataset(samples, num_classes, args.ignore_index, label_map,
+                           args.max_pixels, progress=not args.quiet,
+                           class_names=_read_names(args.classes_file)
+                           or (spec.class_names if spec else None))
+    print(report.format())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pspnet",
+        description="PSPNet: train, evaluate, predict, convert and export scene-parsing models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("list-models", help="list the registered architectures")
+    s.set_defaults(func=cmd_list_models)
+
+    s = sub.add_parser("zoo", help="list public weights; --download one (hash-checked)")
+    s.add_argument("--download", metavar="NAME")
+    s.add_argument("--allow-unverified", action="store_true",
+                   help="accept an entry with no published SHA-256 (prints the digest)")
+    s.add_argument("-v", "--verbose", action="store_true", help="show URLs, hashes, protocols")
+    s.set_defaults(func=cmd_zoo)
+
+    s = sub.add_parser("convert", help="convert a semseg/mmseg/mit-semseg file to our format")
+    s.add_argument("src", help="foreign checkpoint (.pth) or mit-semseg directory")
+    s.add_argument("dst", help="output directory (model.safetensors + config.json)")
+    s.add_argument("--arch", help="architecture (inferred from the file when omitted)")
+    s.add_argument("--num-classes", type=int, help="checked against the file")
+    s.add_argument("--classes-file", help="class names, one a line (or CamVid classes.txt)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="model options, e.g. align_corners=true")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("info", help="describe a weight directory or checkpoint")
+    s.add_argument("path")
+    s.add_argument("--arch")
+    s.add_argument("--num-classes", type=int)
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_info)
+
+    data = sub.add_parser("data", help="data set tools")
+    dsub = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    s = dsub.add_parser("check", help="scan a data set for problems before training")
+    s.add_argument("--data-root", default=".", help="root the list file's paths are relative to")
+    s.add_argument("--list", help="list file: 'image label' per line (or CamVid-style names)")
+    s.add_argument("--images", help="image folder (paired with --labels by file stem)")
+    s.add_argument("--labels", help="label folder")
+    s.add_argument("--dataset", help="named layout: camvid, ade20k, voc2012, cityscapes")
+    s.add_argument("--split", default="train")
+    s.add_argument("--num-classes", type=int)
+    s.add_argument("--classes-file")
+    s.add_argument("--ignore-index", type=int, default=255)
+    s.add_argument("--label-map", help="reduce_zero_label (ADE20K), cityscapes_label_ids, none")
+    s.add_argument("--max-pixels", type=int, default=120_000_000)
+    s.add_argument("--json", help="also write the report as JSON here")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_data_check)
+    data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pspnet`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - mapped to one line below
+        if args.debug or not _is_user_error(e):
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """Errors caused by input (flags, files, data), as opposed to bugs in pspnet."""
+    return isinstance(e, (ValueError, FileNotFoundError, KeyError, PermissionError,
+                          IsADirectoryError, NotADirectoryError))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,574 @@
+"""Safe reading of images, label maps and list files.
+
+Everything that turns bytes on disk into arrays goes through this module, so the rules are in one
+place:
+
+* Only allow-listed formats are decoded (:data:`IMAGE_EXTENSIONS`, checked against the format
+  Pillow *detects*, not only the file name), so a renamed text file or an exotic format never
+  reaches a decoder we did not plan for.
+* A pixel limit of our own (``max_pixels``) refuses decompression bombs before any pixel is
+  decoded; Pillow's own bomb error/warning is turned into the same :class:`DataError`.
+* Truncated or corrupt files raise :class:`DataError`. We never rely on Pillow's global
+  ``ImageFile.LOAD_TRUNCATED_IMAGES`` (another library in the process may have set it to True, in
+  which case Pillow pads missing rows with grey); PNG and JPEG files are additionally checked for
+  their end marker.
+* Labels are decoded as the integers that are stored: palette images give their palette
+  *indices*, never their luminance (``convert("L")`` of a VOC label would give garbage classes).
+* Pixels are returned as stored: EXIF orientation is reported (:func:`exif_orientation`) but not
+  applied. Label PNGs carry no EXIF, so rotating only the photo would misalign it with its label.
+
+This module imports only the standard library, numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DataError",
+    "MissingDataFileError",
+    "OversizedImageError",
+    "LabelFormatError",
+    "Sample",
+    "IMAGE_EXTENSIONS",
+    "DEFAULT_MAX_PIXELS",
+    "open_image",
+    "read_image",
+    "read_label",
+    "decode_label",
+    "exif_orientation",
+    "image_size",
+    "read_list_file",
+]
+
+#: File name extensions we accept for images and labels (lower case, with the dot).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+)
+
+#: Pillow format names matching :data:`IMAGE_EXTENSIONS`. MPO is how Pillow names the JPEGs
+#: many phone cameras write (a JPEG with an extra preview image); it decodes as a JPEG.
+_ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+_ALLOWED_DETECTED: frozenset[str] = frozenset(_ALLOWED_FORMATS) | {"MPO"}
+
+#: Formats whose compression changes pixel values: never acceptable for labels.
+_LOSSY_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO"})
+
+#: Default limit on width*height of any image or label we decode (120 megapixels: a 12000x10000
+#: aerial tile still passes; a 50000x50000 "image" that decodes to 7.5 GB does not).
+DEFAULT_MAX_PIXELS: int = 120_000_000
+
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+class DataError(ValueError):
+    """A data file (image, label, list file) is missing, unreadable or has invalid content.
+
+    The message always names the file, the offending value and how to fix it.
+    """
+
+
+class MissingDataFileError(DataError, FileNotFoundError):
+    """A file named by a list file or a data set layout does not exist.
+
+    It is both a :class:`DataError` and a :class:`FileNotFoundError`, so callers may catch either.
+    """
+
+
+class OversizedImageError(DataError):
+    """An image has more pixels than the decompression-bomb limit allows."""
+
+
+class LabelFormatError(DataError):
+    """A label file decodes, but not to class indices (colour-coded, lossy, or float)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its label file.
+
+    Attributes:
+        image: Path of the image file.
+        label: Path of the label file, or None when the split has no labels (e.g. a test split).
+        name: Short unique name used in reports and prediction file names.
+    """
+
+    image: Path
+    label: Path | None
+    name: str
+
+
+# --------------------------------------------------------------------------------------------
+# Opening files.
+
+
+def _pixel_limit_fix(max_pixels: int) -> str:
+    return (
+        f"if the file is genuine, raise the limit with --max-pixels (now {max_pixels:,}); "
+        "otherwise remove it from the data set"
+    )
+
+
+def _pillow_bomb_error(path: Path, err: Exception, max_pixels: int) -> OversizedImageError:
+    m = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(err))
+    pixels = int(m.group(1)) if m else None
+    if pixels is not None and pixels > max_pixels:
+        return OversizedImageError(
+            f"{path}: image has {pixels:,} pixels, above the limit of {max_pixels:,} (a guard "
+            "against decompression bombs); " + _pixel_limit_fix(max_pixels)
+        )
+    count = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    pil_limit = f" of {int(m.group(2)):,} pixels" if m else ""
+    return OversizedImageError(
+        f"{path}: image has {count}; --max-pixels ({max_pixels:,}) allows it but Pillow's own "
+        f"decompression-bomb limit{pil_limit} (PIL.Image.MAX_IMAGE_PIXELS) refuses it; raise "
+        "PIL.Image.MAX_IMAGE_PIXELS in the calling program, or downscale the file"
+    )
+
+
+def open_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Open, check and fully decode an image file.
+
+    Args:
+        path: The file to read.
+        max_pixels: Refuse images with more than this many pixels (width * height) before
+            decoding them, to stop decompression bombs.
+
+    Returns:
+        The decoded Pillow image in the mode it was stored in (not converted), with its
+        ``format`` attribute and EXIF data available. It was decoded from an in-memory copy,
+        so no file handle stays open.
+
+    Raises:
+        MissingDataFileError: The file does not exist.
+        DataError: The extension or detected format is not allowed, the image is too large, or
+            the file is truncated or corrupt.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise DataError(
+            f"{p}: extension {p.suffix or '(none)'!r} is not an allowed image format; "
+            f"convert it to one of {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        )
+    try:
+        # Read the bytes once: Pillow decodes from memory and we can check end markers below.
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise MissingDataFileError(
+            f"{p}: file does not exist; check the data root and the file name"
+        ) from None
+    except IsADirectoryError:
+        raise DataError(f"{p}: is a directory, not an image file; fix the path") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot be read ({e.strerror or e}); check its permissions") from None
+
+    try:
+        im = Image.open(io.BytesIO(data), formats=_ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow's own process-wide limit fired first (as an error, or as a warning the user
+        # turned into one). Say which limit it was: --max-pixels cannot lift Pillow's.
+        raise _pillow_bomb_error(p, e, max_pixels) from None
+    except UnidentifiedImageError:
+        raise DataError(
+            f"{p}: not an image, or not in an allowed format "
+            f"({', '.join(_ALLOWED_FORMATS)}); re-save it as PNG (labels) or JPEG/PNG (photos) "
+            "or remove it from the data set"
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a malformed header can fail anywhere in a plugin
+        raise DataError(f"{p}: corrupt image header ({e}); re-export or remove the file") from None
+
+    if im.format not in _ALLOWED_DETECTED:  # defensive: `formats=` should already ensure this
+        raise DataError(
+            f"{p}: detected format {im.format} is not allowed; convert it to PNG or JPEG"
+        )
+    width, height = im.size
+    pixels = width * height
+    if pixels > max_pixels:
+        raise OversizedImageError(
+            f"{p}: image is {width}x{height} = {pixels:,} pixels, above the limit of "
+            f"{max_pixels:,} (a guard against decompression bombs); " + _pixel_limit_fix(max_pixels)
+        )
+    try:
+        im.load()
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - corrupt data can fail anywhere inside a decoder
+        raise DataError(
+            f"{p}: truncated or corrupt {im.format} file ({e}); re-download or re-export it"
+        ) from None
+    _check_complete(p, im.format, data)
+    return im
+
+
+def _check_complete(path: Path, fmt: str, data: bytes) -> None:
+    """Reject PNG/JPEG files whose end marker is missing.
+
+    Pillow raises on truncation only while ``ImageFile.LOAD_TRUNCATED_IMAGES`` is False, a
+    process-wide flag any imported library may flip. These cheap structural checks keep truncated
+    files out regardless of that flag.
+    """
+    if fmt == "PNG":
+        # Every complete PNG ends with an IEND chunk, whose CRC is the constant AE 42 60 82.
+        ok = data.rfind(b"IEND\xaeB`\x82") != -1
+    elif fmt in ("JPEG", "MPO"):
+        # 0xFF bytes inside entropy-coded data are stuffed (FF 00), so FF D9 (end of image) can
+        # only be a marker. An EXIF thumbnail has its own FF D9, but it comes before the main
+        # image's start-of-scan (FF DA); a complete file has an FF D9 after its last FF DA.
+        ok = data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
+    else:
+        return
+    if not ok:
+        raise DataError(
+            f"{path}: truncated {fmt} file (its end marker is missing); re-download or "
+            "re-export it"
+        )
+
+
+def exif_orientation(path: str | os.PathLike[str] | Image.Image) -> int:
+    """Return the EXIF orientation tag of an image (1 = upright, no rotation stored).
+
+    Only the header is parsed; no pixels are decoded.
+
+    Args:
+        path: The image file, or an already opened image (e.g. from :func:`open_image`).
+
+    Returns:
+        An int in 1..8 (see the EXIF standard); 1 when the file has no (valid) tag.
+
+    Raises:
+        MissingDataFileError: The file does not exist.
+        DataError: The file is not an allowed image.
+    """
+    if isinstance(path, Image.Image):
+        return _orientation_of(path)
+    p = Path(path)
+    try:
+        with Image.open(p, formats=_ALLOWED_FORMATS) as im:
+            return _orientation_of(im)
+    except FileNotFoundError:
+        raise MissingDataFileError(
+            f"{p}: file does not exist; check the data root and the file name"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # The header is fine and only the pixel count is large: EXIF is still irrelevant here,
+        # the size is refused (with the full message) when the pixels are read.
+        return 1
+    except UnidentifiedImageError:
+        raise DataError(
+            f"{p}: not an image, or not in an allowed format ({', '.join(_ALLOWED_FORMATS)})"
+        ) from None
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Return (width, height) of an allowed image from its header, without decoding pixels.
+
+    Args:
+        path: The image file.
+
+    Raises:
+        MissingDataFileError: The file does not exist.
+        DataError: The file is not an allowed image.
+    """
+    p = Path(path)
+    try:
+        with Image.open(p, formats=_ALLOWED_FORMATS) as im:
+            return im.size
+    except FileNotFoundError:
+        raise MissingDataFileError(
+            f"{p}: file does not exist; check the data root and the file name"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise OversizedImageError(
+            f"{p}: Pillow refuses this image as a possible decompression bomb ({e}); "
+            "downscale the file or remove it from the data set"
+        ) from None
+    except UnidentifiedImageError:
+        raise DataError(
+            f"{p}: not an image, or not in an allowed format ({', '.join(_ALLOWED_FORMATS)})"
+        ) from None
+
+
+def _orientation_of(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block only means "no orientation known"
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+# --------------------------------------------------------------------------------------------
+# Images.
+
+
+def _owned(arr: np.ndarray, dtype: type) -> np.ndarray:
+    """A C-contiguous, writable array of ``dtype``.
+
+    ``np.asarray(pil_image)`` is a read-only view; transforms may write in place and torch warns
+    on read-only arrays, so copy when (and only when) needed.
+    """
+    return np.require(arr, dtype=dtype, requirements=["C", "W"])
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a photo as an RGB array, pixels as stored.
+
+    EXIF orientation is *not* applied: label files carry no EXIF tag, so rotating the photo
+    alone would misalign it with its label. Use :func:`exif_orientation` (or ``pspnet check``)
+    to find such files.
+
+    Grayscale, palette, RGBA (alpha dropped, not composited), CMYK and 16-bit grayscale (scaled
+    to 8 bits) images are converted to RGB.
+
+    Args:
+        path: The image file.
+        max_pixels: Refuse images with more than this many pixels.
+
+    Returns:
+        A C-contiguous ``uint8`` array of shape (H, W, 3), RGB order.
+
+    Raises:
+        DataError: See :func:`open_image`; also for float images, which have no defined 0..255
+            scale.
+    """
+    im = open_image(path, max_pixels=max_pixels)
+    mode = im.mode
+    if mode == "RGB":
+        arr = np.asarray(im)
+    elif mode.startswith("I;16") or mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise DataError(
+                f"{path}: {mode} image has values outside 0..65535; convert it to 8-bit RGB"
+            )
+        # 16-bit to 8-bit by the top byte (what image viewers show), not by clipping at 255.
+        gray = (values >> 8).astype(np.uint8)
+        arr = np.repeat(gray[:, :, None], 3, axis=2)
+    elif mode == "F":
+        raise DataError(
+            f"{path}: floating-point image (mode F) has no defined colour scale; "
+            "convert it to 8-bit RGB"
+        )
+    else:
+        # L, LA, P, PA, 1, RGBA, RGBX, CMYK, YCbCr, ...: Pillow's conversion is well-defined.
+        arr = np.asarray(im.convert("RGB"))
+    return _owned(arr, np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Labels.
+
+_INDEX_MODES = ("P", "L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def decode_label(
+    im: Image.Image, path: str | os.PathLike[str], *, allow_rgb: bool = False
+) -> np.ndarray:
+    """Turn an opened label image into its stored integer values.
+
+    Args:
+        im: A loaded image, e.g. from :func:`open_image`.
+        path: The file it came from (for messages).
+        allow_rgb: Return (H, W, 3) uint8 colours for RGB/RGBA labels instead of refusing them;
+            for colour-coded data sets read through a :class:`~pspnet.data.datasets.ColorToIndex`.
+
+    Returns:
+        (H, W) array: ``uint8`` for P (palette *indices*), L and 1 (0/1) images, ``uint16`` for
+        16-bit images, ``int32`` for 32-bit integer images. With ``allow_rgb`` and an RGB(A)
+        label, (H, W, 3) ``uint8``.
+
+    Raises:
+        DataError: Colour-coded labels (unless ``allow_rgb``), lossy (JPEG) labels, or modes that
+            hold no integer class values.
+    """
+    mode = im.mode
+    if im.format in _LOSSY_FORMATS:
+        raise LabelFormatError(
+            f"{path}: label stored as JPEG; JPEG compression changes pixel values along class "
+            "borders, so labels must be lossless: export the original labels as PNG"
+        )
+    if mode == "P":
+        # The palette indices *are* the classes (VOC, many tools). convert("L") would return
+        # the luminance of the palette colours instead.
+        return _owned(np.asarray(im), np.uint8)
+    if mode in ("L", "1"):
+        return _owned(np.asarray(im), np.uint8)
+    if mode in ("LA", "PA"):
+        # Editors (GIMP) add an alpha channel on export; the class is in the first channel.
+        return _owned(np.asarray(im)[:, :, 0], np.uint8)
+    if mode.startswith("I;16"):
+        # Native byte order: Pillow gives big-endian arrays for I;16B.
+        return np.asarray(im).astype(np.uint16)
+    if mode == "I":
+        return np.asarray(im).astype(np.int32)
+    if mode in ("RGB", "RGBA", "RGBX"):
+        rgb = np.asarray(im.convert("RGB"))
+        if allow_rgb:
+            return _owned(rgb, np.uint8)
+        r, g, b = rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2]
+        if np.array_equal(r, g) and np.array_equal(r, b):
+            raise LabelFormatError(
+                f"{path}: label is stored as {mode} but all three channels are equal, so it is "
+                "a grayscale label saved as colour; re-save it as a single-channel (mode L) "
+                "or palette PNG"
+            )
+        raise LabelFormatError(
+            f"{path}: label is a colour-coded {mode} image; labels must hold class indices. "
+            "Pass the data set's colour map (classes file with index and R G B; ColorToIndex) "
+            "or convert the labels to single-channel index PNGs"
+        )
+    raise LabelFormatError(
+        f"{path}: label image mode {mode!r} holds no integer class values; labels must be "
+        "palette (P), 8-bit (L) or 16-bit grayscale PNGs"
+    )
+
+
+def read_label(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_rgb: bool = False,
+) -> np.ndarray:
+    """Read a label image as the integers stored in it (never as luminance).
+
+    Decoding by mode: ``P`` gives the palette indices, ``L`` its values, ``I;16*``/``I`` their
+    integer values, ``1`` gives 0/1. RGB/RGBA labels are refused (they are colour-coded) unless
+    ``allow_rgb`` is set.
+
+    Args:
+        path: The label file.
+        max_pixels: Refuse labels with more than this many pixels.
+        allow_rgb: Return colour labels as (H, W, 3) uint8 (for ``ColorToIndex``).
+
+    Returns:
+        See :func:`decode_label`.
+
+    Raises:
+        DataError: See :func:`open_image` and :func:`decode_label`.
+    """
+    return decode_label(open_image(path, max_pixels=max_pixels), path, allow_rgb=allow_rgb)
+
+
+# --------------------------------------------------------------------------------------------
+# List files.
+
+#: Resolves a sample name (one-token list line) to (image path, label path or None).
+NameResolver = Callable[[str], tuple[Path, Path | None]]
+
+
+def _resolve_listed(root: Path, token: str) -> Path:
+    """Resolve a path written in a list file.
+
+    Relative paths are relative to ``root``. DeepLab-style lists write ``/JPEGImages/x.jpg``,
+    meaning "relative to the data root"; such a path is used as absolute only if it exists.
+    """
+    p = Path(token)
+    if p.is_absolute():
+        if p.exists():
+            return p
+        return root / token.lstrip("/\\")
+    return root / p
+
+
+def read_list_file(
+    path: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    *,
+    resolver: NameResolver | None = None,
+    check_exists: bool = True,
+) -> list[Sample]:
+    """Read a list file of samples.
+
+    Each non-empty line is either ``image_path label_path`` (the authors' format; paths relative
+    to ``root``, a leading ``/`` also meaning relative to ``root`` as in the DeepLab lists) or a
+    single sample name (CamVid, VOC ``ImageSets`` style) that ``resolver`` turns into paths.
+    Lines containing a tab are split on tabs, so paths with spaces work; otherwise on whitespace.
+    Lines starting with ``#`` are comments.
+
+    Args:
+        path: The list file.
+        root: Directory the listed paths are relative to.
+        resolver: Turns a sample name into (image, label) paths; required for one-token lines.
+        check_exists: Check that every listed file exists (one stat per file).
+
+    Returns:
+        The samples in file order. Names are the image file stems (for two-path lines) or the
+        listed names.
+
+    Raises:
+        MissingDataFileError: The list file or a listed file does not exist.
+        DataError: A malformed line (the message gives the file and line number).
+    """
+    lp = Path(path)
+    root_p = Path(root)
+    try:
+        text = lp.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
+    except FileNotFoundError:
+        raise MissingDataFileError(
+            f"list file {lp} does not exist; check the path or the data root"
+        ) from None
+    except UnicodeDecodeError:
+        raise DataError(f"list file {lp} is not UTF-8 text; is it really a list file?") from None
+
+    samples: list[Sample] = []
+    seen: dict[str, tuple[int, Path]] = {}
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        tokens = [t for t in line.split("\t") if t] if "\t" in line else line.split()
+        where = f"{lp}:{line_no}"
+        if len(tokens) == 2:
+            image, label = (_resolve_listed(root_p, t.strip()) for t in tokens)
+            name = Path(tokens[0].strip()).stem
+        elif len(tokens) == 1:
+            if resolver is None:
+                raise DataError(
+                    f"{where}: line {line!r} has a single entry (a sample name), but this list "
+                    "is read without a data set layout to resolve names; write "
+                    "`image_path label_path` lines or choose the data set (e.g. camvid)"
+                )
+            name = tokens[0]
+            try:
+                image, label = resolver(name)
+            except DataError as e:
+                raise DataError(f"{where}: {e}") from None
+        else:
+            raise DataError(
+                f"{where}: expected `image_path label_path` or a sample name, got "
+                f"{len(tokens)} entries in {line!r}; paths containing spaces must be separated "
+                "by a tab"
+            )
+        if check_exists:
+            for kind, fp in (("image", image), ("label", label)):
+                if fp is not None and not fp.is_file():
+                    raise MissingDataFileError(
+                        f"{where}: {kind} file {fp} does not exist; fix the line or the data "
+                        f"root ({root_p})"
+                    )
+        if name in seen:
+            first_line, first_image = seen[name]
+            if len(tokens) == 1 or first_image == image:
+                raise DataError(
+                    f"{where}: sample {name!r} is listed again (first on line {first_line}); "
+                    "remove the duplicate line"
+                )
+            # Same file name in another folder: names become prediction file names, so use the
+            # path (without extension) to keep them unique.
+            name = Path(tokens[0].strip().lstrip("/\\")).with_suffix("").as_posix()
+        seen[name] = (line_no, image)
+        samples.append(Sample(image=image, label=label, name=name))
+    if not samples:
+        raise DataError(f"list file {lp} lists no samples; is it the right file?")
+    return samples

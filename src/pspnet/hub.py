@@ -1,0 +1,226 @@
+"""The weight zoo: public PSPNet and ImageNet weights, with hash-checked downloads.
+
+Every entry names its source and the mIoU its source reports, with the protocol, so a user can
+check a converted model against the published number. Hashes: torchvision and OpenMMLab publish
+the first 8 hex digits of the file's SHA-256 in the file name (``...-15a8b914.pth``); we check
+that prefix (as ``torch.hub`` does with ``check_hash=True``) and record the full digest the first
+time a file is fetched. Entries without any published hash (mit-semseg) are refused unless the
+caller passes ``allow_unverified=True``, and the computed digest is then printed so it can be
+pinned. The authors' semseg weights live on Google Drive behind a confirmation page: their
+entries carry the page and the instructions instead of a URL.
+
+Nothing here runs at import time, and nothing here is called by the tests with a network URL:
+the tests exercise :func:`download` on local ``file://`` URLs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+__all__ = ["ZooEntry", "ZOO", "cache_dir", "download", "fetch", "sha256_file", "HashMismatch"]
+
+_MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/pspnet"
+_MIT = "http://sceneparsing.csail.mit.edu/model/pytorch"
+_TV = "https://download.pytorch.org/models"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One public weight file (or pair, for mit-semseg)."""
+
+    name: str
+    urls: tuple[str, ...]
+    """Direct download URLs (several for multi-file models); empty when manual download."""
+    sha256: tuple[str | None, ...]
+    """Expected SHA-256 (full or a published prefix of >= 8 hex digits) per URL; None = unknown."""
+    source: str
+    arch: str
+    num_classes: int
+    dataset: str
+    miou: float | None
+    """mIoU (percent) the source reports for these weights."""
+    protocol: str
+    """How the source measured ``miou``."""
+    notes: str = ""
+    kind: str = "segmenter"
+    """``segmenter`` (convert/load as a PSPNet) or ``backbone`` (ImageNet initialisation)."""
+
+
+def _mm(cfg: str, stamp: str, h: str) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    return (f"{_MMSEG}/{cfg}/{cfg}_{stamp}-{h}.pth",), (h,)
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry("mmseg_pspnet_r50_ade20k", *_mm("pspnet_r50-d8_512x512_80k_ade20k", "20200615_014128", "15a8b914"),
+                 "open-mmlab/mmsegmentation configs/pspnet", "pspnet50", 150, "ade20k", 41.13,
+                 "mmseg whole-image, single scale, ADE20K val, 512x512 crop training (80k iters)"),
+        ZooEntry("mmseg_pspnet_r101_ade20k", *_mm("pspnet_r101-d8_512x512_80k_ade20k", "20200614_031423", "b6e782f0"),
+                 "open-mmlab/mmsegmentation configs/pspnet", "pspnet101", 150, "ade20k", 43.57,
+                 "mmseg whole-image, single scale, ADE20K val (80k iters)"),
+        ZooEntry("mmseg_pspnet_r50_voc12aug", *_mm("pspnet_r50-d8_512x512_20k_voc12aug", "20200617_101958", "ed5dfbd9"),
+                 "open-mmlab/mmsegmentation configs/pspnet", "pspnet50", 21, "voc2012", 76.78,
+                 "mmseg whole-image, single scale, VOC 2012 val (20k iters, aug)"),
+        ZooEntry("mmseg_pspnet_r101_voc12aug", *_mm("pspnet_r101-d8_512x512_20k_voc12aug", "20200617_102003", "4aef3c9a"),
+                 "open-mmlab/mmsegmentation configs/pspnet", "pspnet101", 21, "voc2012", 78.47,
+                 "mmseg whole-image, single scale, VOC 2012 val (20k iters, aug)"),
+        ZooEntry("mmseg_pspnet_r50_cityscapes", *_mm("pspnet_r50-d8_512x1024_40k_cityscapes", "20200605_003338", "2966598c"),
+                 "open-mmlab/mmsegmentation configs/pspnet", "pspnet50", 19, "cityscapes", 77.85,
+                 "mmseg whole-image 2048x1024, single scale, Cityscapes val (40k iters)"),
+        ZooEntry("mmseg_pspnet_r101_cityscapes", *_mm("pspnet_r101-d8_512x1024_40k_cityscapes", "20200604_232751", "467e7cf4"),
+                 "open-mmlab/mmsegmentation configs/pspnet", "pspnet101", 19, "cityscapes", 78.34,
+                 "mmseg whole-image 2048x1024, single scale, Cityscapes val (40k iters)"),
+        ZooEntry("mit_pspnet50_ade20k",
+                 (f"{_MIT}/ade20k-resnet50dilated-ppm_deepsup/encoder_epoch_20.pth",
+                  f"{_MIT}/ade20k-resnet50dilated-ppm_deepsup/decoder_epoch_20.pth"),
+                 (None, None), "CSAILVision/semantic-segmentation-pytorch README", "pspnet50", 150,
+                 "ade20k", 41.26, "mit-semseg README row 'MS test: No', ADE20K val; labels are "
+                 "ADE ids - 1",
+                 notes="no published hash: pass --allow-unverified and pin the printed SHA-256"),
+        ZooEntry("semseg_pspnet50_ade20k", (), (), "hszhao/semseg README (Google Drive)",
+                 "pspnet50", 150, "ade20k", 41.89,
+                 "semseg test.py single scale with flip, base size 512, crop 473, ADE20K val",
+                 notes="download train_epoch_100.pth from the Google Drive link of the "
+                       "hszhao/semseg README, then: pspnet convert FILE OUT_DIR"),
+        ZooEntry("semseg_pspnet101_voc2012", (), (), "hszhao/semseg README (Google Drive)",
+                 "pspnet101", 21, "voc2012", 79.07,
+                 "semseg test.py single scale with flip, base size 512, crop 473, VOC 2012 val",
+                 notes="download train_epoch_50.pth from the hszhao/semseg README's Google Drive "
+                       "link, then: pspnet convert FILE OUT_DIR"),
+        ZooEntry("semseg_pspnet101_cityscapes", (), (), "hszhao/semseg README (Google Drive)",
+                 "pspnet101", 19, "cityscapes", 78.63,
+                 "semseg test.py single scale with flip, base size 2048, crop 713, Cityscapes val",
+                 notes="download train_epoch_200.pth from the hszhao/semseg README's Google Drive "
+                       "link, then: pspnet convert FILE OUT_DIR"),
+        ZooEntry("resnet18_imagenet", (f"{_TV}/resnet18-f37072fd.pth",), ("f37072fd",),
+                 "torchvision IMAGENET1K_V1", "pspnet_r18", 1000, "imagenet", None,
+                 "ImageNet top-1 69.76", kind="backbone"),
+        ZooEntry("resnet34_imagenet", (f"{_TV}/resnet34-b627a593.pth",), ("b627a593",),
+                 "torchvision IMAGENET1K_V1", "pspnet_r34", 1000, "imagenet", None,
+                 "ImageNet top-1 73.31", kind="backbone"),
+        ZooEntry("resnet50_imagenet", (f"{_TV}/resnet50-0676ba61.pth",), ("0676ba61",),
+                 "torchvision IMAGENET1K_V1", "pspnet_r50", 1000, "imagenet", None,
+                 "ImageNet top-1 76.13", kind="backbone"),
+        ZooEntry("resnet101_imagenet", (f"{_TV}/resnet101-63fe2227.pth",), ("63fe2227",),
+                 "torchvision IMAGENET1K_V1", "pspnet_r101", 1000, "imagenet", None,
+                 "ImageNet top-1 77.37", kind="backbone"),
+    ]
+}
+
+
+class HashMismatch(ValueError):
+    """A downloaded file does not have the expected SHA-256."""
+
+
+def cache_dir() -> Path:
+    """Where downloads go: ``$PSPNET_HOME`` or ``~/.cache/pspnet``."""
+    return Path(os.environ.get("PSPNET_HOME", Path.home() / ".cache" / "pspnet"))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _matches(digest: str, expected: str) -> bool:
+    e = expected.lower()
+    return len(e) >= 8 and digest.startswith(e)
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    sha256: str | None,
+    allow_unverified: bool = False,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically, verifying its SHA-256.
+
+    The file is streamed to a temporary name beside ``dest`` and renamed only after the hash
+    matched, so an interrupted or tampered download never leaves a file that looks valid.
+    An existing ``dest`` whose hash matches is reused without downloading.
+
+    Args:
+        url: ``https://``, ``http://`` or ``file://`` URL.
+        dest: Target file.
+        sha256: Expected digest, full or a prefix of at least 8 hex digits; None when unknown.
+        allow_unverified: Accept a file with no known digest (its digest is printed).
+        progress: Show a progress bar on stderr.
+        timeout: Socket timeout in seconds.
+
+    Raises:
+        HashMismatch: The digest differs (the partial file is deleted).
+        ValueError: No digest is known and ``allow_unverified`` is False.
+    """
+    dest = Path(dest)
+    if sha256 is None and not allow_unverified:
+        raise ValueError(
+            f"{url} has no published SHA-256, so its integrity cannot be checked; pass "
+            "--allow-unverified (allow_unverified=True) to accept it and pin the digest printed"
+        )
+    if dest.is_file() and sha256 and _matches(sha256_file(dest), sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            _copy(resp, out, total, progress, desc=dest.name)
+        digest = sha256_file(tmp)
+        if sha256 is not None and not _matches(digest, sha256):
+            raise HashMismatch(
+                f"{url}: SHA-256 {digest} does not match the expected {sha256}; the download is "
+                "corrupt or the file was changed upstream. Nothing was kept; try again, and "
+                "report it if it persists."
+            )
+        if sha256 is None:
+            print(f"unverified download {dest.name}: sha256 {digest}", file=sys.stderr)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _copy(src: IO[bytes], dst: IO[bytes], total: int | None, progress: bool, desc: str) -> None:
+    from tqdm import tqdm  # lazy: only downloads need it
+
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress) as bar:
+        while block := src.read(1 << 20):
+            dst.write(block)
+            bar.update(len(block))
+
+
+def fetch(name: str, *, allow_unverified: bool = False, progress: bool = True) -> Path:
+    """Download a zoo entry into the cache; returns the file (or the directory for pairs)."""
+    entry = ZOO.get(name)
+    if entry is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, ZOO, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown zoo entry {name!r}.{hint} Available: {', '.join(ZOO)}")
+    if not entry.urls:
+        raise ValueError(f"{name} cannot be downloaded automatically: {entry.notes}")
+    target = cache_dir() / name
+    files = [
+        download(u, target / u.rsplit("/", 1)[-1], sha256=h, allow_unverified=allow_unverified,
+                 progress=progress)
+        for u, h in zip(entry.urls, entry.sha256)
+    ]
+    return target if len(files) > 1 else files[0]
+

@@ -1,0 +1,1102 @@
+"""Inference on normalised image tensors: whole image, sliding window, multi-scale and flip.
+
+Every function takes any ``nn.Module`` in eval mode whose forward maps a normalised
+``(N, 3, H, W)`` float tensor to ``(N, C, h, w)`` logits, or to a dict holding them under
+``"out"`` (auxiliary outputs are ignored). Outputs smaller than the input (a stride-8 head
+without its own upsampling) are resized bilinearly to the input size. Work runs on the model's
+device; nothing here moves a model or calls ``.cuda()``.
+
+Images are expected *normalised* (``(x - mean) / std``), so padding with 0 pads with the mean
+colour, which is what the authors do (``cv2.copyMakeBorder(..., value=mean)`` before
+normalising). Because bilinear resizing is linear with weights summing to one, resizing the
+normalised tensor equals normalising the resized image (up to float rounding), so multi-scale
+inference can start from the same tensor.
+
+Main entry points:
+
+* :func:`predict_whole` - one forward pass per image batch.
+* :func:`predict_sliding` - tiles with overlap averaged by a count map, memory bounded by a band
+  of tile rows plus the (C, H, W) result.
+* :func:`predict_labels_tiled` - the same, but returns only the (H, W) argmax label map and never
+  holds a (C, H, W) score tensor (for very large images).
+* :func:`predict` - multi-scale and flip test-time augmentation; returns probabilities.
+* :data:`PROTOCOLS` - named, documented evaluation presets (the authors' ``semseg`` test script
+  and mmsegmentation's ``whole``/``slide`` modes).
+
+Imports only torch and the standard library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MULTI_SCALES",
+    "PROTOCOLS",
+    "DATASET_SETTINGS",
+    "Protocol",
+    "get_protocol",
+    "default_stride",
+    "tile_starts",
+    "rescaled_size",
+    "predict_whole",
+    "predict_sliding",
+    "predict_labels_tiled",
+    "predict",
+]
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PadMode = Literal["center", "bottom_right", "none"]
+Average = Literal["prob", "logit"]
+FlipMode = Literal["image", "crop"]
+Mode = Literal["whole", "slide"]
+
+#: The scale set of the authors' (and mmseg's) multi-scale evaluation.
+MULTI_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: Rows per block handed out by the sliding-window band (bounds temporaries to 64 x W x C).
+_YIELD_ROWS = 64
+
+
+# -------------------------------------------------------------------------------------------
+# Small helpers
+# -------------------------------------------------------------------------------------------
+
+
+def _model_device_dtype(model: nn.Module, fallback: torch.device) -> tuple[torch.device, Any]:
+    """Device of the model's first parameter/buffer and its floating dtype (if any)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        dtype = t.dtype if t.is_floating_point() else None
+        return t.device, dtype
+    # A parameter-free model (e.g. a test double) runs wherever the images are.
+    return fallback, None
+
+
+def _check_eval(model: nn.Module) -> None:
+    if model.training:
+        raise RuntimeError(
+            "the model is in training mode (dropout active, batch-norm statistics updated); "
+            "call model.eval() before inference"
+        )
+
+
+def _check_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(
+            f"images must be a normalised (N, 3, H, W) batch, got shape {tuple(images.shape)}; "
+            "use images.unsqueeze(0) for a single image"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("images is an empty batch")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be a normalised float tensor, got dtype {images.dtype} "
+            "(subtract the mean and divide by the std first)"
+        )
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    else:
+        pair = tuple(int(v) for v in value)  # type: ignore[union-attr]
+    if len(pair) != 2 or any(v < 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _choice(value: str, allowed: Sequence[str], name: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    """Run ``model`` and return its (N, C, h, w) logits, unwrapping ``{"out": ...}`` dicts.
+
+    Raises:
+        TypeError: The output is neither a tensor nor a mapping with an ``"out"`` tensor.
+        ValueError: The output is not 4-D or its batch size differs from the input.
+    """
+    out = model(x)
+    if isinstance(out, Mapping):
+        if "out" not in out:
+            raise TypeError(
+                f"the model returned a dict without an 'out' entry (keys: {sorted(out)}); "
+                "inference needs the main logits under 'out'"
+            )
+        out = out["out"]
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"the model must return a logits tensor or a dict with 'out', got {type(out).__name__}"
+        )
+    if out.dim() != 4 or out.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"the model must return (N, C, h, w) logits for an input of shape "
+            f"{tuple(x.shape)}, got {tuple(out.shape)}"
+        )
+    return out
+
+
+def _resize(x: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    """Bilinear resize of a (N, C, h, w) tensor; returns ``x`` itself when already that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def _forward(model: nn.Module, x: Tensor, *, precision: Precision, align_corners: bool) -> Tensor:
+    """Logits for ``x`` (N, 3, H, W) as float32 (N, C, H, W), at the input's resolution.
+
+    ``precision`` other than fp32 runs the forward under ``torch.autocast`` on the input's
+    device type; the result is upcast so averaging and softmax happen in float32.
+    """
+    ctx: contextlib.AbstractContextManager[Any]
+    if precision == "fp32":
+        ctx = contextlib.nullcontext()
+    else:
+        ctx = torch.autocast(device_type=x.device.type, dtype=_AUTOCAST_DTYPES[precision])
+    with ctx:
+        out = _logits(model, x)
+    # Resize logits (not probabilities) to the input, as both reference implementations do.
+    return _resize(out.float(), (x.shape[-2], x.shape[-1]), align_corners)
+
+
+def default_stride(crop_size: int | Sequence[int]) -> tuple[int, int]:
+    """The authors' stride: ``ceil(crop * 2/3)`` per side (473 -> 316, 713 -> 476)."""
+    ch, cw = _pair(crop_size, "crop_size")
+    # Integer arithmetic: ceil(2c/3) without float rounding surprises.
+    return (-(-2 * ch // 3), -(-2 * cw // 3))
+
+
+def tile_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of the tiles covering ``[0, length)`` with ``crop``-long tiles.
+
+    ``ceil((length - crop) / stride) + 1`` tiles at ``i * stride``, the last one shifted back so
+    it ends exactly at the border (hszhao/semseg ``scale_process``; mmseg's ``slide_inference``
+    builds the same grid). Requires ``crop <= length``.
+
+    Raises:
+        ValueError: ``crop > length`` or non-positive sizes.
+    """
+    if crop < 1 or stride < 1 or length < crop:
+        raise ValueError(
+            f"need 1 <= crop <= length and stride >= 1; got {length=}, {crop=}, {stride=}"
+        )
+    n = -(-(length - crop) // stride) + 1
+    return [min(i * stride, length - crop) for i in range(n)]
+
+
+def rescaled_size(
+    height: int,
+    width: int,
+    scale: float,
+    *,
+    base_size: int | None = None,
+    img_scale: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """Size an image is resized to for one test scale.
+
+    Three rules, matching the sources of :data:`PROTOCOLS`:
+
+    * ``base_size`` set (hszhao/semseg ``tool/test.py``): the LONG side becomes
+      ``round(base_size * scale)`` and the short side ``round(long / L * S)``, with Python's
+      ``round`` (banker's rounding) exactly as the script.
+    * ``img_scale=(a, b)`` set (mmseg 0.x ``MultiScaleFlipAug`` + keep-ratio ``Resize``): target
+      edges ``(int(a * scale), int(b * scale))``; the image is scaled by
+      ``min(long_target / long_side, short_target / short_side)`` and each side becomes
+      ``int(side * factor + 0.5)``.
+    * neither: each side becomes ``int(side * scale + 0.5)`` (scale 1.0 keeps the size).
+
+    Returns:
+        ``(new_height, new_width)``, each at least 1.
+    """
+    if scale <= 0:
+        raise ValueError(f"scales must be positive, got {scale!r}")
+    if base_size is not None and img_scale is not None:
+        raise ValueError("give base_size (semseg rule) or img_scale (mmseg rule), not both")
+    if base_size is not None:
+        long_size = round(scale * base_size)
+        if height > width:
+            new_h, new_w = long_size, round(long_size / float(height) * width)
+        else:
+            new_h, new_w = round(long_size / float(width) * height), long_size
+    elif img_scale is not None:
+        a, b = (int(img_scale[0] * scale), int(img_scale[1] * scale))
+        factor = min(max(a, b) / max(height, width), min(a, b) / min(height, width))
+        new_h, new_w = int(height * factor + 0.5), int(width * factor + 0.5)
+    else:
+        new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, new_h), max(1, new_w)
+
+
+def _pad_image(image: Tensor, pads: tuple[int, int, int, int], pad_value: Tensor | float) -> Tensor:
+    """Pad (1, C, H, W) by (top, bottom, left, right) with a scalar or per-channel value."""
+    top, bottom, left, right = pads
+    if not any(pads):
+        return image
+    if not isinstance(pad_value, Tensor):
+        return F.pad(image, (left, right, top, bottom), mode="constant", value=float(pad_value))
+    n, c, h, w = image.shape
+    value = pad_value.to(image.device, image.dtype).reshape(1, -1, 1, 1)  # (1, C|1, 1, 1)
+    out = value.expand(n, c, h + top + bottom, w + left + right).clone()
+    out[:, :, top : top + h, left : left + w] = image
+    return out
+
+
+def _tile_scores(
+    model: nn.Module,
+    crops: Tensor,
+    *,
+    flip: bool,
+    average: Average,
+    precision: Precision,
+    align_corners: bool,
+) -> Tensor:
+    """Scores for a batch of crops (B, 3, ch, cw) -> (B, C, ch, cw) float32.
+
+    With ``flip`` the horizontally mirrored crops run in the same batch and their scores,
+    mirrored back, are averaged in the ``average`` space (semseg's ``net_process``).
+    """
+    b = crops.shape[0]
+    x = torch.cat([crops, crops.flip(-1)], dim=0) if flip else crops  # (B or 2B, 3, ch, cw)
+    out = _forward(model, x, precision=precision, align_corners=align_corners)
+    if average == "prob":
+        out = out.softmax(dim=1)
+    if flip:
+        out = (out[:b] + out[b:].flip(-1)) / 2
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# Whole image
+# -------------------------------------------------------------------------------------------
+
+
+def predict_whole(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    out_size: tuple[int, int] | None = None,
+    output: Average = "logit",
+    align_corners: bool = False,
+    out_align_corners: bool | None = None,
+    precision: Precision = "fp32",
+) -> Tensor:
+    """One forward pass over whole images.
+
+    Args:
+        model: Segmentation model in eval mode.
+        images: Normalised (N, 3, H, W) float batch; moved to the model's device.
+        out_size: Resize the result to ``(h, w)`` (e.g. the original image size). Default: H, W.
+        output: ``"logit"`` or ``"prob"`` (softmax over classes, taken before ``out_size``
+            resizing as in semseg; for mmseg's order resize logits and softmax yourself).
+        align_corners: Bilinear convention for resizing low-resolution model outputs to H, W.
+        out_align_corners: Convention for the ``out_size`` resize (default: ``align_corners``).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; result is float32).
+
+    Returns:
+        (N, C, H, W) float32 logits or probabilities on the model's device
+        ((N, C, *out_size) when given).
+
+    Raises:
+        RuntimeError: The model is in training mode.
+    """
+    _check_eval(model)
+    _check_images(images)
+    _choice(output, ("logit", "prob"), "output")
+    _choice(precision, ("fp32", "bf16", "fp16"), "precision")
+    device, dtype = _model_device_dtype(model, images.device)
+    x = images.to(device=device, dtype=dtype or images.dtype)
+    with torch.no_grad():
+        out = _forward(model, x, precision=precision, align_corners=align_corners)  # (N,C,H,W)
+        if output == "prob":
+            out = out.softmax(dim=1)
+        if out_size is not None:
+            oac = align_corners if out_align_corners is None else out_align_corners
+            out = _resize(out, _pair(out_size, "out_size"), oac)
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# Sliding window
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SlideSpec:
+    crop: tuple[int, int]
+    stride: tuple[int, int] | None
+    batch_size: int
+    pad_value: Tensor | float
+    pad_mode: PadMode
+    average: Average
+    flip: bool
+    align_corners: bool
+    precision: Precision
+    acc_device: torch.device | None
+    num_classes: int | None
+
+
+def _make_spec(
+    *,
+    crop_size: int | Sequence[int],
+    stride: int | Sequence[int] | None,
+    batch_size: int,
+    pad_value: Tensor | float,
+    pad_mode: str,
+    average: str,
+    flip: bool,
+    align_corners: bool,
+    precision: str,
+    accumulate_device: torch.device | str | None,
+    num_classes: int | None,
+) -> _SlideSpec:
+    crop = _pair(crop_size, "crop_size")
+    stride_pair = None if stride is None else _pair(stride, "stride")
+    if stride_pair is not None and (stride_pair[0] > crop[0] or stride_pair[1] > crop[1]):
+        raise ValueError(
+            f"stride {stride_pair} is larger than crop_size {crop}: pixels between tiles would "
+            "never be predicted"
+        )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _choice(pad_mode, ("center", "bottom_right", "none"), "pad_mode")
+    _choice(average, ("prob", "logit"), "average")
+    _choice(precision, ("fp32", "bf16", "fp16"), "precision")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+    return _SlideSpec(
+        crop=crop,
+        stride=stride_pair,
+        batch_size=batch_size,
+        pad_value=pad_value,
+        pad_mode=pad_mode,  # type: ignore[arg-type]
+        average=average,  # type: ignore[arg-type]
+        flip=bool(flip),
+        align_corners=align_corners,
+        precision=precision,  # type: ignore[arg-type]
+        acc_device=None if accumulate_device is None else torch.device(accumulate_device),
+        num_classes=num_classes,
+    )
+
+
+def _slide_rows(
+    model: nn.Module, image: Tensor, spec: _SlideSpec
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Sliding-window scores of one image, yielded top to bottom in finished row blocks.
+
+    Tiles are visited in row-major order and summed into a *band*: a float32 buffer
+    (C, rows, W_padded) spanning from the first unfinished row to the bottom of the last tile
+    run so far. Once every tile touching a row has been added (i.e. the row lies above the next
+    tile's top), the row is divided by its count and handed out. The band therefore never
+    exceeds ``crop_h + (tile rows per batch) * stride_h`` rows, and the summation order (hence
+    the floating-point result) does not depend on ``batch_size`` grouping.
+
+    Args:
+        image: (1, 3, H, W) on the model's device.
+
+    Yields:
+        ``(r0, r1, scores)``: rows ``[r0, r1)`` of the unpadded image, scores (C, r1 - r0, W)
+        float32 averaged over overlapping tiles (probabilities or logits per ``spec.average``).
+    """
+    _, _, h, w = image.shape
+    ch, cw = spec.crop
+    if spec.pad_mode == "none":
+        # mmseg: an image smaller than the crop is decoded as one smaller patch, unpadded.
+        ch, cw = min(ch, h), min(cw, w)
+    sh, sw = spec.stride if spec.stride is not None else default_stride((ch, cw))
+    sh, sw = min(sh, ch), min(sw, cw)  # a crop shrunk by pad_mode='none' keeps full coverage
+    pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
+    if spec.pad_mode == "center":
+        # semseg: int(pad / 2) before, the rest after (so an odd pad puts the extra pixel last).
+        top, left = pad_h // 2, pad_w // 2
+    else:
+        top, left = 0, 0
+    padded = _pad_image(image, (top, pad_h - top, left, pad_w - left), spec.pad_value)
+    hp, wp = padded.shape[-2:]
+
+    ys = tile_starts(hp, ch, sh)
+    xs = tile_starts(wp, cw, sw)
+    # The count map is separable (every tile row holds the same columns), so keep two vectors
+    # instead of an (H, W) map: count[y, x] = rows_cover[y] * cols_cover[x].
+    acc_device = spec.acc_device or image.device
+    rows_cover = torch.zeros(hp, dtype=torch.float32, device=acc_device)
+    cols_cover = torch.zeros(wp, dtype=torch.float32, device=acc_device)
+    for y in ys:
+        rows_cover[y : y + ch] += 1
+    for x in xs:
+        cols_cover[x : x + cw] += 1
+
+    tiles = [(y, x) for y in ys for x in xs]  # row-major
+    band: Tensor | None = None  # (C, band_rows, wp) float32
+    band_top = 0
+    for start in range(0, len(tiles), spec.batch_size):
+        batch = tiles[start : start + spec.batch_size]
+        crops = torch.cat([padded[:, :, y : y + ch, x : x + cw] for y, x in batch])  # (B,3,ch,cw)
+        scores = _tile_scores(
+            model,
+            crops,
+            flip=spec.flip,
+            average=spec.average,
+            precision=spec.precision,
+            align_corners=spec.align_corners,
+        ).to(acc_device)  # (B, C, ch, cw)
+        del crops
+        c = scores.shape[1]
+        if spec.num_classes is not None and c != spec.num_classes:
+            raise ValueError(f"num_classes={spec.num_classes} but the model returned {c} channels")
+        # Grow the band down to the lowest tile of this batch.
+        bottom = max(y for y, _ in batch) + ch
+        rows = bottom - band_top
+        if band is None or band.shape[1] < rows:
+            grown = torch.zeros((c, rows, wp), dtype=torch.float32, device=acc_device)
+            if band is not None:
+                grown[:, : band.shape[1]] = band
+            band = grown
+        for (y, x), s in zip(batch, scores):
+            band[:, y - band_top : y - band_top + ch, x : x + cw] += s
+        del scores
+
+        # Rows above the next tile's top will receive nothing more: average and release them.
+        next_top = tiles[start + spec.batch_size][0] if start + spec.batch_size < len(tiles) else hp
+        if next_top > band_top:
+            # Finished rows, in image (unpadded) coordinates; padding rows are simply dropped.
+            first, last = max(band_top, top), min(next_top, top + h)
+            # Hand them out in small blocks so the averaged copy (and the consumer's softmax /
+            # argmax temporaries) stay at _YIELD_ROWS x W, not stride x W.
+            for r in range(first, last, _YIELD_ROWS):
+                r_end = min(r + _YIELD_ROWS, last)
+                count = rows_cover[r:r_end, None] * cols_cover[None, left : left + w]  # (n, W)
+                rows = band[:, r - band_top : r_end - band_top, left : left + w]  # (C, n, W)
+                yield r - top, r_end - top, rows / count
+            band = band[:, next_top - band_top :]
+            band_top = next_top
+
+
+def predict_sliding(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    crop_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    batch_size: int = 4,
+    pad_value: Tensor | float = 0.0,
+    pad_mode: PadMode = "center",
+    average: Average = "prob",
+    flip: bool = False,
+    align_corners: bool = False,
+    precision: Precision = "fp32",
+    accumulate_device: torch.device | str | None = None,
+    accumulate_dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Sliding-window inference with overlapping tiles averaged by a count map.
+
+    Each image is padded to at least the crop size, covered by a grid of tiles
+    (:func:`tile_starts`: stride steps, the last tile aligned to the border), the tiles are run
+    ``batch_size`` at a time, their softmax (or logits) summed and divided by how many tiles
+    cover each pixel, and the padding is cropped away.
+
+    Memory: besides the padded image and one batch of crop activations, only a float32 band of
+    at most ``crop_h + ceil(batch_size / tiles_per_row) * stride_h`` rows is held, plus the
+    (N, C, H, W) result in ``accumulate_dtype``. For a 6000x4000 image with 11 classes the fp32
+    result is ~1 GB; ``accumulate_dtype=torch.float16`` halves it (overlaps are still summed in
+    float32, only the finished average is rounded), and :func:`predict_labels_tiled` avoids it.
+
+    Args:
+        model: Segmentation model in eval mode.
+        images: Normalised (N, 3, H, W) float batch; moved to the model's device.
+        crop_size: Tile size, int or (h, w).
+        stride: Tile step, int or (h, w); default ``ceil(2/3 * crop)`` (the authors').
+        num_classes: Expected channel count (checked); inferred from the model when None.
+        batch_size: Tiles per forward pass (flip doubles the model batch).
+        pad_value: Padding in normalised space: 0 (the mean colour) or a per-channel (3,) tensor.
+        pad_mode: ``"center"`` (semseg: ``pad // 2`` before, rest after), ``"bottom_right"``, or
+            ``"none"`` (mmseg: an image smaller than the crop is run as one smaller tile).
+        average: ``"prob"`` averages softmax over overlaps (semseg), ``"logit"`` averages logits
+            (mmseg).
+        flip: Also run each crop mirrored and average it back in (semseg's per-crop flip).
+        align_corners: Convention for resizing low-resolution model outputs to the crop size.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the forward passes.
+        accumulate_device: Where the band and result live (e.g. ``"cpu"`` to bound GPU memory);
+            default the model's device.
+        accumulate_dtype: dtype of the returned (N, C, H, W) tensor.
+
+    Returns:
+        (N, C, H, W) averaged probabilities (``average="prob"``) or logits.
+
+    Raises:
+        RuntimeError: The model is in training mode.
+        ValueError: Bad sizes or options, or ``num_classes`` disagrees with the model.
+    """
+    _check_eval(model)
+    _check_images(images)
+    spec = _make_spec(
+        crop_size=crop_size,
+        stride=stride,
+        batch_size=batch_size,
+        pad_value=pad_value,
+        pad_mode=pad_mode,
+        average=average,
+        flip=flip,
+        align_corners=align_corners,
+        precision=precision,
+        accumulate_device=accumulate_device,
+        num_classes=num_classes,
+    )
+    device, dtype = _model_device_dtype(model, images.device)
+    n_img = images.shape[0]
+    out: Tensor | None = None
+    with torch.no_grad():
+        for n in range(n_img):
+            image = images[n : n + 1].to(device=device, dtype=dtype or images.dtype)  # (1,3,H,W)
+            h, w = image.shape[-2:]
+            for r0, r1, scores in _slide_rows(model, image, spec):
+                if out is None:
+                    out = torch.empty(
+                        (n_img, scores.shape[0], h, w), dtype=accumulate_dtype, device=scores.device
+                    )
+                out[n, :, r0:r1] = scores
+    if out is None:  # only reachable with N == 0
+        raise ValueError("images is an empty batch")
+    return out
+
+
+def _default_label_dtype(num_classes: int) -> torch.dtype:
+    return torch.uint8 if num_classes <= 256 else torch.int64
+
+
+def predict_labels_tiled(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    crop_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    batch_size: int = 4,
+    pad_value: Tensor | float = 0.0,
+    pad_mode: PadMode = "center",
+    average: Average = "prob",
+    flip: bool = False,
+    flip_mode: FlipMode = "crop",
+    align_corners: bool = False,
+    precision: Precision = "fp32",
+    accumulate_device: torch.device | str | None = None,
+    label_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Sliding-window label map, computed band by band without a (C, H, W) score tensor.
+
+    Tiles are processed row by row; as soon as a band of rows has received every overlapping
+    tile it is averaged, turned into probabilities, combined over flips and reduced by argmax,
+    so memory stays at one batch of crop activations plus a band of about ``crop_h + stride_h``
+    rows of (C, W) float32 scores. The result equals
+    ``predict(model, images, mode="slide", scales=(1.0,), flip=flip, flip_mode=flip_mode,
+    ...).argmax(1)`` for the same options (single scale, no resizing).
+
+    Args:
+        model: Segmentation model in eval mode.
+        images: Normalised (N, 3, H, W) float batch.
+        crop_size, stride, num_classes, batch_size, pad_value, pad_mode, average, align_corners,
+            precision, accumulate_device: As in :func:`predict_sliding`.
+        flip: Horizontal-flip test-time augmentation.
+        flip_mode: ``"crop"`` mirrors each tile (semseg), ``"image"`` runs the mirrored image
+            as a second sliding pass (mmseg); both are processed band by band.
+        label_dtype: dtype of the labels; default uint8 for up to 256 classes, else int64.
+
+    Returns:
+        (N, H, W) class indices on ``accumulate_device`` (default the model's device).
+
+    Raises:
+        RuntimeError: The model is in training mode.
+        ValueError: Bad sizes or options, or a label dtype too small for the classes.
+    """
+    _check_eval(model)
+    _check_images(images)
+    _choice(flip_mode, ("crop", "image"), "flip_mode")
+    spec = _make_spec(
+        crop_size=crop_size,
+        stride=stride,
+        batch_size=batch_size,
+        pad_value=pad_value,
+        pad_mode=pad_mode,
+        average=average,
+        flip=flip and flip_mode == "crop",
+        align_corners=align_corners,
+        precision=precision,
+        accumulate_device=accumulate_device,
+        num_classes=num_classes,
+    )
+    image_flip = flip and flip_mode == "image"
+    device, dtype = _model_device_dtype(model, images.device)
+    n_img, _, h, w = images.shape
+    labels: Tensor | None = None
+    with torch.no_grad():
+        for n in range(n_img):
+            image = images[n : n + 1].to(device=device, dtype=dtype or images.dtype)
+            streams = [_slide_rows(model, image, spec)]
+            if image_flip:
+                # Flipping is horizontal, so both passes finish the same rows at the same time.
+                streams.append(_slide_rows(model, image.flip(-1), spec))
+            for parts in zip(*streams, strict=True):
+                r0, r1, _ = parts[0]
+                # Same arithmetic as predict(): sum each view's probabilities, then divide.
+                total: Tensor | None = None
+                for view, (v0, v1, scores) in enumerate(parts):
+                    if (v0, v1) != (r0, r1):  # pragma: no cover - guarded by construction
+                        raise RuntimeError("flipped pass finished different rows")
+                    probs = scores.softmax(dim=0) if spec.average == "logit" else scores
+                    if view == 1:
+                        probs = probs.flip(-1)
+                    total = probs.clone() if total is None else total.add_(probs)
+                assert total is not None
+                if len(parts) > 1:
+                    total = total / len(parts)
+                if labels is None:
+                    c = total.shape[0]
+                    ldt = label_dtype or _default_label_dtype(c)
+                    if ldt == torch.uint8 and c > 256:
+                        raise ValueError(f"label_dtype uint8 cannot hold {c} classes")
+                    labels = torch.empty((n_img, h, w), dtype=ldt, device=total.device)
+                labels[n, r0:r1] = total.argmax(dim=0).to(labels.dtype)
+    if labels is None:
+        raise ValueError("images is an empty batch")
+    return labels
+
+
+# -------------------------------------------------------------------------------------------
+# Test-time augmentation
+# -------------------------------------------------------------------------------------------
+
+
+def predict(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    mode: Mode = "whole",
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    flip_mode: FlipMode = "image",
+    crop_size: int | tuple[int, int] | None = None,
+    stride: int | tuple[int, int] | None = None,
+    base_size: int | None = None,
+    img_scale: tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    batch_size: int = 4,
+    pad_value: Tensor | float = 0.0,
+    pad_mode: PadMode = "center",
+    average: Average = "prob",
+    align_corners: bool = False,
+    restore_align_corners: bool = False,
+    precision: Precision = "fp32",
+    accumulate_device: torch.device | str | None = None,
+    accumulate_dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Class probabilities at the input size, with optional multi-scale and flip augmentation.
+
+    For every scale the batch is resized (bilinear, ``align_corners=False``, no antialiasing:
+    what ``cv2.resize(INTER_LINEAR)`` does in both reference pipelines) to
+    :func:`rescaled_size`, predicted whole or by sliding window, brought back to the input size,
+    and its probabilities are summed; the sum is divided by the number of (scale, flip) views.
+
+    Per scale the order of operations is: average over overlapping tiles in the ``average``
+    space -> resize that result to the input size with ``restore_align_corners`` -> softmax if
+    it was logits. ``average="prob"`` is semseg's order (softmax, then resize probabilities);
+    ``average="logit"`` is mmseg's (resize logits, then softmax).
+
+    Flip: the horizontally mirrored image's prediction, mirrored back, is averaged in as a
+    separate view (``flip_mode="image"``, mmseg), or, in slide mode with
+    ``flip_mode="crop"``, every tile is run mirrored and averaged inside the tile (semseg). Both
+    average softmax probabilities (with ``average="logit"`` the crop mode averages logits).
+
+    Args:
+        model: Segmentation model in eval mode.
+        images: Normalised (N, 3, H, W) float batch.
+        mode: ``"whole"`` or ``"slide"``.
+        scales: Test scales; see :func:`rescaled_size` for what a scale means.
+        flip: Horizontal-flip augmentation.
+        flip_mode: ``"image"`` or ``"crop"`` (see above; identical in whole mode).
+        crop_size: Tile size for ``mode="slide"`` (required there).
+        stride: Tile step; default ``ceil(2/3 * crop)``.
+        base_size: semseg rule: long side = ``round(base_size * scale)``.
+        img_scale: mmseg 0.x keep-ratio rule, e.g. ``(2048, 512)``.
+        num_classes: Expected number of classes (checked); inferred when None.
+        batch_size: Tiles per forward pass in slide mode.
+        pad_value: Normalised-space padding value (0 = mean colour) in slide mode.
+        pad_mode: ``"center"``, ``"bottom_right"`` or ``"none"`` (slide mode).
+        average: ``"prob"`` or ``"logit"`` (see above).
+        align_corners: Convention for upsampling low-resolution model outputs to their input.
+        restore_align_corners: Convention for resizing each scale's result to the input size
+            (semseg uses cv2, i.e. False; mmseg uses the model's ``align_corners``).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast; results are float32.
+        accumulate_device: Device for tile accumulation and the result (default: model's).
+        accumulate_dtype: dtype of the per-scale slide result and of the returned sum.
+
+    Returns:
+        (N, C, H, W) probabilities (summing to 1 over C) at the input size.
+
+    Raises:
+        RuntimeError: The model is in training mode.
+        ValueError: Unknown options, no scales, or slide mode without ``crop_size``.
+    """
+    _check_eval(model)
+    _check_images(images)
+    _choice(mode, ("whole", "slide"), "mode")
+    _choice(flip_mode, ("image", "crop"), "flip_mode")
+    _choice(average, ("prob", "logit"), "average")
+    _choice(precision, ("fp32", "bf16", "fp16"), "precision")
+    scales = tuple(float(s) for s in scales)
+    if not scales:
+        raise ValueError("scales must contain at least one scale, e.g. (1.0,)")
+    if mode == "slide" and crop_size is None:
+        raise ValueError("mode='slide' needs crop_size, e.g. crop_size=(473, 473)")
+    device, dtype = _model_device_dtype(model, images.device)
+    acc_device = torch.device(accumulate_device) if accumulate_device is not None else device
+    # Rescale on the model's device (the GPU, usually), not wherever the batch was loaded.
+    images = images.to(device=device, dtype=dtype or images.dtype)
+    n_img, _, h, w = images.shape
+    crop_flip = flip and mode == "slide" and flip_mode == "crop"
+    image_flip = flip and not crop_flip
+
+    def one_view(x: Tensor) -> Tensor:
+        """Scores of one resized (and possibly mirrored) batch, in the ``average`` space."""
+        if mode == "whole":
+            out = predict_whole(
+                model, x, output=average, align_corners=align_corners, precision=precision
+            )
+            return out.to(acc_device)
+        return predict_sliding(
+            model,
+            x,
+            crop_size=crop_size,  # type: ignore[arg-type]
+            stride=stride,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            pad_value=pad_value,
+            pad_mode=pad_mode,
+            average=average,
+            flip=crop_flip,
+            align_corners=align_corners,
+            precision=precision,
+            accumulate_device=acc_device,
+            accumulate_dtype=accumulate_dtype,
+        )
+
+    total: Tensor | None = None
+    views = 0
+    with torch.no_grad():
+        for scale in scales:
+            size = rescaled_size(h, w, scale, base_size=base_size, img_scale=img_scale)
+            # Image resizing always uses the half-pixel convention (cv2 / PIL / mmcv).
+            x = _resize(images, size, align_corners=False)
+            for mirrored in (False, True) if image_flip else (False,):
+                xv = x.flip(-1) if mirrored else x
+                scores = one_view(xv).float()  # (N, C, h_s, w_s)
+                scores = _resize(scores, (h, w), restore_align_corners)
+                probs = scores.softmax(dim=1) if average == "logit" else scores
+                if mirrored:
+                    probs = probs.flip(-1)
+                if num_classes is not None and probs.shape[1] != num_classes:
+                    got = probs.shape[1]
+                    raise ValueError(
+                        f"num_classes={num_classes} but the model returned {got} channels"
+                    )
+                if total is None:
+                    total = torch.zeros(
+                        (n_img, probs.shape[1], h, w), dtype=accumulate_dtype, device=acc_device
+                    )
+                total += probs
+                views += 1
+                del scores, probs
+    assert total is not None
+    if views > 1:
+        total /= views
+    return total
+
+
+# -------------------------------------------------------------------------------------------
+# Protocols
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named, fully specified evaluation procedure (the arguments of :func:`predict`).
+
+    Dataset-dependent sizes (``base_size``, ``crop_size``, ``img_scale``) may be left None in a
+    preset; fill them with :meth:`for_dataset` or :meth:`replace`.
+    """
+
+    name: str
+    source: str
+    """Where the procedure comes from (repository and file)."""
+    mode: Mode
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    flip_mode: FlipMode = "image"
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    base_size: int | None = None
+    img_scale: tuple[int, int] | None = None
+    pad_mode: PadMode = "center"
+    average: Average = "prob"
+    align_corners: bool = False
+    restore_align_corners: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        for key in ("crop_size", "stride", "img_scale"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, _pair(value, key))
+        _choice(self.mode, ("whole", "slide"), "mode")
+        _choice(self.flip_mode, ("image", "crop"), "flip_mode")
+        _choice(self.pad_mode, ("center", "bottom_right", "none"), "pad_mode")
+        _choice(self.average, ("prob", "logit"), "average")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive and non-empty, got {self.scales!r}")
+
+    def replace(self, **changes: Any) -> Protocol:
+        """A copy with some fields changed (e.g. ``crop_size=(713, 713)``)."""
+        return dataclasses.replace(self, **changes)
+
+    def for_dataset(self, dataset: str) -> Protocol:
+        """Fill the source's sizes for a data set (see :data:`DATASET_SETTINGS`).
+
+        Raises:
+            KeyError: The source has no published setting for that data set.
+        """
+        family = self.name.removesuffix("-ms")
+        table = DATASET_SETTINGS.get(family, {})
+        key = _DATASET_ALIASES.get(dataset.lower(), dataset.lower())
+        if key not in table:
+            raise KeyError(
+                f"protocol {self.name!r} has no setting for data set {dataset!r}; "
+                f"known: {sorted(table)} (or set sizes with .replace(...))"
+            )
+        return self.replace(**table[key])
+
+    def predict_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments this protocol passes to :func:`predict`."""
+        return {
+            "mode": self.mode,
+            "scales": self.scales,
+            "flip": self.flip,
+            "flip_mode": self.flip_mode,
+            "crop_size": self.crop_size,
+            "stride": self.stride,
+            "base_size": self.base_size,
+            "img_scale": self.img_scale,
+            "pad_mode": self.pad_mode,
+            "average": self.average,
+            "align_corners": self.align_corners,
+            "restore_align_corners": self.restore_align_corners,
+        }
+
+    def predict(self, model: nn.Module, images: Tensor, **runtime: Any) -> Tensor:
+        """Run :func:`predict` with this protocol.
+
+        Args:
+            model: Segmentation model in eval mode.
+            images: Normalised (N, 3, H, W) batch at its original size.
+            **runtime: Options that do not change the result's definition: ``num_classes``,
+                ``batch_size``, ``pad_value``, ``precision``, ``accumulate_device``,
+                ``accumulate_dtype``.
+
+        Returns:
+            (N, C, H, W) probabilities at the input size.
+
+        Raises:
+            TypeError: A runtime keyword would redefine the protocol (use :meth:`replace`).
+            ValueError: A required size is missing (call :meth:`for_dataset`).
+        """
+        clash = sorted(set(runtime) & set(self.predict_kwargs()))
+        if clash:
+            raise TypeError(
+                f"{clash} are part of protocol {self.name!r}; use protocol.replace(...) instead"
+            )
+        if self.mode == "slide" and self.crop_size is None:
+            raise ValueError(
+                f"protocol {self.name!r} needs crop_size: use "
+                f"PROTOCOLS[{self.name!r}].for_dataset('ade20k') or .replace(crop_size=...)"
+            )
+        if self.name.startswith("semseg") and self.base_size is None:
+            raise ValueError(
+                f"protocol {self.name!r} needs base_size (512 for ADE20K/VOC, 2048 for "
+                "Cityscapes): use .for_dataset(...) or .replace(base_size=...)"
+            )
+        return predict(model, images, **self.predict_kwargs(), **runtime)
+
+
+_SEMSEG_DOC = (
+    "hszhao/semseg tool/test.py. For each scale s the image is resized so its LONG side is "
+    "round(base_size * s), keeping the aspect ratio (bilinear). It is padded to at least "
+    "crop x crop with the mean colour, int(pad/2) before and the rest after, and tiled with "
+    "stride ceil(2/3 crop), the last tile flush with the border. Every tile is ALWAYS run "
+    "together with its horizontal mirror; the softmax of the two (mirror flipped back) is "
+    "averaged, then averaged over overlapping tiles with a count map. The padding is cropped, "
+    "the probabilities are resized bilinearly (cv2 convention, align_corners=False) to the "
+    "original size and averaged over scales; the prediction is their argmax. Model outputs "
+    "smaller than a tile are upsampled with align_corners=True. Sizes: base_size 512 / crop 473 "
+    "for ADE20K and VOC2012, base_size 2048 / crop 713 for Cityscapes."
+)
+
+_MMSEG_WHOLE_DOC = (
+    "mmsegmentation EncoderDecoder.whole_inference (test_cfg mode='whole'). The image, resized "
+    "by the dataset pipeline (keep-ratio Resize to img_scale, e.g. (2048, 512) for ADE20K/VOC, "
+    "(2048, 1024) for Cityscapes) or, with img_scale None, used as given, goes through the "
+    "network whole; the logits are resized (model align_corners, False for mmseg's PSPNet) to "
+    "the original size and soft-maxed. No flip, one scale."
+)
+
+_MMSEG_SLIDE_DOC = (
+    "mmsegmentation EncoderDecoder.slide_inference (test_cfg mode='slide', used for its "
+    "769x769 Cityscapes models: crop (769, 769), stride (513, 513), align_corners=True). Tiles "
+    "step by the stride with the last one flush with the border; logits are summed and divided "
+    "by the count map; the averaged logits are resized to the original size and soft-maxed. An "
+    "image smaller than the crop is NOT padded: it runs as one smaller tile (mmseg's "
+    "documented behaviour), pad_mode='none'; use .replace(pad_mode='bottom_right') for "
+    "zero (mean) padding at the bottom/right instead. No flip, one scale."
+)
+
+_MS_DOC = (
+    " Multi-scale variant: scales (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) with horizontal flip, "
+    "softmax probabilities averaged over every (scale, flip) view."
+)
+
+
+#: Evaluation presets named after their source. ``"<name>"`` is single-scale (scale 1.0 only;
+#: for ``semseg`` that still includes the flip the script always does), ``"<name>-ms"`` adds
+#: the scales in :data:`MULTI_SCALES` (and flip, for mmseg).
+PROTOCOLS: dict[str, Protocol] = {
+    "semseg": Protocol(
+        name="semseg",
+        source="hszhao/semseg tool/test.py (test, scale_process, net_process)",
+        mode="slide",
+        scales=(1.0,),
+        flip=True,
+        flip_mode="crop",
+        pad_mode="center",
+        average="prob",
+        align_corners=True,
+        restore_align_corners=False,
+        description=_SEMSEG_DOC,
+    ),
+    "semseg-ms": Protocol(
+        name="semseg-ms",
+        source="hszhao/semseg tool/test.py with scales [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]",
+        mode="slide",
+        scales=MULTI_SCALES,
+        flip=True,
+        flip_mode="crop",
+        pad_mode="center",
+        average="prob",
+        align_corners=True,
+        restore_align_corners=False,
+        description=_SEMSEG_DOC + " Multi-scale: scales (0.5, 0.75, 1.0, 1.25, 1.5, 1.75).",
+    ),
+    "mmseg-whole": Protocol(
+        name="mmseg-whole",
+        source="open-mmlab/mmsegmentation mmseg/models/segmentors/encoder_decoder.py",
+        mode="whole",
+        average="logit",
+        align_corners=False,
+        restore_align_corners=False,
+        description=_MMSEG_WHOLE_DOC,
+    ),
+    "mmseg-whole-ms": Protocol(
+        name="mmseg-whole-ms",
+        source="mmsegmentation encoder_decoder.py aug_test / MultiScaleFlipAug",
+        mode="whole",
+        scales=MULTI_SCALES,
+        flip=True,
+        flip_mode="image",
+        average="logit",
+        align_corners=False,
+        restore_align_corners=False,
+        description=_MMSEG_WHOLE_DOC + _MS_DOC,
+    ),
+    "mmseg-slide": Protocol(
+        name="mmseg-slide",
+        source="open-mmlab/mmsegmentation mmseg/models/segmentors/encoder_decoder.py",
+        mode="slide",
+        pad_mode="none",
+        average="logit",
+        align_corners=True,
+        restore_align_corners=True,
+        description=_MMSEG_SLIDE_DOC,
+    ),
+    "mmseg-slide-ms": Protocol(
+        name="mmseg-slide-ms",
+        source="mmsegmentation encoder_decoder.py aug_test / MultiScaleFlipAug",
+        mode="slide",
+        scales=MULTI_SCALES,
+        flip=True,
+        flip_mode="image",
+        pad_mode="none",
+        average="logit",
+        align_corners=True,
+        restore_align_corners=True,
+        description=_MMSEG_SLIDE_DOC + _MS_DOC,
+    ),
+}
+
+#: Published sizes per protocol family and data set, applied by :meth:`Protocol.for_dataset`.
+DATASET_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    # hszhao/semseg config/*/*_pspnet50.yaml: base_size, test_h/test_w.
+    "semseg": {
+        "ade20k": {"base_size": 512, "crop_size": (473, 473)},
+        "voc2012": {"base_size": 512, "crop_size": (473, 473)},
+        "cityscapes": {"base_size": 2048, "crop_size": (713, 713)},
+    },
+    # mmseg configs/_base_/datasets/*.py test pipeline Resize(scale=..., keep_ratio=True).
+    "mmseg-whole": {
+        "ade20k": {"img_scale": (2048, 512)},
+        "voc2012": {"img_scale": (2048, 512)},
+        "cityscapes": {"img_scale": (2048, 1024)},
+    },
+    # mmseg configs/pspnet/*_769x769_*.py test_cfg.
+    "mmseg-slide": {
+        "cityscapes": {"img_scale": (2049, 1025), "crop_size": (769, 769), "stride": (513, 513)},
+    },
+}
+
+_DATASET_ALIASES = {
+    "ade": "ade20k",
+    "ade20k": "ade20k",
+    "voc": "voc2012",
+    "voc2012": "voc2012",
+    "pascal_voc": "voc2012",
+    "cityscapes": "cityscapes",
+}
+
+
+def get_protocol(name: str, dataset: str | None = None, **overrides: Any) -> Protocol:
+    """Look up a preset, optionally fill its data-set sizes, then apply overrides.
+
+    Args:
+        name: A key of :data:`PROTOCOLS`.
+        dataset: ``"ade20k"``, ``"voc2012"`` or ``"cityscapes"`` (see :data:`DATASET_SETTINGS`).
+        **overrides: Field changes, e.g. ``crop_size=(713, 713)``.
+
+    Raises:
+        KeyError: Unknown protocol or data set.
+    """
+    if name not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; choose from {sorted(PROTOCOLS)}")
+    proto = PROTOCOLS[name]
+    if dataset is not None:
+        proto = proto.for_dataset(dataset)
+    return proto.replace(**overrides) if overrides else proto
