@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "pspnet.export": 5,
     "pspnet.report": 5,
     "pspnet.serve": 6,
+    "pspnet.demo": 6,
     "pspnet.bench": 6,
     "pspnet.cli": 7,
     "pspnet.__main__": 8,

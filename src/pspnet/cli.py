@@ -152,6 +152,63 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _load_any(weights: str, device: str) -> Any:
+    """An eager model (our dir or a foreign checkpoint) or an exported ONNX/TorchScript file."""
+    if Path(weights).suffix.lower() in (".onnx", ".ts", ".torchscript"):
+        from pspnet.export import load_exported
+
+        return load_exported(weights)
+    from pspnet.checkpoint import load_model
+
+    return load_model(weights, device=_resolve_device(device))
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return name
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pspnet.config import Preprocessing
+    from pspnet.engine.predict import PredictOptions, expand_inputs, predict_files
+
+    inputs = expand_inputs(args.inputs)
+    model = _load_any(args.weights, args.device)
+    meta = getattr(model, "meta", None)
+    crop = (args.crop_size, args.crop_size) if args.crop_size else None
+    if args.mode == "slide" and crop is None:
+        raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
+    opts = PredictOptions(mode=args.mode, crop_size=crop, scales=tuple(args.scales),
+                          flip=args.flip, precision=args.precision, overlays=not args.no_overlay,
+                          alpha=args.alpha)
+    summary = predict_files(
+        model, inputs, args.out,
+        preprocess=meta.preprocess if meta else Preprocessing(),
+        opts=opts,
+        class_names=meta.classes if meta else None,
+        palette=meta.palette if meta else None,
+        num_classes=meta.model.num_classes if meta else None,
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+    )
+    print(f"wrote {len(summary.written)} result(s) to {args.out}"
+          + (f"; {len(summary.failed)} input(s) skipped (see summary.json)" if summary.failed else ""))
+    return 0 if not summary.failed else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pspnet.demo import run_demo
+
+    report = run_demo(args.out, minutes=args.minutes, seed=args.seed, progress=not args.quiet)
+    print(f"report: {report}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # Parser
 
@@ -192,6 +249,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int)
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("demo", help="the embedded demo: generated scenes, PSPNet vs FCN, a report")
+    s.add_argument("--out", default="demo_out", help="output folder (data, models, report)")
+    s.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("predict", help="segment images, folders or videos into PNG masks + overlays")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders or videos")
+    s.add_argument("--weights", required=True,
+                   help="weight directory, foreign checkpoint, or exported .onnx/.ts file")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    s.add_argument("--crop-size", type=int, help="sliding-window crop (with --mode slide)")
+    s.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    s.add_argument("--flip", action="store_true", help="average with the flipped image")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    s.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    s.add_argument("--no-overlay", action="store_true", help="write only the masks")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="report unreadable inputs and go on (default: stop at the first)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_predict)
 
     data = sub.add_parser("data", help="data set tools")
     dsub = data.add_subparsers(dest="data_command", metavar="COMMAND")

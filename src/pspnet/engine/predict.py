@@ -1,0 +1,254 @@
+"""Prediction on files: images, folders and videos -> palette PNG masks and overlays.
+
+Works with any model that :mod:`pspnet.inference` accepts (eager PyTorch, or an exported ONNX /
+TorchScript runtime from :mod:`pspnet.export`), given the preprocessing and class names that
+travel with the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from pspnet.config import Preprocessing
+from pspnet.data.io import IMAGE_EXTENSIONS, DataError, read_image
+from pspnet.data.palette import default_palette, overlay, save_mask_png
+from pspnet.inference import predict
+
+__all__ = ["PredictOptions", "VIDEO_EXTENSIONS", "expand_inputs", "to_tensor", "predict_array",
+           "predict_files"]
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to run the model on each image."""
+
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: tuple[int, int] | None = None
+    """Sliding-window crop (required for ``mode="slide"``)."""
+    stride: tuple[int, int] | None = None
+    """Window stride; default 2/3 of the crop."""
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    batch_size: int = 4
+    """Crops per forward pass in sliding-window mode."""
+    alpha: float = 0.5
+    """Overlay opacity."""
+    overlays: bool = True
+    max_pixels: int = 120_000_000
+
+
+@dataclass
+class PredictSummary:
+    """What was written, for the caller to print or save as JSON."""
+
+    written: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Images, folders (their images and videos, sorted, not recursive) and videos.
+
+    Raises:
+        FileNotFoundError: An input does not exist.
+        DataError: A file has an extension that is neither an image nor a video.
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                q for q in p.iterdir()
+                if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+            )
+            if not found:
+                raise DataError(f"{p} holds no images or videos ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            out += found
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+                raise DataError(
+                    f"{p}: extension {p.suffix or '(none)'} is neither an image "
+                    f"({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a video "
+                    f"({', '.join(sorted(VIDEO_EXTENSIONS))})"
+                )
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"input {p} does not exist")
+    return out
+
+
+def to_tensor(image: np.ndarray, pre: Preprocessing) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 normalised for the model."""
+    x = image[..., ::-1] if pre.channel_order == "BGR" else image
+    t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).float()  # (3, H, W)
+    mean = torch.tensor(pre.mean).view(3, 1, 1)
+    std = torch.tensor(pre.std).view(3, 1, 1)
+    return ((t - mean) / std).unsqueeze(0)
+
+
+def _device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+@torch.inference_mode()
+def predict_array(
+    model: nn.Module, image: np.ndarray, pre: Preprocessing, opts: PredictOptions,
+    num_classes: int | None = None,
+) -> np.ndarray:
+    """Class index map (H, W) of one RGB uint8 image at its own size."""
+    x = to_tensor(image, pre).to(_device(model))
+    probs = predict(
+        model, x, mode=opts.mode, scales=opts.scales, flip=opts.flip, crop_size=opts.crop_size,
+        stride=opts.stride, num_classes=num_classes, batch_size=opts.batch_size,
+        precision=opts.precision,
+        align_corners=bool(getattr(getattr(model, "config", None), "align_corners", False)),
+    )
+    labels = probs.argmax(1)[0]  # (H, W)
+    return labels.to(torch.uint8 if probs.shape[1] <= 256 else torch.int32).cpu().numpy()
+
+
+def _save(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, palette: np.ndarray,
+          class_names: Sequence[str] | None, opts: PredictOptions) -> dict[str, Any]:
+    mask_path = out_dir / f"{stem}.png"
+    save_mask_png(mask_path, labels, palette)
+    rec: dict[str, Any] = {"mask": str(mask_path), "height": int(labels.shape[0]),
+                           "width": int(labels.shape[1])}
+    if opts.overlays:
+        ov_path = out_dir / f"{stem}_overlay.png"
+        overlay(image, labels, palette, opts.alpha, class_names).save(ov_path)
+        rec["overlay"] = str(ov_path)
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(palette))
+    rec["class_fraction"] = {
+        (class_names[i] if class_names else str(i)): round(float(c) / labels.size, 6)
+        for i, c in enumerate(counts) if c
+    }
+    return rec
+
+
+def _frames(path: Path) -> Iterator[tuple[np.ndarray, float]]:
+    """RGB frames of a video and its frame rate (needs the ``video`` extra)."""
+    try:
+        import cv2  # type: ignore[import-not-found]
+    except ImportError:
+        raise DataError(
+            f"{path}: reading videos needs OpenCV; install it with pip install 'pspnet[video]'"
+        ) from None
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise DataError(f"{path}: cannot open the video (corrupt, or a codec OpenCV lacks)")
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            yield frame[..., ::-1].copy(), fps  # BGR -> RGB
+    finally:
+        cap.release()
+
+
+def _predict_video(model: nn.Module, path: Path, out_dir: Path, pre: Preprocessing,
+                   opts: PredictOptions, palette: np.ndarray,
+                   class_names: Sequence[str] | None, num_classes: int | None,
+                   progress: bool) -> dict[str, Any]:
+    import cv2  # type: ignore[import-not-found]
+
+    frame_dir = out_dir / path.stem
+    frame_dir.mkdir(parents=True, exist_ok=True)
+    writer = None
+    n = 0
+    video_out = out_dir / f"{path.stem}_overlay.mp4"
+    try:
+        for frame, fps in _frames(path):
+            labels = predict_array(model, frame, pre, opts, num_classes)
+            save_mask_png(frame_dir / f"{n:06d}.png", labels, palette)
+            ov = np.asarray(overlay(frame, labels, palette, opts.alpha, class_names, legend=False))
+            if writer is None:
+                h, w = ov.shape[:2]
+                writer = cv2.VideoWriter(str(video_out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            writer.write(np.ascontiguousarray(ov[..., ::-1]))
+            n += 1
+            if progress:
+                print(f"\r{path.name}: {n} frames", end="", file=sys.stderr)
+    finally:
+        if writer is not None:
+            writer.release()
+        if progress and n:
+            print(file=sys.stderr)
+    if n == 0:
+        raise DataError(f"{path}: the video has no readable frames")
+    return {"video": str(path), "frames": n, "masks": str(frame_dir), "overlay": str(video_out)}
+
+
+def predict_files(
+    model: nn.Module,
+    inputs: Iterable[Path],
+    out_dir: str | Path,
+    *,
+    preprocess: Preprocessing,
+    opts: PredictOptions,
+    class_names: Sequence[str] | None = None,
+    palette: np.ndarray | Sequence[Sequence[int]] | None = None,
+    num_classes: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every input and write ``OUT/<stem>.png`` (+ ``_overlay.png``) at original size.
+
+    Args:
+        model: Eval-mode model (or exported runtime).
+        inputs: Files from :func:`expand_inputs`.
+        out_dir: Output folder (created).
+        preprocess: Normalisation the model expects.
+        opts: Inference options.
+        class_names: For the legend and the summary.
+        palette: Class colours (default: VOC palette).
+        num_classes: Number of classes (for the palette and sliding-window buffers).
+        skip_bad: Report unreadable inputs and go on instead of stopping at the first.
+        progress: Show a progress bar.
+
+    Returns:
+        The summary; also written to ``OUT/summary.json``. Files finished before an error stay.
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_pal = max(num_classes or 0, len(class_names or ()), 1)
+    pal = np.asarray(palette if palette is not None else default_palette(max(n_pal, 2)), np.uint8)
+    summary = PredictSummary()
+    files = list(inputs)
+    seen: set[str] = set()
+    for path in tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2):
+        stem = path.stem if path.stem not in seen else f"{path.stem}_{len(seen)}"
+        seen.add(stem)
+        try:
+            if path.suffix.lower() in VIDEO_EXTENSIONS:
+                rec = _predict_video(model, path, out, preprocess, opts, pal, class_names,
+                                     num_classes, progress)
+            else:
+                image = read_image(path, max_pixels=opts.max_pixels)
+                labels = predict_array(model, image, preprocess, opts, num_classes)
+                rec = {"input": str(path), **_save(out, stem, image, labels, pal, class_names, opts)}
+            summary.written.append(rec)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            summary.failed.append({"input": str(path), "error": str(e)})
+    doc = {"written": summary.written, "failed": summary.failed}
+    (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return summary

@@ -1,0 +1,229 @@
+"""Tests for pspnet.data.scenes: determinism, on-disk format, and that context decides."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pspnet.data.scenes import (
+    BOAT,
+    CAR,
+    ROAD,
+    SCENES_CLASSES,
+    SCENES_PALETTE,
+    WATER,
+    generate_scenes,
+    render_scene,
+)
+
+SMALL = dict(n_train=6, n_val=3, size=(64, 80), seed=7, progress=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return generate_scenes(tmp_path_factory.mktemp("scenes") / "ds", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def many_scenes():
+    """200 scenes at 64x64: enough vessels of each kind for statistics (~0.3 s)."""
+    return [render_scene(np.random.default_rng([123, i]), (64, 64)) for i in range(200)]
+
+
+def erode(mask: np.ndarray, r: int) -> np.ndarray:
+    """Pixels whose (2r+1)^2 neighbourhood lies entirely in ``mask`` (edges count as outside)."""
+    p = np.pad(mask, r, constant_values=False)
+    h, w = mask.shape
+    out = np.ones_like(mask)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            out &= p[dy : dy + h, dx : dx + w]
+    return out
+
+
+def dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    return ~erode(~mask, r)
+
+
+# ------------------------------------------------------------------------------------------
+# render_scene
+# ------------------------------------------------------------------------------------------
+
+
+def test_render_shapes_dtypes_values():
+    for i in range(20):
+        image, label = render_scene(np.random.default_rng(i), (48, 72))
+        assert image.shape == (48, 72, 3) and image.dtype == np.uint8
+        assert label.shape == (48, 72) and label.dtype == np.uint8
+        assert label.max() < len(SCENES_CLASSES)
+        present = set(np.unique(label).tolist())
+        # Exactly one surface, and the vessels match it.
+        assert (WATER in present) != (ROAD in present)
+        assert not (BOAT in present and CAR in present)
+        assert BOAT not in present or WATER in present
+        assert CAR not in present or ROAD in present
+
+
+def test_render_is_deterministic():
+    a = render_scene(np.random.default_rng(42))
+    b = render_scene(np.random.default_rng(42))
+    c = render_scene(np.random.default_rng(43))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_render_rejects_bad_input():
+    with pytest.raises(TypeError):
+        render_scene(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        render_scene(np.random.default_rng(0), (16, 64))
+    with pytest.raises(ValueError):
+        render_scene(np.random.default_rng(0), surface="lava")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------
+# the ambiguity is real: appearance is identical, only context differs
+# ------------------------------------------------------------------------------------------
+
+
+def test_same_vessel_pixels_on_water_and_road():
+    """Same generator, surface forced: identical vessel pixels, different labels."""
+    for seed in range(10):
+        img_w, lab_w = render_scene(np.random.default_rng(seed), surface="water")
+        img_r, lab_r = render_scene(np.random.default_rng(seed), surface="road")
+        boat = lab_w == BOAT
+        assert boat.sum() > 0
+        assert np.array_equal(boat, lab_r == CAR)
+        assert np.array_equal(img_w[boat], img_r[boat])
+        # ... while the surroundings differ.
+        assert not np.array_equal(img_w[~boat], img_r[~boat])
+
+
+def test_boat_and_car_colour_statistics_match(many_scenes):
+    """Per-vessel mean colours of boat and car interiors have the same distribution."""
+    means = {BOAT: [], CAR: []}
+    stds = {BOAT: [], CAR: []}
+    for image, label in many_scenes:
+        for cls in (BOAT, CAR):
+            inner = erode(label == cls, 1)
+            if inner.sum() >= 30:
+                px = image[inner].astype(np.float64)
+                means[cls].append(px.mean(axis=0))
+                stds[cls].append(px.std(axis=0))
+    mb, mc = np.array(means[BOAT]), np.array(means[CAR])
+    assert len(mb) > 50 and len(mc) > 50
+    # Two-sample z test per channel at 4 sigma (deterministic seeds, so no flakiness).
+    se = np.sqrt(mb.var(axis=0) / len(mb) + mc.var(axis=0) / len(mc))
+    assert np.all(np.abs(mb.mean(axis=0) - mc.mean(axis=0)) < 4 * se + 1e-9)
+    # Texture (within-object spread) matches too.
+    sb, sc = np.array(stds[BOAT]).mean(axis=0), np.array(stds[CAR]).mean(axis=0)
+    assert np.all(np.abs(sb - sc) < 0.2 * np.maximum(sb, sc))
+    # And the vessel sizes.
+    area = {
+        c: [(lab == c).sum() for _, lab in many_scenes if (lab == c).any()] for c in (BOAT, CAR)
+    }
+    assert abs(np.mean(area[BOAT]) - np.mean(area[CAR])) < 0.2 * np.mean(area[CAR])
+
+
+def test_context_differs(many_scenes):
+    """A ring around every boat holds water and never road; around every car, the reverse."""
+    seen = {BOAT: 0, CAR: 0}
+    for _, label in many_scenes:
+        for cls, own, other in ((BOAT, WATER, ROAD), (CAR, ROAD, WATER)):
+            obj = label == cls
+            if not obj.any():
+                continue
+            ring = dilate(obj, 4) & ~obj
+            assert (label[ring] == own).mean() > 0.2
+            assert not (label[ring] == other).any()
+            seen[cls] += 1
+    # Both kinds are common (the surface is a fair coin).
+    assert seen[BOAT] > 60 and seen[CAR] > 60
+
+
+def test_vessels_are_large(many_scenes):
+    """Most vessel pixels see only vessel within 3 px: a small receptive field is not enough."""
+    inside = total = 0
+    for _, label in many_scenes:
+        obj = (label == BOAT) | (label == CAR)
+        total += obj.sum()
+        inside += erode(obj, 3).sum()
+    assert inside / total > 0.4
+
+
+# ------------------------------------------------------------------------------------------
+# generate_scenes
+# ------------------------------------------------------------------------------------------
+
+
+def test_files_and_list_format(dataset):
+    for split, n in (("train", SMALL["n_train"]), ("val", SMALL["n_val"])):
+        lines = (dataset / f"{split}.txt").read_text().splitlines()
+        assert len(lines) == n
+        for i, line in enumerate(lines):
+            img_rel, lab_rel = line.split(" ")
+            assert img_rel == f"images/{split}/{i:05d}.png"
+            assert lab_rel == f"labels/{split}/{i:05d}.png"
+            img = Image.open(dataset / img_rel)
+            lab = Image.open(dataset / lab_rel)
+            assert img.mode == "RGB" and img.size == (80, 64)
+            assert lab.mode == "P" and lab.size == (80, 64)
+            values = np.asarray(lab)
+            assert values.max() < len(SCENES_CLASSES)
+    classes = (dataset / "classes.txt").read_text().splitlines()
+    assert len(classes) == len(SCENES_CLASSES)
+    for i, line in enumerate(classes):
+        index, name, rgb = line.split("\t")
+        assert int(index) == i and name == SCENES_CLASSES[i]
+        assert [int(v) for v in rgb.split(" ")] == SCENES_PALETTE[i].tolist()
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["n_train"] == 6 and manifest["size"] == [64, 80] and manifest["seed"] == 7
+
+
+def test_generated_files_match_render(dataset):
+    """Sample i of a split is render_scene(default_rng([seed, split, i]))."""
+    image, label = render_scene(np.random.default_rng([7, 1, 2]), (64, 80))
+    assert np.array_equal(np.asarray(Image.open(dataset / "images/val/00002.png")), image)
+    assert np.array_equal(np.asarray(Image.open(dataset / "labels/val/00002.png")), label)
+
+
+def test_generation_is_deterministic(dataset, tmp_path):
+    other = generate_scenes(tmp_path / "again", **SMALL)
+    for rel in ("images/train/00004.png", "labels/train/00004.png", "train.txt", "classes.txt"):
+        if rel.endswith(".png"):
+            a, b = np.asarray(Image.open(dataset / rel)), np.asarray(Image.open(other / rel))
+            assert np.array_equal(a, b)
+        else:
+            assert (dataset / rel).read_text() == (other / rel).read_text()
+
+
+def test_idempotent_and_parameter_change(tmp_path):
+    out = generate_scenes(tmp_path / "ds", **SMALL)
+    marker = out / "images/train/00000.png"
+    before = marker.stat().st_mtime_ns
+    generate_scenes(out, **SMALL)  # same parameters: nothing rewritten
+    assert marker.stat().st_mtime_ns == before
+    changed = {**SMALL, "n_train": 3}
+    with pytest.raises(FileExistsError):
+        generate_scenes(out, **changed)
+    generate_scenes(out, **changed, overwrite=True)
+    assert len((out / "train.txt").read_text().splitlines()) == 3
+    assert not (out / "images/train/00005.png").exists()  # stale files removed
+    assert json.loads((out / "manifest.json").read_text())["n_train"] == 3
+
+
+def test_interrupted_generation_is_redone(tmp_path):
+    out = generate_scenes(tmp_path / "ds", **SMALL)
+    (out / "labels/val/00001.png").unlink()
+    generate_scenes(out, **SMALL)
+    assert (out / "labels/val/00001.png").is_file()
+
+
+def test_generate_rejects_bad_parameters(tmp_path):
+    with pytest.raises(ValueError):
+        generate_scenes(tmp_path, n_train=-1, progress=False)
+    with pytest.raises(ValueError):
+        generate_scenes(tmp_path, size=(8, 8), progress=False)
