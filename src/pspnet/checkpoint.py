@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from pspnet.config import ConfigError, ModelConfig, Preprocessing, from_dict, to_dict
 from pspnet.models import PSPNet, build_model
+from pspnet.models.fuse import optimize_for_inference
 from pspnet.models.zoo import MODELS, model_config
 
 __all__ = [
@@ -581,8 +582,10 @@ def load_model(
     num_classes: int | None = None,
     *,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    compile: bool = False,
     **options: Any,
-) -> PSPNet:
+) -> nn.Module:
     """Load a PSPNet for inference from any supported weight file.
 
     Args:
@@ -592,6 +595,9 @@ def load_model(
             when possible.
         num_classes: Number of classes; checked against the file.
         device: Where to put the model.
+        precision: ``"fp32"`` (the eager model, exact), ``"bf16"`` or ``"fp16"``: a folded,
+            channels-last, low-precision copy (:func:`pspnet.models.fuse.optimize_for_inference`).
+        compile: Also ``torch.compile`` it (the first call per input shape compiles).
         **options: :class:`~pspnet.config.ModelConfig` fields overriding what the file implies
             (foreign files only), e.g. ``align_corners=True`` for mmseg's 769x769 models.
 
@@ -619,7 +625,10 @@ def load_model(
             return load_model(p.parent, arch, num_classes, device=device)
         model, meta, _ = load_foreign(p, arch, num_classes, **options)
     model.meta = meta  # type: ignore[assignment]
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if precision != "fp32" or compile:
+        return optimize_for_inference(model, precision=precision, compile=compile)  # type: ignore[arg-type]
+    return model
 
 
 def load_backbone_weights(model: PSPNet, path: str | Path) -> LoadReport:

@@ -209,6 +209,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from pspnet import bench
+
+    doc = bench.run_benchmark(
+        arch=args.arch, sizes=tuple(args.sizes), variants=tuple(args.variants),
+        sliding=not args.no_sliding, train=not args.no_train, cpu_archs=not args.no_cpu_archs,
+        warmup=args.warmup, repeats=args.repeats,
+    )
+    bench.save(doc, args.json, args.markdown)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # Parser
 
@@ -256,6 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("benchmark", help="time every fast path against fp32 eager, same process")
+    s.add_argument("--arch", default="pspnet50")
+    s.add_argument("--sizes", type=int, nargs="+", default=[473, 713])
+    s.add_argument("--variants", nargs="+",
+                   default=["fp32-eager", "fp32-folded", "bf16-cl", "bf16-folded", "bf16-compile"])
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--no-sliding", action="store_true", help="skip the 2048x1024 sliding case")
+    s.add_argument("--no-train", action="store_true", help="skip the training-step cases")
+    s.add_argument("--no-cpu-archs", action="store_true", help="skip the pspnet_r18 train step")
+    s.add_argument("--json", help="write the results as JSON")
+    s.add_argument("--markdown", help="write the results as a Markdown table")
+    s.set_defaults(func=cmd_benchmark)
 
     s = sub.add_parser("predict", help="segment images, folders or videos into PNG masks + overlays")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders or videos")

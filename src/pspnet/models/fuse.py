@@ -1,0 +1,154 @@
+"""Inference fast paths: conv-BN folding, channels_last, bf16/fp16 weights, torch.compile.
+
+On a CPU with AMX (and on GPUs) PSPNet is bound by convolutions in bf16 and by memory traffic
+around them (BN, ReLU, upsampling). Folding each eval-mode BatchNorm into the conv before it
+removes a full read and write of every activation; channels_last is what oneDNN's bf16 kernels
+want (NCHW bf16 is barely faster than fp32); ``torch.compile`` fuses the remaining elementwise
+work. See docs/benchmarks.md for what each step buys on the project's machine.
+
+Everything here works on a *copy* of the model: the trained module is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["fold_batchnorm", "InferenceModel", "optimize_for_inference", "PRECISIONS"]
+
+PRECISIONS: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+# (conv attribute, bn attribute) pairs as they appear in our modules; Sequential pairs
+# (downsample: [conv, bn]) are found positionally below.
+_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv", "bn"))
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv whose output equals ``bn(conv(x))`` with BN in eval mode."""
+    fused = copy.deepcopy(conv)
+    w = conv.weight.detach().double()
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)  # (C,)
+    fused.weight = nn.Parameter((w * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
+    bias = (b - bn.running_mean.double()) * scale + bn.bias.detach().double()
+    fused.bias = nn.Parameter(bias.to(conv.weight.dtype))
+    return fused
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Return a copy of ``model`` (eval mode) with every conv+BN pair folded into one conv.
+
+    Only BatchNorms that directly follow a conv in our modules are folded (stem, blocks,
+    shortcuts, pyramid branches, heads); each is replaced by ``nn.Identity``.
+    """
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        for conv_name, bn_name in _PAIRS:
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, conv_name, _fold(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                    module[i] = _fold(module[i], module[i + 1])
+                    module[i + 1] = nn.Identity()
+    return model
+
+
+class InferenceModel(nn.Module):
+    """An eval-only model that takes float32 NCHW images and returns float32 logits.
+
+    It converts the input to the weights' dtype and memory format and the logits back, so it
+    can replace the eager model anywhere (``model(images)["out"]``).
+
+    Attributes:
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        compile_seconds: Wall time of the first (compiling) call when compiled, else 0.
+    """
+
+    def __init__(self, model: nn.Module, precision: str, channels_last: bool, compiled: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.channels_last = channels_last
+        self.compiled = compiled
+        self.compile_seconds = 0.0
+        self._forward = torch.compile(model, dynamic=False) if compiled else model
+        self._warm_shapes: set[tuple[int, ...]] = set()
+        self.train(False)
+
+    def train(self, mode: bool = True) -> InferenceModel:
+        if mode:
+            raise RuntimeError(
+                "this model is optimised for inference (BN folded / low precision); train the "
+                "original model returned by pspnet.create_model or load_model(precision='fp32')"
+            )
+        return super().train(False)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        x = images.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        first = self.compiled and tuple(x.shape) not in self._warm_shapes
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self._forward(x)["out"]
+        if first:
+            self._warm_shapes.add(tuple(x.shape))
+            self.compile_seconds += time.perf_counter() - t0
+        return {"out": out.float().contiguous()}
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    channels_last: bool | None = None,
+    fold_bn: bool = True,
+    compile: bool = False,
+    device: str | torch.device | None = None,
+) -> InferenceModel:
+    """Build the fast inference version of a (trained) model.
+
+    Args:
+        model: An eager PSPNet (not modified).
+        precision: Weight/activation dtype. ``bf16`` uses AMX on recent Xeons and tensor cores
+            on GPUs; ``fp16`` is meant for CUDA.
+        channels_last: NHWC memory format; default on for bf16/fp16 (where oneDNN and cuDNN
+            need it) and off for fp32 (where it does not help on CPU).
+        fold_bn: Fold BatchNorm into the convs.
+        compile: Wrap in ``torch.compile(dynamic=False)``; each new input shape compiles once
+            (its cost is reported as ``compile_seconds``).
+        device: Move the model here first (default: where it is).
+
+    Returns:
+        An :class:`InferenceModel` carrying the original's ``config`` and ``meta``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    m = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    if device is not None:
+        m = m.to(device)
+    if channels_last is None:
+        channels_last = precision != "fp32"
+    m = m.to(PRECISIONS[precision])
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    fast = InferenceModel(m, precision, channels_last, compile)
+    for attr in ("config", "meta"):
+        if hasattr(model, attr):
+            setattr(fast, attr, getattr(model, attr))
+    return fast
+
