@@ -221,6 +221,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from pspnet.serve import serve_from_args
+    except ImportError as e:
+        raise ValueError(f"serving needs the serve extra: pip install 'pspnet[serve]' ({e})") from None
+    return serve_from_args(args.weights, host=args.host, port=args.port,
+                           max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
+                           timeout_s=args.timeout_s, max_concurrency=args.max_concurrency,
+                           device=args.device)
+
+
 # --------------------------------------------------------------------------------------------
 # Parser
 
@@ -282,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write the results as JSON")
     s.add_argument("--markdown", help="write the results as a Markdown table")
     s.set_defaults(func=cmd_benchmark)
+
+    s = sub.add_parser("serve", help="serve a model over HTTP on localhost (needs pspnet[serve])")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="bind address; anything but loopback exposes the model to the network")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
+    s.add_argument("--max-pixels", type=int, default=16_000_000, help="largest image (W*H)")
+    s.add_argument("--timeout-s", type=float, default=30.0, help="time to receive a request")
+    s.add_argument("--max-concurrency", type=int, default=2, help="inferences at once")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("predict", help="segment images, folders or videos into PNG masks + overlays")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders or videos")
