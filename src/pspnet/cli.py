@@ -154,7 +154,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def _load_any(weights: str, device: str) -> Any:
     """An eager model (our dir or a foreign checkpoint) or an exported ONNX/TorchScript file."""
-    if Path(weights).suffix.lower() in (".onnx", ".ts", ".torchscript"):
+    if Path(weights).suffix.lower() in (".onnx", ".ts", ".torchscript", ".pt"):
         from pspnet.export import load_exported
 
         return load_exported(weights)
@@ -181,6 +181,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = _load_any(args.weights, args.device)
     meta = getattr(model, "meta", None)
     crop = (args.crop_size, args.crop_size) if args.crop_size else None
+    fixed = getattr(model, "input_size", None)  # a fixed-size export runs only at that size
+    if fixed and crop is None:
+        crop, args.mode = tuple(fixed), "slide"
+        print(f"note: {args.weights} takes {fixed[0]}x{fixed[1]} inputs only; predicting with a "
+              "sliding window of that size", file=sys.stderr)
     if args.mode == "slide" and crop is None:
         raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
     opts = PredictOptions(mode=args.mode, crop_size=crop, scales=tuple(args.scales),
@@ -230,6 +235,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
                            timeout_s=args.timeout_s, max_concurrency=args.max_concurrency,
                            device=args.device)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pspnet.checkpoint import load_model
+    from pspnet.export import export_onnx, export_torchscript
+
+    model = load_model(args.weights)
+    if args.format == "onnx":
+        report = export_onnx(model, args.out, height=args.height, width=args.width,
+                             dynamic=args.dynamic, output=args.output, check=not args.no_check)
+    else:
+        if args.dynamic:
+            raise ValueError("--dynamic is available for --format onnx only; TorchScript exports "
+                             "a fixed size and refuses others")
+        report = export_torchscript(model, args.out, height=args.height, width=args.width,
+                                    output=args.output, check=not args.no_check)
+    print(report.format())
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-concurrency", type=int, default=2, help="inferences at once")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("export", help="export to ONNX or TorchScript, checked against eager")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    s.add_argument("--out", required=True, help="output file (.onnx or .ts)")
+    s.add_argument("--height", type=int, default=473, help="export (and fixed) input height")
+    s.add_argument("--width", type=int, default=473, help="export (and fixed) input width")
+    s.add_argument("--dynamic", action="store_true",
+                   help="ONNX graph valid at any size (exact shape-generic pyramid pooling)")
+    s.add_argument("--output", choices=["logits", "labels"], default="logits")
+    s.add_argument("--no-check", action="store_true", help="skip the parity check against eager")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("predict", help="segment images, folders or videos into PNG masks + overlays")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders or videos")
