@@ -232,6 +232,24 @@ def bench_train_step(
     return results
 
 
+ALLOCATORS = {
+    "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
+    "jemalloc": ("libjemalloc.so.2",),
+}
+
+
+def allocator_path(name: str) -> str | None:
+    """Path of a malloc replacement library (Debian: libtcmalloc-minimal4, libjemalloc2)."""
+    import glob
+
+    for lib in ALLOCATORS.get(name, ()):
+        for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib"):
+            hits = glob.glob(f"{d}/{lib}")
+            if hits:
+                return hits[0]
+    return None
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = platform.processor() or ""

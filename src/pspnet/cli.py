@@ -215,7 +215,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    import os
+
     from pspnet import bench
+
+    if args.allocator != "system" and args.allocator not in os.environ.get("LD_PRELOAD", ""):
+        lib = bench.allocator_path(args.allocator)
+        if lib is None:
+            raise ValueError(f"--allocator {args.allocator}: library not found (Debian: apt-get "
+                             "install libtcmalloc-minimal4 / libjemalloc2); or use --allocator system")
+        # The allocator must be loaded before the process starts: run ourselves again with it.
+        env = {**os.environ, "LD_PRELOAD": lib}
+        os.execve(sys.executable, [sys.executable, "-m", "pspnet", *sys.argv[1:]], env)
 
     doc = bench.run_benchmark(
         arch=args.arch, sizes=tuple(args.sizes), variants=tuple(args.variants),
@@ -313,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-sliding", action="store_true", help="skip the 2048x1024 sliding case")
     s.add_argument("--no-train", action="store_true", help="skip the training-step cases")
     s.add_argument("--no-cpu-archs", action="store_true", help="skip the pspnet_r18 train step")
+    s.add_argument("--allocator", choices=["system", "tcmalloc", "jemalloc"], default="system",
+                   help="preload another malloc (fewer page faults; see docs/benchmarks.md)")
     s.add_argument("--json", help="write the results as JSON")
     s.add_argument("--markdown", help="write the results as a Markdown table")
     s.set_defaults(func=cmd_benchmark)
