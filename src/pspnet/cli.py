@@ -15,6 +15,11 @@ from typing import Any
 
 EPILOG = """examples:
   pspnet demo                                      # train PSPNet + FCN on generated scenes, report
+  pspnet train --data-root D --train-list D/train.txt --val-list D/val.txt --num-classes 11 \\
+      --time-budget 30 --work-dir runs/camvid
+  torchrun --nproc-per-node 2 -m pspnet train --config configs/ade20k_pspnet50.yaml
+  pspnet evaluate --weights runs/camvid/best --data-root D --val-list D/test.txt --out eval/ \\
+      --save-predictions
   pspnet list-models
   pspnet zoo                                       # public weights, sources, reported mIoU
   pspnet zoo --download mmseg_pspnet_r50_ade20k
@@ -266,6 +271,71 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pspnet.engine.train import train_from_args
+
+    result = train_from_args(
+        args.data_root, args.train_list, args.val_list, args.num_classes,
+        class_names=args.class_names, arch=args.arch, crop_size=args.crop_size,
+        batch_size=args.batch_size, epochs=args.epochs, time_budget=args.time_budget,
+        work_dir=args.work_dir, resume=args.resume, config_file=args.config,
+        overrides=args.set, progress=not args.quiet,
+    )
+    best = f", best val mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
+    print(f"trained {result.iterations} iterations in {result.elapsed_s / 60:.1f} min "
+          f"({result.stop_reason}){best}; final weights: {result.final_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pspnet.engine.distributed import cleanup, init_distributed
+
+    # Under torchrun each process scores a disjoint shard; the confusion matrices are summed.
+    info = init_distributed("cpu" if args.device == "cpu" else args.device)
+    try:
+        return _evaluate(args, info.rank, str(info.device))
+    finally:
+        cleanup(info)
+
+
+def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
+    from pspnet.data.datasets import SegmentationDataset, list_file_samples, make_label_map
+    from pspnet.engine.evaluate import evaluate_model, write_metrics
+    from pspnet.engine.metrics import save_confusion_png
+
+    model = _load_any(args.weights, device)
+    meta = getattr(model, "meta", None)
+    num_classes = args.num_classes or (meta.model.num_classes if meta else None)
+    if num_classes is None:
+        raise ValueError("--num-classes is needed for an exported model without metadata")
+    names = _read_names(args.class_names) or (meta.classes if meta else None)
+    samples = list_file_samples(args.data_root, args.val_list)
+    data = SegmentationDataset(samples, num_classes, ignore_index=args.ignore_index,
+                               label_map=make_label_map(args.label_map))
+    out = Path(args.out)
+    crop = (args.crop_size, args.crop_size) if args.crop_size else None
+    if args.mode == "slide" and crop is None and not args.protocol:
+        raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
+    metrics = evaluate_model(
+        model, data, num_classes=num_classes, ignore_index=args.ignore_index,
+        protocol=args.protocol, mode=args.mode, scales=tuple(args.scales), flip=args.flip,
+        crop_size=crop, precision=args.precision,
+        save_predictions_dir=out / "predictions" if args.save_predictions else None,
+        class_names=names, palette=meta.palette if meta else None,
+        preprocess=meta.preprocess if meta else None, progress=not args.quiet,
+    )
+    if rank == 0:
+        setup = {"weights": str(args.weights), "protocol": args.protocol, "mode": args.mode,
+                 "scales": list(args.scales), "flip": args.flip, "crop_size": args.crop_size,
+                 "precision": args.precision, "images": len(data)}
+        write_metrics(out / "metrics.json", metrics, names, extra={"setup": setup})
+        save_confusion_png(metrics.confusion, names or [str(i) for i in range(num_classes)],
+                           out / "confusion.png")
+        print(f"mIoU {metrics.miou:.4f}  mAcc {metrics.macc:.4f}  allAcc {metrics.all_acc:.4f}"
+              f"  ({len(data)} images) -> {out / 'metrics.json'}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # Parser
 
@@ -341,6 +411,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-concurrency", type=int, default=2, help="inferences at once")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("train", help="train on list-file data (CPU defaults; torchrun for DDP)")
+    s.add_argument("--data-root", help="root the list files' paths are relative to")
+    s.add_argument("--train-list", help="training list: 'image label' per line")
+    s.add_argument("--val-list", help="validation list (validation during training)")
+    s.add_argument("--num-classes", type=int)
+    s.add_argument("--class-names", help="class names file (one a line, or CamVid classes.txt)")
+    s.add_argument("--arch", help="architecture (default pspnet_r18 on CPU)")
+    s.add_argument("--crop-size", type=int, help="training crop (default: from the data, <= 320)")
+    s.add_argument("--batch-size", type=int, help="images per optimizer step (default 8)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="minutes; the poly schedule is planned to end when they are spent")
+    s.add_argument("--work-dir", help="output folder (checkpoints, final/, best/, log.jsonl)")
+    s.add_argument("--resume", metavar="auto|PATH", help="continue a run (auto: newest good)")
+    s.add_argument("--config", help="YAML config (see configs/)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. optim.lr=0.02 train.precision=fp32")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="mIoU/mAcc/allAcc of weights on a labelled list")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--data-root", required=True)
+    s.add_argument("--val-list", required=True, help="'image label' per line")
+    s.add_argument("--out", required=True, help="writes metrics.json, confusion.png")
+    s.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    s.add_argument("--crop-size", type=int)
+    s.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    s.add_argument("--flip", action="store_true")
+    s.add_argument("--protocol", help="a named preset (docs/evaluation.md): semseg, mmseg-whole ...")
+    s.add_argument("--save-predictions", action="store_true",
+                   help="write OUT/predictions/<stem>.png (class indices, original size)")
+    s.add_argument("--num-classes", type=int, help="default: from the weights")
+    s.add_argument("--class-names")
+    s.add_argument("--ignore-index", type=int, default=255)
+    s.add_argument("--label-map", help="reduce_zero_label (ADE20K), cityscapes_label_ids")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("export", help="export to ONNX or TorchScript, checked against eager")
     s.add_argument("--weights", required=True)

@@ -1,0 +1,1521 @@
+"""Training PSPNet: the paper's recipe, from a two-core laptop to ``torchrun`` on many GPUs.
+
+The recipe (Zhao et al., CVPR 2017, and the authors' ``hszhao/semseg`` code): SGD with momentum
+0.9 and weight decay 1e-4; a poly learning rate ``lr * (1 - iter / max_iter) ** 0.9`` updated
+every iteration, 10x on the new layers (``model.head``, ``model.aux_head``); cross-entropy with
+ignore label 255 on the final logits plus 0.4 x the auxiliary (stage-4) loss; random scale
+0.5-2.0, rotation +-10 degrees, Gaussian blur, horizontal flip and crop; SyncBatchNorm over the
+processes.
+
+Entry points: :func:`train` (a :class:`~pspnet.config.Config`), :func:`train_from_args` (what
+``pspnet train`` calls: config file < flags < ``--set`` overrides) and :func:`main_torchrun`
+(``python -m pspnet.engine.train ...``, also under ``torchrun``).
+
+Outputs in ``WORK_DIR`` (rank 0 only writes):
+
+* ``config.yaml``: the resolved configuration (crop, precision, workers filled in);
+* ``log.jsonl``: one JSON object a line (``event``: start, plan, train, val, checkpoint,
+  resume, diverged, end);
+* ``checkpoints/last.pt``, ``checkpoints/prev.pt`` and ``checkpoints/latest``: see below;
+* ``final/`` and ``best/`` (best validation mIoU): weight directories in our format
+  (:func:`pspnet.checkpoint.save_weights`), loadable with ``pspnet.load_model``;
+* ``tb/`` when TensorBoard logging is on.
+
+Checkpoints and resuming. A checkpoint is written with ``torch.save`` to a temporary file that
+is flushed to disk and then renamed over ``last.pt`` (the previous ``last.pt`` is first renamed
+to ``prev.pt``); the ``latest`` pointer is replaced atomically too. A crash at any moment
+leaves at least one complete checkpoint. Checkpoints hold only tensors, numbers, strings, lists
+and dicts, so they load with ``torch.load(..., weights_only=True)``: the model and optimizer
+state, the GradScaler, the schedule position, the Python / numpy / torch (and CUDA) random
+states of every process, the epoch and the step inside it, elapsed training time, the best
+score so far and the config. ``resume="auto"`` loads the newest readable checkpoint of
+``WORK_DIR`` (if the newest is truncated or corrupt it warns, naming the file, and takes the
+previous one) and continues bit-exactly on the CPU: same batches, same augmentations, same
+dropout masks, same weights as a run that was never interrupted. Resuming refuses a different
+model (``num_classes``, ``arch``, any model option), world size or batch size; the learning
+rate, schedule, seed and time budget come from the checkpoint (with a warning when the config
+says otherwise).
+
+Reproducible data: the order of epoch ``e`` is ``randperm`` from a ``torch.Generator`` seeded
+by ``(seed, e)``, and sample ``i`` of epoch ``e`` is augmented with
+:func:`pspnet.data.transforms.sample_rng` ``(seed, e, i)``; neither depends on the global RNGs,
+the number of DataLoader workers, or where a previous run stopped.
+
+Divergence: a NaN or infinite loss stops the run before the optimizer step with
+:class:`TrainingDiverged`, naming the iteration and the main / auxiliary losses; no checkpoint
+is written after it, so the last good one stays as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from pspnet.checkpoint import (
+    CheckpointError,
+    WeightsMeta,
+    atomic_write_bytes,
+    load_backbone_weights,
+    read_torch_file,
+    save_weights,
+)
+from pspnet.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    _deep_merge,
+    apply_overrides,
+    load_yaml,
+)
+from pspnet.data.datasets import (
+    DataError,
+    SegmentationDataset,
+    get_dataset_spec,
+    list_file_samples,
+    make_label_map,
+    read_classes_file,
+    scan_labels,
+)
+from pspnet.data.io import image_size, read_image
+from pspnet.data.palette import default_palette
+from pspnet.data.transforms import eval_transform, sample_rng, train_transform
+from pspnet.engine.distributed import (
+    DistInfo,
+    TrainBatchSampler,
+    all_gather_object,
+    broadcast_object,
+    cleanup,
+    convert_sync_batchnorm,
+    init_distributed,
+    is_distributed,
+    shard_indices,
+)
+from pspnet.engine.evaluate import evaluate_model
+from pspnet.engine.losses import PSPLoss
+from pspnet.engine.metrics import SegMetrics
+from pspnet.engine.optim import PolySchedule, build_optimizer
+from pspnet.models import build_model
+
+__all__ = [
+    "TrainingDiverged",
+    "TrainResult",
+    "train",
+    "train_from_args",
+    "main_torchrun",
+    "find_checkpoint",
+    "load_checkpoint",
+    "CHECKPOINT_FORMAT",
+]
+
+log = logging.getLogger("pspnet.train")
+
+CHECKPOINT_FORMAT = "pspnet-train-checkpoint"
+CHECKPOINT_VERSION = 1
+DEFAULT_EPOCHS = 50
+#: Longest side of the training crop chosen from the data when none is configured.
+AUTO_CROP_MAX = 320
+#: Number of validations during a run when ``train.val_interval`` is not set.
+AUTO_VALIDATIONS = 4
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; training stopped before updating the weights.
+
+    Attributes:
+        iteration: The 1-based optimizer step whose loss was not finite.
+        main_loss, aux_loss: The two parts of that loss.
+        checkpoint: The last good checkpoint (left untouched), or None.
+    """
+
+    def __init__(
+        self, message: str, iteration: int, main_loss: float, aux_loss: float,
+        checkpoint: Path | None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.iteration = iteration
+        self.main_loss = main_loss
+        self.aux_loss = aux_loss
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        work_dir: The run's folder.
+        final_dir: Weight directory of the final model.
+        best_dir: Weight directory of the best validation model (None without validation).
+        iterations: Optimizer steps done in total (including before a resume).
+        max_iter: Planned total steps (the poly schedule's end).
+        epochs: Iterations in epochs (fractional).
+        best_miou: Best validation mIoU (fraction), or None.
+        best_iteration: Iteration of the best model, or None.
+        last_metrics: The last validation's :class:`SegMetrics`, or None.
+        final_loss: Mean training loss of the last logged interval.
+        elapsed_s: Training wall time in seconds, summed over resumes.
+        stop_reason: ``"completed"`` (schedule ended; with a time budget, on budget) or
+            ``"time_budget"`` (the budget ran out before the schedule ended).
+        resumed_from: The checkpoint this run continued from, or None.
+        config: The effective configuration.
+    """
+
+    work_dir: Path
+    final_dir: Path
+    best_dir: Path | None
+    iterations: int
+    max_iter: int
+    epochs: float
+    best_miou: float | None
+    best_iteration: int | None
+    last_metrics: SegMetrics | None
+    final_loss: float | None
+    elapsed_s: float
+    stop_reason: str
+    resumed_from: Path | None
+    config: Config
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); else it is emulated."""
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(torch.cpu, name, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # noqa: BLE001 - private probes; treat failures as "no"
+            pass
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where it is fast (native CPU bf16, or CUDA with bf16), fp16 on older
+    GPUs, else fp32. Explicit choices are checked against the device."""
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp16":
+        raise ConfigError(
+            "`train.precision` fp16 needs a CUDA device (it relies on a GradScaler); use bf16 "
+            "or fp32 on the CPU"
+        )
+    if precision == "bf16" and not cpu_has_native_bf16():
+        warnings.warn(
+            "train.precision is bf16 but this CPU has no native bf16 (AVX512-BF16/AMX): it is "
+            "emulated and usually slower than fp32",
+            stacklevel=3,
+        )
+    return precision
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _read_class_names(path: str | Path, num_classes: int) -> tuple[tuple[str, ...], Any]:
+    """Names (and a palette when the file has colours) from a class-names file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"`data.class_names`: file {p} does not exist")
+    lines = [
+        ln.strip("\r\n") for ln in p.read_text(encoding="utf-8-sig").splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]  # fmt: skip
+    palette = None
+    if lines and all(len(ln.split("\t")) == 3 for ln in lines):
+        names, pal = read_classes_file(p)
+        if all(i in pal for i in range(len(names))):
+            palette = tuple(pal[i] for i in range(len(names)))
+    else:
+        names = tuple(ln.strip() for ln in lines)
+    if len(names) != num_classes:
+        raise ConfigError(
+            f"`data.class_names`: {p} lists {len(names)} classes but model.num_classes is "
+            f"{num_classes} (--num-classes)"
+        )
+    return tuple(names), palette
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+class _TrainSet(Dataset):
+    """Training samples keyed by ``(epoch, index)``: augmented with ``sample_rng(seed, e, i)``."""
+
+    def __init__(self, base: SegmentationDataset, augment: Any, seed: int) -> None:
+        self.base = base
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        sample = self.base.samples[index]
+        image = read_image(sample.image, max_pixels=self.base.max_pixels)
+        label = self.base.load_label(index)
+        if image.shape[:2] != label.shape[:2]:
+            raise DataError(
+                f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its label "
+                f"{sample.label} is {label.shape[1]}x{label.shape[0]}; they must match"
+            )
+        img, lab = self.augment(image, label, sample_rng(self.seed, epoch, index))
+        return {"image": img, "label": lab.long(), "name": sample.name}
+
+
+@dataclass
+class _Data:
+    train: SegmentationDataset
+    val: SegmentationDataset | None
+    class_names: tuple[str, ...] | None
+    palette: tuple[tuple[int, int, int], ...] | None
+
+
+def _build_data(cfg: Config) -> _Data:
+    dc: DataConfig = cfg.data
+    k = cfg.model.num_classes
+    spec = get_dataset_spec(dc.dataset) if dc.dataset else None
+    if spec is not None and spec.num_classes != k:
+        raise ConfigError(
+            f"`model.num_classes` is {k} but data set {spec.name!r} has {spec.num_classes} "
+            "classes (--num-classes)"
+        )
+    if dc.train_list:
+        root = Path(dc.root) if dc.root else Path(".")
+        train_samples = list_file_samples(root, dc.train_list)
+        val_samples = list_file_samples(root, dc.val_list) if dc.val_list else None
+    elif spec is not None:
+        if not dc.root:
+            raise ConfigError(f"`data.root` is required to read data set {spec.name!r}")
+        train_samples = spec.find_samples(dc.root, dc.train_split)
+        val_samples = spec.find_samples(dc.root, dc.val_split) if dc.val_split else None
+    else:
+        raise ConfigError(
+            "`data.train_list` is not set: give --data-root DIR --train-list FILE (a list of "
+            "`image label` lines) or data.dataset with data.root"
+        )
+    map_name = dc.label_map if dc.label_map is not None else (spec.label_map if spec else None)
+    label_map = make_label_map(map_name, ignore_index=dc.ignore_index)
+    train = SegmentationDataset(
+        train_samples, k, ignore_index=dc.ignore_index, label_map=label_map
+    )
+    val = None
+    if val_samples:
+        val = SegmentationDataset(
+            val_samples,
+            k,
+            ignore_index=dc.ignore_index,
+            label_map=label_map,
+            transform=eval_transform(cfg.preprocess.mean, cfg.preprocess.std),
+        )
+    names: tuple[str, ...] | None = None
+    palette = None
+    if dc.class_names:
+        names, palette = _read_class_names(dc.class_names, k)
+    elif spec is not None:
+        names = tuple(spec.class_names)
+    if palette is None:
+        palette = tuple(tuple(int(v) for v in c) for c in default_palette(k))
+    return _Data(train, val, names, palette)  # type: ignore[arg-type]
+
+
+def _auto_crop(train: SegmentationDataset) -> tuple[int, int]:
+    """min(320, shortest side among the first 16 training images), square."""
+    sides = []
+    for s in train.samples[:16]:
+        w, h = image_size(s.image)
+        sides.append(min(w, h))
+    side = max(8, min([AUTO_CROP_MAX, *sides]))
+    return side, side
+
+
+def _scan(ds: SegmentationDataset, info: DistInfo, progress: bool) -> None:
+    """Check every label (sharded over processes); every process raises the first error."""
+    idx = shard_indices(len(ds), info.rank, info.world_size)
+    shard = ds
+    if info.world_size > 1:
+        shard = SegmentationDataset(
+            [ds.samples[i] for i in idx] or ds.samples[:1],
+            ds.num_classes,
+            ignore_index=ds.ignore_index,
+            label_map=ds.label_map,
+            max_pixels=ds.max_pixels,
+        )
+    message = None
+    try:
+        scan_labels(shard, progress=progress and info.is_main)
+    except DataError as e:
+        message = str(e)
+    messages = all_gather_object(message)
+    first = next((m for m in messages if m), None)
+    if first:
+        raise DataError(first)
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state (weights_only-compatible)
+
+
+def _rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    key, arr, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": {"version": int(py[0]), "state": [int(v) for v in py[1]], "gauss": py[2]},
+        "numpy": {
+            "key": str(key),
+            "state": torch.from_numpy(np.asarray(arr, dtype=np.int64).copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            npst["key"],
+            npst["state"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_to_cpu(v) for v in obj)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+def _ckpt_dir(work_dir: Path) -> Path:
+    return work_dir / "checkpoints"
+
+
+def _write_checkpoint(work_dir: Path, state: dict[str, Any]) -> Path:
+    """torch.save to a temp file, fsync, last.pt -> prev.pt, temp -> last.pt, update `latest`."""
+    d = _ckpt_dir(work_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".last.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        last, prev = d / "last.pt", d / "prev.pt"
+        if last.exists():
+            os.replace(last, prev)
+        os.replace(tmp, last)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    pointer = {"file": "last.pt", "iteration": int(state["iteration"]),
+               "time": datetime.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
+    atomic_write_bytes(d / "latest", (json.dumps(pointer) + "\n").encode())
+    with contextlib.suppress(OSError):  # make the renames durable too
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return last
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and check a training checkpoint (safely: tensors and plain data only).
+
+    Raises:
+        CheckpointError: Missing, truncated, corrupt, or not a training checkpoint.
+    """
+    p = Path(path)
+    state = read_torch_file(p)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{p} is not a pspnet training checkpoint (it has no format {CHECKPOINT_FORMAT!r}); "
+            "to start from weights use train.backbone_weights"
+        )
+    if int(state.get("version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{p} was written by a newer pspnet (version {state['version']})")
+    missing = [k for k in ("model", "optimizer", "iteration", "schedule", "rng", "config")
+               if k not in state]  # fmt: skip
+    if missing:
+        raise CheckpointError(f"{p} is incomplete: missing {', '.join(missing)}")
+    return state
+
+
+def find_checkpoint(work_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint in ``work_dir/checkpoints`` (None if there is none).
+
+    Tries the file named by ``latest``, then ``last.pt``, then ``prev.pt``; a file that
+    cannot be read (truncated, corrupt) gives a warning naming it and the next one is tried.
+
+    Raises:
+        CheckpointError: Checkpoints exist but none can be read.
+    """
+    d = _ckpt_dir(Path(work_dir))
+    order: list[Path] = []
+    pointer = d / "latest"
+    if pointer.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            order.append(d / str(json.loads(pointer.read_text())["file"]))
+    for name in ("last.pt", "prev.pt"):
+        if d / name not in order:
+            order.append(d / name)
+    existing = [p for p in order if p.is_file()]
+    if not existing:
+        return None
+    errors = []
+    for i, p in enumerate(existing):
+        try:
+            return p, load_checkpoint(p)
+        except CheckpointError as e:
+            errors.append(f"{p}: {e}")
+            nxt = existing[i + 1] if i + 1 < len(existing) else None
+            warnings.warn(
+                f"checkpoint {p} cannot be read and is skipped ({e})"
+                + (f"; falling back to the previous checkpoint {nxt}" if nxt else ""),
+                stacklevel=2,
+            )
+    raise CheckpointError(
+        f"no usable checkpoint in {d}: " + "; ".join(errors)
+        + ". Start afresh (without --resume) or restore a checkpoint."
+    )
+
+
+def _check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int) -> Config:
+    """Refuse incompatible resumes; take the schedule-defining values from the checkpoint."""
+    old = state["config"]
+    new = cfg.to_dict()
+    old_model, new_model = old.get("model", {}), new["model"]
+    for key in ("num_classes", "arch"):
+        if old_model.get(key) != new_model.get(key):
+            raise ConfigError(
+                f"cannot resume from {path}: it was trained with model.{key} = "
+                f"{old_model.get(key)!r} but the config now says {new_model.get(key)!r}. A "
+                "checkpoint continues the same model only; use a new --work-dir to train a "
+                "different one (or convert its weights and start afresh)."
+            )
+    diff = sorted(k for k in new_model if old_model.get(k) != new_model.get(k))
+    if diff:
+        shown = ", ".join(f"model.{k}: {old_model.get(k)!r} -> {new_model[k]!r}" for k in diff)
+        raise ConfigError(
+            f"cannot resume from {path}: the model options changed ({shown}); use a new "
+            "--work-dir to train a different model"
+        )
+    if int(state.get("world_size", 1)) != world:
+        raise ConfigError(
+            f"cannot resume from {path}: it was written by a run with {state.get('world_size')} "
+            f"processes, this run has {world}. Resume with the same number of processes "
+            "(the data order and batch-norm statistics depend on it)."
+        )
+    old_train = old.get("train", {})
+    if old_train.get("batch_size") != cfg.train.batch_size:
+        raise ConfigError(
+            f"cannot resume from {path}: train.batch_size was {old_train.get('batch_size')}, "
+            f"now {cfg.train.batch_size}; the position in the epoch depends on it"
+        )
+    changed = []
+    if old.get("optim") != new["optim"]:
+        changed.append("optim.*")
+    for key in ("seed", "epochs", "max_iter", "time_budget"):
+        if old_train.get(key) != new["train"].get(key):
+            changed.append(f"train.{key}")
+    if changed:
+        warnings.warn(
+            f"resuming from {path}: {', '.join(changed)} differ from the checkpoint; the "
+            "learning rate, schedule, seed and budget continue from the checkpoint",
+            stacklevel=3,
+        )
+    train_section = {**new["train"], **{k: old_train.get(k) for k in
+                                          ("seed", "epochs", "max_iter", "time_budget")}}
+    merged = {**new, "optim": old.get("optim", new["optim"]), "train": train_section}
+    return Config.from_dict(merged)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Budget:
+    """Plans ``max_iter`` so that the poly schedule ends when the time budget is spent.
+
+    The first ``warmup`` steps of a process are not timed; after ``measure`` more, the mean step
+    time ``c`` (data loading included) gives the plan: the largest ``n`` more steps with
+
+        n * c + (validations in the next n steps, the final one included) * v
+              + (checkpoints in the next n steps) * s  <=  budget - elapsed - reserve,
+
+    where ``v`` is the cost of one validation (measured once one has run; estimated before as
+    a forward pass, ~1/4 of a training step, per validation image, scaled by its size), ``s``
+    the cost of a checkpoint, and ``reserve`` the final save plus a margin (1 % of the budget
+    and two steps) for timing noise. The plan is
+    refreshed every ~5 % of the run and after each validation (the schedule stays continuous,
+    see :class:`~pspnet.engine.optim.PolySchedule`).
+    """
+
+    #: Validations may take at most this share of the time left when they are scheduled.
+    VAL_SHARE = 0.25
+
+    def __init__(self, budget_s: float, warmup: int, measure: int) -> None:
+        self.budget_s = budget_s
+        self.warmup = warmup
+        self.measure = measure
+        self.step_times: list[float] = []
+        self.val_s: float | None = None
+        self.val_estimate_s = 0.0
+        self.ckpt_s = 1.0
+
+    def ready(self) -> bool:
+        return len(self.step_times) >= self.warmup + self.measure
+
+    def step_time(self) -> float:
+        timed = self.step_times[self.warmup :][-50:]
+        return sum(timed) / max(1, len(timed))
+
+    def val_cost(self) -> float:
+        return self.val_s if self.val_s is not None else self.val_estimate_s
+
+    def plan(
+        self, it: int, elapsed: float, val_every: int | None, ckpt_every: int | None
+    ) -> tuple[int, dict[str, float]]:
+        """``(max_iter, details)`` for validations every ``val_every`` steps (None: none)."""
+        c = max(self.step_time(), 1e-6)
+        v = self.val_cost() if val_every else 0.0
+        s = self.ckpt_s
+        # Reserve: the final save (weights + checkpoint) and a margin for timing noise.
+        avail = self.budget_s - elapsed - 2 * s - 0.01 * self.budget_s - 2 * c
+
+        def cost(n: int) -> float:
+            end = it + n
+            total = n * c
+            if val_every:
+                vals = end // val_every - it // val_every
+                if end % val_every:
+                    vals += 1  # the final validation
+                total += vals * v
+            if ckpt_every:
+                total += (end // ckpt_every - it // ckpt_every) * s
+            return total
+
+        lo, hi = 0, max(0, int(avail / c)) + 1
+        while lo < hi:  # the largest n with cost(n) <= avail (cost grows with n)
+            mid = (lo + hi + 1) // 2
+            if cost(mid) <= avail:
+                lo = mid
+            else:
+                hi = mid - 1
+        return it + lo, {"sec_per_iter": c, "val_s": v, "ckpt_s": s, "available_s": avail}
+
+
+def train(config: Config, *, progress: bool = True) -> TrainResult:
+    """Train a PSPNet as configured; see the module docstring for the outputs.
+
+    Distributed: under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment)
+    the process group is initialised here (gloo on CPU, nccl on CUDA, with
+    ``train.dist_timeout``), BatchNorm becomes synchronised (``train.sync_bn``), the model is
+    wrapped in DistributedDataParallel, every process gets a disjoint slice of every batch, and
+    only rank 0 writes files, logs and the progress bar.
+
+    Time budget (``train.time_budget`` minutes): the clock runs from the start of this call
+    (plus the training time of earlier runs when resuming). The first
+    ``train.budget_warmup_iters`` steps are not timed; the mean time of the next
+    ``train.budget_measure_iters`` steps (held at the base learning rate meanwhile) sets
+    ``max_iter`` so that the steps, the expected validations and checkpoints, the final
+    validation and the final save fit the remaining time (with the automatic validation
+    interval, validations get at most a quarter of the time left, and none when a single pass
+    over the validation set would take more). The plan is refreshed every ~5 % of
+    the run and after every validation with the measured costs; a refresh only changes how
+    fast the poly schedule advances from where it is, so the learning rate decays smoothly and
+    reaches 0 when the budget is spent, not cut short. If the time runs out anyway (the
+    machine got slower), the run stops early, cleanly, and still writes ``final/``.
+
+    Args:
+        config: The configuration (see :class:`~pspnet.config.Config`).
+        progress: Show a progress bar (rank 0).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ConfigError: Invalid or incompatible settings (e.g. resuming a different model).
+        DataError: A bad data file (label values outside the classes fail before any step).
+        CheckpointError: Unreadable checkpoints or backbone weights.
+        TrainingDiverged: The loss became NaN or infinite.
+    """
+    info = init_distributed(config.train.device, config.train.dist_timeout)
+    old_threads = torch.get_num_threads()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    try:
+        with warnings.catch_warnings():
+            if not info.is_main:
+                warnings.simplefilter("ignore")
+            return _Run(config, info, progress).run()
+    finally:
+        if config.train.threads:
+            torch.set_num_threads(old_threads)
+        cleanup(info)
+
+
+class _Run:
+    """One training process (state shared by the helpers of :func:`train`)."""
+
+    def __init__(self, cfg: Config, info: DistInfo, progress: bool) -> None:
+        self.t_start = time.perf_counter()
+        self.cfg = cfg
+        self.info = info
+        self.progress = progress
+        self.work_dir = Path(cfg.train.work_dir)
+        self.device = info.device
+        self.log_file: Any = None
+        self.tb: Any = None
+        self.bar: Any = None
+        self.elapsed_before = 0.0
+        self.best_miou = -1.0
+        self.best_iter = -1
+        self.last_val_iter = -1
+        self.last_metrics: SegMetrics | None = None
+        self.last_ckpt_path: Path | None = None
+        self.last_ckpt_iter = -1
+        self.last_ckpt_time = time.perf_counter()
+
+    # -- utilities ------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self.t_start)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if not self.info.is_main or self.log_file is None:
+            return
+        rec = {"event": kind, "time": round(time.time(), 3), **fields}
+        self.log_file.write(json.dumps(_json_safe(rec)) + "\n")
+        self.log_file.flush()
+
+    def say(self, msg: str) -> None:
+        if not self.info.is_main:
+            return
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            log.info(msg)
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            if self.tb is not None:
+                self.tb.close()
+            if self.log_file is not None:
+                self.log_file.close()
+
+    def _resume_state(self) -> tuple[Path, dict[str, Any]] | None:
+        resume = self.cfg.train.resume
+        if not resume:
+            return None
+        found: tuple[Path, dict[str, Any]] | None = None
+        path_str: str | None = None
+        if self.info.is_main:
+            if resume == "auto":
+                found = find_checkpoint(self.work_dir)
+            else:
+                p = Path(resume)
+                found = find_checkpoint(p) if p.is_dir() else (p, load_checkpoint(p))
+            path_str = str(found[0]) if found else None
+        path_str = broadcast_object(path_str)
+        if path_str is None:
+            return None
+        if found is None:  # the other ranks read the file rank 0 chose
+            found = (Path(path_str), load_checkpoint(path_str))
+        return found
+
+    def _run(self) -> TrainResult:
+        cfg, info = self.cfg, self.info
+        resumed = self._resume_state()
+        state = resumed[1] if resumed else None
+        if state is not None:
+            cfg = _check_resume(cfg, state, resumed[0], info.world_size)  # type: ignore[index]
+        data = _build_data(cfg)
+        crop = cfg.data.crop_size or _auto_crop(data.train)
+        precision = resolve_precision(cfg.train.precision, self.device)
+        workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(2, _cpu_count())
+        cfg = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(cfg.data, crop_size=tuple(crop), num_workers=workers),
+            train=dataclasses.replace(cfg.train, precision=precision),  # type: ignore[arg-type]
+        )
+        self.cfg = cfg
+        tc = cfg.train
+
+        # Data checks before anything is trained or written.
+        if cfg.data.scan_labels:
+            _scan(data.train, info, self.progress)
+            if data.val is not None:
+                _scan(data.val, info, self.progress)
+        sampler = TrainBatchSampler(
+            len(data.train),
+            tc.batch_size,
+            accum_steps=tc.accum_steps,
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=tc.seed,
+        )
+        spe = sampler.steps_per_epoch
+
+        # Model, optimiser, schedule.
+        random.seed(tc.seed)
+        np.random.seed(tc.seed % (1 << 32))
+        torch.manual_seed(tc.seed)
+        net = build_model(cfg.model)
+        if state is None and tc.backbone_weights:
+            load_backbone_weights(net, tc.backbone_weights)
+        if info.world_size > 1:
+            # Different dropout masks per process (the weights are identical: DDP syncs them).
+            torch.manual_seed(tc.seed + 1_000_003 * info.rank)
+            if tc.sync_bn:
+                net = convert_sync_batchnorm(net, self.device.type)
+        net.to(self.device)
+        if tc.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        net.config = cfg.model  # type: ignore[assignment]
+        model: nn.Module = net
+        if info.world_size > 1:
+            model = nn.parallel.DistributedDataParallel(
+                net,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # An aux head left out of the loss gets no gradient.
+                find_unused_parameters=cfg.model.aux and tc.aux_weight == 0,
+            )
+        oc = cfg.optim
+        optimizer = build_optimizer(
+            net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
+            head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
+        )  # fmt: skip
+        scaler = (
+            torch.amp.GradScaler("cuda") if precision == "fp16" and self.device.type == "cuda"
+            else None
+        )  # fmt: skip
+        budget = (
+            _Budget(tc.time_budget * 60.0, tc.budget_warmup_iters, tc.budget_measure_iters)
+            if tc.time_budget else None
+        )  # fmt: skip
+        if budget is None:
+            max_iter = tc.max_iter or (tc.epochs or DEFAULT_EPOCHS) * spe
+            schedule = PolySchedule(oc.lr, max_iter, oc.power)
+        else:
+            schedule = PolySchedule(oc.lr, None, oc.power)
+        val_enabled = data.val is not None and tc.val_interval != 0
+        val_every = self._val_every(schedule.max_iter, spe) if val_enabled else None
+        next_replan = -1
+        it = 0
+
+        if state is not None:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            schedule.load_state_dict(state["schedule"])
+            it = int(state["iteration"])
+            plan = state.get("plan", {})
+            next_replan = int(plan.get("next_replan", -1))
+            if val_enabled and int(plan.get("val_every", -1)) >= 0:
+                val_every = int(plan["val_every"])  # 0: switched off by the budget
+            self.elapsed_before = float(state.get("elapsed_s", 0.0))
+            self.best_miou = float(state.get("best_miou", -1.0))
+            self.best_iter = int(state.get("best_iter", -1))
+            self.last_val_iter = int(state.get("last_val_iter", -1))
+            if int(state.get("steps_per_epoch", spe)) != spe:
+                warnings.warn(
+                    f"the training set changed size since {resumed[0]}: an epoch was "  # type: ignore[index]
+                    f"{state.get('steps_per_epoch')} steps, now {spe}; the data order after "
+                    "resuming differs from an uninterrupted run",
+                    stacklevel=2,
+                )
+            rng = state["rng"]
+            _restore_rng(rng[info.rank] if isinstance(rng, list) else rng)
+            self.last_ckpt_path = resumed[0]  # type: ignore[index]
+            self.last_ckpt_iter = it
+
+        # Outputs (rank 0).
+        if info.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.work_dir / "config.yaml", cfg.to_yaml().encode())
+            self.log_file = open(self.work_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            if tc.tensorboard:
+                self.tb = _tensorboard(self.work_dir / "tb")
+        self.event(
+            "resume" if state is not None else "start",
+            iteration=it,
+            max_iter=schedule.max_iter,
+            steps_per_epoch=spe,
+            world_size=info.world_size,
+            precision=precision,
+            crop_size=list(crop),
+            checkpoint=str(resumed[0]) if resumed else None,
+            train_images=len(data.train),
+            val_images=len(data.val) if data.val is not None else 0,
+        )
+        if state is not None:
+            self.say(f"resumed from {resumed[0]} at iteration {it}")  # type: ignore[index]
+
+        # Loader.
+        train_set = _TrainSet(
+            data.train,
+            train_transform(
+                tuple(crop),  # type: ignore[arg-type]
+                scale=cfg.data.scale,
+                rotate=cfg.data.rotate,
+                blur=cfg.data.blur,
+                flip=cfg.data.flip,
+                mean=cfg.preprocess.mean,
+                std=cfg.preprocess.std,
+                ignore_index=cfg.data.ignore_index,
+            ),
+            tc.seed,
+        )
+        loader = DataLoader(
+            train_set,
+            batch_sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0 and cfg.data.persistent_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),  # the loader never draws from the global RNG
+        )
+        if budget is not None and data.val is not None:
+            w, h = image_size(data.val.samples[0].image)
+            self._val_pixels_factor = (h * w) / (crop[0] * crop[1])
+            self._n_val = len(data.val)
+        criterion = PSPLoss(tc.aux_weight, cfg.data.ignore_index)
+
+        if info.is_main and self.progress:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=schedule.max_iter, initial=it, desc="training",
+                                unit="it", dynamic_ncols=True)  # fmt: skip
+            except ImportError:  # pragma: no cover
+                self.bar = None
+
+        # ---------------------------------------------------------------------------------
+        stop_reason = "completed"
+        data_iter: Iterator[Any] | None = None
+        sums = {"loss": 0.0, "main": 0.0, "aux": 0.0, "n": 0}
+        final_loss: float | None = None
+        t_log = time.perf_counter()
+        ckpt_every_iters = min(x for x in (spe, tc.checkpoint_interval or spe) if x > 0)
+        model.train()
+        while schedule.max_iter is None or it < schedule.max_iter:
+            t_step = time.perf_counter()
+            epoch = it // spe
+            if data_iter is None or it % spe == 0 and sampler.epoch != epoch:
+                sampler.set_epoch(epoch, it % spe)
+                data_iter = iter(loader)
+            lr = schedule.apply(optimizer, it)
+            optimizer.zero_grad(set_to_none=True)
+            flags = [0.0, 0.0]
+            main_v = aux_v = 0.0
+            for m in range(tc.accum_steps):
+                batch = next(data_iter)
+                images = batch["image"].to(self.device, non_blocking=True)
+                labels = batch["label"].to(self.device, non_blocking=True)
+                if tc.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                last_micro = m == tc.accum_steps - 1
+                sync = (
+                    model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel)
+                    and not last_micro else contextlib.nullcontext()
+                )  # fmt: skip
+                with sync:
+                    with _autocast(self.device, precision):
+                        outputs = model(images)
+                    loss, parts = criterion(outputs, labels)
+                    if last_micro and info.is_main:
+                        flags = self._time_flags(budget, tc)
+                    stats = torch.stack([
+                        parts["main"].float(), parts["aux"].float(),
+                        (~torch.isfinite(loss)).float(),
+                        torch.tensor(flags[0], device=loss.device),
+                        torch.tensor(flags[1], device=loss.device),
+                    ])  # fmt: skip
+                    if is_distributed():
+                        torch.distributed.all_reduce(stats)
+                    s_main, s_aux, bad, f_ckpt, f_stop = stats.tolist()
+                    w = info.world_size
+                    if bad > 0:
+                        self._diverged(it, epoch, s_main / w, s_aux / w, loss)
+                    main_v += s_main / w / tc.accum_steps
+                    aux_v += s_aux / w / tc.accum_steps
+                    (scaler.scale(loss / tc.accum_steps) if scaler is not None
+                     else loss / tc.accum_steps).backward()  # fmt: skip
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            it += 1
+            step_s = time.perf_counter() - t_step
+            total_v = main_v + tc.aux_weight * aux_v
+            sums["loss"] += total_v
+            sums["main"] += main_v
+            sums["aux"] += aux_v
+            sums["n"] += 1
+            if budget is not None:
+                budget.step_times.append(step_s)
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{total_v:.4f}", lr=f"{lr:.2e}", refresh=False)
+
+            # Logging.
+            if it % tc.log_interval == 0 or it == 1 or it == schedule.max_iter:
+                n = max(1, sums["n"])
+                final_loss = sums["loss"] / n
+                now = time.perf_counter()
+                rec = {
+                    "iter": it, "epoch": round(it / spe, 4), "lr": lr,
+                    "loss": final_loss, "loss_main": sums["main"] / n,
+                    "loss_aux": sums["aux"] / n, "sec_per_iter": (now - t_log) / n,
+                    "elapsed_s": self.elapsed(), "max_iter": schedule.max_iter,
+                    "progress": schedule.progress(it),
+                }  # fmt: skip
+                self.event("train", **rec)
+                if self.tb is not None:
+                    self.tb.add_scalar("train/loss", final_loss, it)
+                    self.tb.add_scalar("train/loss_main", rec["loss_main"], it)
+                    self.tb.add_scalar("train/loss_aux", rec["loss_aux"], it)
+                    self.tb.add_scalar("train/lr", lr, it)
+                sums = {"loss": 0.0, "main": 0.0, "aux": 0.0, "n": 0}
+                t_log = now
+
+            # Time budget: plan / re-plan max_iter (rank 0 decides, everyone follows).
+            if budget is not None and budget.ready() and (
+                schedule.max_iter is None
+                or (next_replan >= 0 and next_replan <= it < schedule.max_iter)
+            ):
+                next_replan, val_every = self._replan(
+                    budget, schedule, it, spe, val_every, val_enabled, ckpt_every_iters
+                )
+
+            if f_stop > 0:
+                stop_reason = "time_budget"
+                self.say(
+                    f"time budget of {tc.time_budget} min spent at iteration {it}; stopping "
+                    "early and saving the final model"
+                )
+                break
+
+            # Validation.
+            if val_enabled and val_every and (
+                it % val_every == 0 or it == schedule.max_iter
+            ) and self._val_fits(budget):
+                self._validate(net, data, it, spe, budget, precision)
+                if budget is not None and schedule.max_iter is not None and (
+                    it < schedule.max_iter
+                ):
+                    next_replan, val_every = self._replan(
+                        budget, schedule, it, spe, val_every, val_enabled, ckpt_every_iters
+                    )
+
+            # Checkpoint.
+            if (
+                it % spe == 0
+                or (tc.checkpoint_interval and it % tc.checkpoint_interval == 0)
+                or f_ckpt > 0
+                or it == schedule.max_iter
+            ):
+                self._checkpoint(net, optimizer, scaler, schedule, it, spe, next_replan,
+                                 val_every, budget)  # fmt: skip
+
+        # ---------------------------------------------------------------------------------
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if (
+            val_enabled
+            and val_every != 0
+            and self.last_val_iter != it
+            and stop_reason == "completed"
+            and it > 0
+        ):
+            if self._val_fits(budget):
+                self._validate(net, data, it, spe, budget, precision)
+            else:
+                self.event("val_skipped", iter=it, reason="no time left in the budget")
+        if self.last_ckpt_iter != it:
+            self._checkpoint(net, optimizer, scaler, schedule, it, spe, next_replan,
+                             val_every, budget)  # fmt: skip
+        final_dir = self.work_dir / "final"
+        if info.is_main:
+            save_weights(net, final_dir, self._meta(data, f"final, iteration {it}"))
+        best_dir = self.work_dir / "best"
+        self.event(
+            "end", iteration=it, reason=stop_reason, elapsed_s=self.elapsed(),
+            best_mIoU=self.best_miou if self.best_iter >= 0 else None,
+            best_iter=self.best_iter if self.best_iter >= 0 else None,
+        )  # fmt: skip
+        if is_distributed():
+            torch.distributed.barrier()
+        return TrainResult(
+            work_dir=self.work_dir,
+            final_dir=final_dir,
+            best_dir=best_dir if self.best_iter >= 0 else None,
+            iterations=it,
+            max_iter=schedule.max_iter or it,
+            epochs=it / spe,
+            best_miou=self.best_miou if self.best_iter >= 0 else None,
+            best_iteration=self.best_iter if self.best_iter >= 0 else None,
+            last_metrics=self.last_metrics,
+            final_loss=final_loss,
+            elapsed_s=self.elapsed(),
+            stop_reason=stop_reason,
+            resumed_from=resumed[0] if resumed else None,
+            config=cfg,
+        )
+
+    # -- pieces of the loop -----------------------------------------------------------------
+
+    def _val_every(self, max_iter: int | None, spe: int) -> int | None:
+        tc = self.cfg.train
+        if tc.val_interval is None:
+            if max_iter is None:
+                return None  # decided with the first budget plan
+            return max(1, math.ceil(max_iter / AUTO_VALIDATIONS))
+        return tc.val_interval * (spe if tc.val_unit == "epoch" else 1)
+
+    def _time_flags(self, budget: _Budget | None, tc: Any) -> list[float]:
+        """[checkpoint now, stop now] decided by rank 0 from the clocks."""
+        ckpt = 0.0
+        if tc.checkpoint_minutes > 0:
+            if time.perf_counter() - self.last_ckpt_time >= tc.checkpoint_minutes * 60:
+                ckpt = 1.0
+        stop = 0.0
+        if budget is not None and self.elapsed() >= budget.budget_s:
+            stop = 1.0
+        return [ckpt, stop]
+
+    def _replan(
+        self,
+        budget: _Budget,
+        schedule: PolySchedule,
+        it: int,
+        spe: int,
+        val_every: int | None,
+        val_enabled: bool,
+        ckpt_every: int,
+    ) -> tuple[int, int | None]:
+        """Plan (or re-plan) max_iter on rank 0 and share the decision."""
+        decision = None
+        if self.info.is_main:
+            if val_enabled and budget.val_s is None:
+                factor = getattr(self, "_val_pixels_factor", 1.0)
+                micro = max(1, self.cfg.train.batch_size // (self.cfg.train.accum_steps
+                                                              * self.info.world_size))
+                # A forward pass (~1/4 of a training step) per image at the val images' size.
+                budget.val_estimate_s = (
+                    self._val_images_local() * budget.step_time() / micro * factor / 4.0
+                )
+            vi = val_every
+            note = None
+            if val_enabled and vi is None:
+                # Auto interval, decided once: up to AUTO_VALIDATIONS evenly spaced, using at
+                # most VAL_SHARE of the remaining time; none if even one does not fit.
+                left = budget.budget_s - self.elapsed()
+                v = budget.val_cost()
+                k = AUTO_VALIDATIONS if v <= 0 else min(
+                    AUTO_VALIDATIONS, int(budget.VAL_SHARE * left // v))
+                if k <= 0:
+                    vi = 0
+                    note = (
+                        f"validation skipped: one pass over the validation set takes ~{v:.0f} s "
+                        f"of the {left:.0f} s left (more than {budget.VAL_SHARE:.0%})"
+                    )
+                else:
+                    first, _ = budget.plan(it, self.elapsed(), None, ckpt_every)
+                    vi = max(1, math.ceil(max(1, first - it) / k))
+            new_max, details = budget.plan(
+                it, self.elapsed(), vi if val_enabled and vi else None, ckpt_every
+            )
+            remaining = max(0, new_max - it)
+            nxt = it + max(10, remaining // 20)
+            decision = (new_max, nxt, vi, details, note)
+        new_max, nxt, vi, details, note = broadcast_object(decision)
+        first_plan = schedule.max_iter is None
+        schedule.replan(it, new_max)
+        if self.bar is not None:
+            self.bar.total = new_max
+            self.bar.refresh()
+        self.event("plan", iter=it, max_iter=new_max, first=first_plan, val_every=vi, **details)
+        if note:
+            self.event("val_skipped", iter=it, reason=note)
+            self.say(note)
+        if first_plan:
+            self.say(
+                f"time budget: {details['sec_per_iter']:.3f} s per iteration measured, "
+                f"planning {new_max} iterations"
+            )
+        return nxt, vi
+
+    def _val_fits(self, budget: _Budget | None) -> bool:
+        """Whether a validation fits in the time budget (always True without a budget)."""
+        if budget is None:
+            return True
+        return self.elapsed() + budget.val_cost() <= budget.budget_s
+
+    def _val_images_local(self) -> int:
+        n = getattr(self, "_n_val", 0)
+        return math.ceil(n / self.info.world_size)
+
+    def _validate(
+        self, net: nn.Module, data: _Data, it: int, spe: int, budget: _Budget | None,
+        precision: str,
+    ) -> None:  # fmt: skip
+        assert data.val is not None
+        t0 = time.perf_counter()
+        metrics = evaluate_model(
+            net,
+            data.val,
+            num_classes=self.cfg.model.num_classes,
+            ignore_index=self.cfg.data.ignore_index,
+            mode="whole",
+            precision=precision,
+            num_workers=0,
+            progress=False,
+        )
+        seconds = time.perf_counter() - t0
+        if budget is not None:
+            budget.val_s = seconds
+        self.last_val_iter = it
+        self.last_metrics = metrics
+        improved = math.isfinite(metrics.miou) and metrics.miou > self.best_miou
+        if improved:
+            self.best_miou = float(metrics.miou)
+            self.best_iter = it
+            if self.info.is_main:
+                save_weights(
+                    net, self.work_dir / "best",
+                    self._meta(data, f"best, iteration {it}, val mIoU {metrics.miou:.4f}"),
+                )  # fmt: skip
+        self.event(
+            "val", iter=it, epoch=round(it / spe, 4), mIoU=metrics.miou, mAcc=metrics.macc,
+            allAcc=metrics.all_acc, iou=[float(x) for x in metrics.iou], seconds=seconds,
+            best=improved,
+        )  # fmt: skip
+        if self.tb is not None:
+            self.tb.add_scalar("val/mIoU", metrics.miou, it)
+            self.tb.add_scalar("val/mAcc", metrics.macc, it)
+            self.tb.add_scalar("val/allAcc", metrics.all_acc, it)
+        self.say(
+            f"iteration {it}: val mIoU {metrics.miou:.4f}, mAcc {metrics.macc:.4f}, allAcc "
+            f"{metrics.all_acc:.4f} ({seconds:.1f} s)" + (" (best)" if improved else "")
+        )
+
+    def _checkpoint(
+        self, net: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+        schedule: PolySchedule, it: int, spe: int, next_replan: int, val_every: int | None,
+        budget: _Budget | None,
+    ) -> None:  # fmt: skip
+        t0 = time.perf_counter()
+        rng = all_gather_object(_rng_state())
+        if self.info.is_main:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "version": CHECKPOINT_VERSION,
+                "iteration": it,
+                "epoch": it // spe,
+                "epoch_step": it % spe,
+                "steps_per_epoch": spe,
+                "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                "optimizer": _to_cpu(optimizer.state_dict()),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "schedule": schedule.state_dict(),
+                "plan": {"next_replan": int(next_replan),
+                         "val_every": -1 if val_every is None else int(val_every)},
+                "rng": rng,
+                "elapsed_s": self.elapsed(),
+                "best_miou": float(self.best_miou),
+                "best_iter": int(self.best_iter),
+                "last_val_iter": int(self.last_val_iter),
+                "world_size": self.info.world_size,
+                "config": self.cfg.to_dict(),
+            }
+            path = _write_checkpoint(self.work_dir, state)
+            self.last_ckpt_path = path
+            seconds = time.perf_counter() - t0
+            if budget is not None:
+                budget.ckpt_s = seconds
+            self.event("checkpoint", iter=it, path=str(path), seconds=seconds)
+        self.last_ckpt_iter = it
+        self.last_ckpt_time = time.perf_counter()
+
+    def _diverged(self, it: int, epoch: int, main: float, aux: float, loss: Tensor) -> None:
+        ck = self.last_ckpt_path
+        where = (
+            f"The last good checkpoint {ck} (iteration {self.last_ckpt_iter}) was kept."
+            if ck is not None else "No checkpoint had been written yet."
+        )  # fmt: skip
+        msg = (
+            f"training diverged: the loss is {float(loss.detach()):.6g} at iteration {it + 1} "
+            f"(epoch {epoch}; main loss {main:.6g}, aux loss {aux:.6g}). {where} Lower the "
+            "learning rate (optim.lr), check the data, or train in fp32 (train.precision=fp32)."
+        )
+        self.event("diverged", iter=it + 1, loss_main=main, loss_aux=aux,
+                   checkpoint=str(ck) if ck else None)  # fmt: skip
+        raise TrainingDiverged(msg, it + 1, main, aux, ck)
+
+    def _meta(self, data: _Data, what: str) -> WeightsMeta:
+        return WeightsMeta(
+            model=self.cfg.model,
+            classes=data.class_names,
+            palette=data.palette,
+            preprocess=self.cfg.preprocess,
+            ignore_index=self.cfg.data.ignore_index,
+            source=f"pspnet train {self.work_dir} ({what})",
+        )
+
+
+def _tensorboard(log_dir: Path) -> Any:
+    """A SummaryWriter, or None (with a warning) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn(
+            "train.tensorboard is on but the tensorboard package is not installed "
+            "(pip install 'pspnet[tensorboard]'); logging to log.jsonl only",
+            stacklevel=3,
+        )
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line style entry points
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def build_config(
+    data_root: str | os.PathLike[str] | None = None,
+    train_list: str | os.PathLike[str] | None = None,
+    val_list: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    class_names: str | os.PathLike[str] | None = None,
+    arch: str | None = None,
+    crop_size: int | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    time_budget: float | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+    resume: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+) -> Config:
+    """The :class:`Config` of ``pspnet train``: defaults < config file < flags < overrides."""
+    tree: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    flags: dict[str, Any] = {}
+    for dotted, value in (
+        ("data.root", data_root),
+        ("data.train_list", train_list),
+        ("data.val_list", val_list),
+        ("model.num_classes", num_classes),
+        ("data.class_names", class_names),
+        ("model.arch", arch),
+        ("data.crop_size", list(crop_size) if isinstance(crop_size, (list, tuple)) else crop_size),
+        ("train.batch_size", batch_size),
+        ("train.epochs", epochs),
+        ("train.time_budget", time_budget),
+        ("train.work_dir", work_dir),
+        ("train.resume", resume),
+    ):
+        if value is not None:
+            _set(flags, dotted, str(value) if isinstance(value, os.PathLike) else value)
+    tree = _deep_merge(tree, flags)
+    tree = apply_overrides(tree, list(overrides))
+    return Config.from_dict(tree)
+
+
+def train_from_args(
+    data_root: str | os.PathLike[str] | None,
+    train_list: str | os.PathLike[str] | None,
+    val_list: str | os.PathLike[str] | None,
+    num_classes: int | None,
+    class_names: str | os.PathLike[str] | None = None,
+    arch: str | None = None,
+    crop_size: int | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    time_budget: float | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+    resume: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """``pspnet train``: build the config (file < flags < ``--set`` overrides) and train.
+
+    Works the same under ``torchrun`` (each process calls this; see :func:`train`).
+
+    Args:
+        data_root: Root the list files' paths are relative to (--data-root).
+        train_list: Training list file of ``image label`` lines (--train-list).
+        val_list: Validation list file (--val-list); None: no validation.
+        num_classes: Number of classes (--num-classes).
+        class_names: File of class names (--class-names).
+        arch: Architecture (--arch; default pspnet_r18).
+        crop_size: Training crop, one side or (h, w) (--crop-size; default from the data).
+        batch_size: Images per optimizer step over all processes (--batch-size; default 8).
+        epochs: Epochs (--epochs; default 50).
+        time_budget: Minutes for the whole run (--time-budget); overrides epochs.
+        work_dir: Output folder (--work-dir).
+        resume: ``auto`` or a checkpoint path (--resume).
+        config_file: YAML config (--config).
+        overrides: ``key=value`` strings (--set), e.g. ``optim.lr=0.02``.
+        progress: Show progress bars.
+    """
+    cfg = build_config(
+        data_root, train_list, val_list, num_classes, class_names, arch, crop_size, batch_size,
+        epochs, time_budget, work_dir, resume, config_file, overrides,
+    )  # fmt: skip
+    return train(cfg, progress=progress)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pspnet.engine.train",
+        description="Train a PSPNet (also under torchrun --nproc-per-node N).",
+    )
+    p.add_argument("--data-root")
+    p.add_argument("--train-list")
+    p.add_argument("--val-list")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--class-names")
+    p.add_argument("--arch")
+    p.add_argument("--crop-size", type=int, nargs="+")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--time-budget", type=float, metavar="MIN")
+    p.add_argument("--work-dir")
+    p.add_argument("--resume", metavar="auto|PATH")
+    p.add_argument("--config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main_torchrun(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry (``python -m pspnet.engine.train`` or under ``torchrun``).
+
+    Returns:
+        0 on success; 1 on a configuration, data or checkpoint error; 2 when training diverged.
+    """
+    args = _parser().parse_args(argv)
+    crop = args.crop_size
+    if crop is not None:
+        crop = crop[0] if len(crop) == 1 else tuple(crop)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = train_from_args(
+            args.data_root, args.train_list, args.val_list, args.num_classes,
+            class_names=args.class_names, arch=args.arch, crop_size=crop,
+            batch_size=args.batch_size, epochs=args.epochs, time_budget=args.time_budget,
+            work_dir=args.work_dir, resume=args.resume, config_file=args.config,
+            overrides=args.overrides, progress=not args.no_progress,
+        )  # fmt: skip
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"done: {result.iterations} iterations ({result.stop_reason}); final weights in "
+            f"{result.final_dir}"
+            + (f"; best val mIoU {result.best_miou:.4f} in {result.best_dir}"
+               if result.best_dir else "")  # fmt: skip
+        )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through subprocess tests
+    sys.exit(main_torchrun())
