@@ -24,13 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pspnet.engine.train import cpu_has_native_bf16
 from pspnet.inference import predict_sliding
 from pspnet.models import create_model
 from pspnet.models.fuse import optimize_for_inference
 
 __all__ = ["BenchResult", "matmul_peak", "count_flops", "run_benchmark", "format_markdown"]
 
-INFERENCE_VARIANTS = ("fp32-eager", "fp32-folded", "bf16-cl", "bf16-folded", "bf16-compile")
+INFERENCE_VARIANTS = ("fp32-eager", "fp32-folded", "fp32-compile", "bf16-cl", "bf16-folded",
+                      "bf16-compile")
 
 
 @dataclass
@@ -107,6 +109,8 @@ def _inference_variant(model: nn.Module, variant: str) -> nn.Module:
         return model
     if variant == "fp32-folded":
         return optimize_for_inference(model, precision="fp32")
+    if variant == "fp32-compile":
+        return optimize_for_inference(model, precision="fp32", compile=True)
     if variant == "bf16-cl":
         return optimize_for_inference(model, precision="bf16", fold_bn=False)
     if variant == "bf16-folded":
@@ -195,7 +199,8 @@ def bench_train_step(
     x = torch.randn(batch, 3, *crop)
     y = torch.randint(0, num_classes, (batch, *crop))
     flops = None
-    for variant in ("fp32-eager", "bf16-autocast-cl"):
+    train_variants = ["fp32-eager"] + (["bf16-autocast-cl"] if cpu_has_native_bf16() else [])
+    for variant in train_variants:
         torch.manual_seed(0)
         model = create_model(arch, num_classes, head_channels=head_channels).train()
         xx = x
@@ -287,9 +292,17 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run the selected cases; returns ``{"machine", "peaks", "results"}``."""
     say = progress or (lambda s: None)
-    peaks = {"fp32": matmul_peak(torch.float32, gemm_size),
-             "bf16": matmul_peak(torch.bfloat16, gemm_size)}
-    say(f"GEMM peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    native_bf16 = cpu_has_native_bf16()
+    if not native_bf16:
+        # Emulated bf16 is several times slower than fp32: timing it only wastes the run.
+        dropped = [v for v in variants if v.startswith("bf16")]
+        variants = tuple(v for v in variants if not v.startswith("bf16"))
+        if dropped:
+            say(f"this CPU has no native bf16 (no AVX512-BF16/AMX): skipping {', '.join(dropped)}")
+    peaks = {"fp32": matmul_peak(torch.float32, gemm_size)}
+    peaks["bf16"] = matmul_peak(torch.bfloat16, gemm_size) if native_bf16 else peaks["fp32"]
+    say(f"GEMM peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
+        + ("" if native_bf16 else " (bf16 not native: fp32 peak used)"))
     results: list[BenchResult] = []
 
     def add(rs: list[BenchResult]) -> None:
@@ -302,8 +315,9 @@ def run_benchmark(
     for size in sizes:
         add(bench_inference(arch, size, variants, num_classes=num_classes, warmup=warmup,
                             repeats=repeats, peaks=peaks))
+    fast = "bf16-folded" if native_bf16 else "fp32-folded"
     if sliding:
-        add(bench_sliding(arch, num_classes=19, variants=("fp32-eager", "bf16-folded"),
+        add(bench_sliding(arch, num_classes=19, variants=("fp32-eager", fast),
                           warmup=warmup, repeats=repeats))
     if train:
         add(bench_train_step(arch, num_classes=num_classes, crop=(473, 473), batch=2,
@@ -312,7 +326,8 @@ def run_benchmark(
         add(bench_train_step("pspnet_r18", num_classes=11, crop=(320, 320), batch=8,
                              warmup=1, repeats=max(2, repeats // 2), peaks=peaks,
                              head_channels=256))
-    return {"machine": machine_info(), "peaks": peaks, "results": [asdict(r) for r in results]}
+    info = {**machine_info(), "native_bf16": native_bf16}
+    return {"machine": info, "peaks": peaks, "results": [asdict(r) for r in results]}
 
 
 def format_markdown(doc: dict[str, Any]) -> str:
@@ -320,7 +335,7 @@ def format_markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']} "
-        f"({m['cpu_capability']}), {m['date']}.",
+        f"({m['cpu_capability']}, native bf16: {m.get('native_bf16')}), {m['date']}.",
         f"Measured GEMM peak: fp32 {doc['peaks']['fp32']:.0f} GFLOP/s, bf16 "
         f"{doc['peaks']['bf16']:.0f} GFLOP/s.",
         "",

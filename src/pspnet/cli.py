@@ -388,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", default="pspnet50")
     s.add_argument("--sizes", type=int, nargs="+", default=[473, 713])
     s.add_argument("--variants", nargs="+",
-                   default=["fp32-eager", "fp32-folded", "bf16-cl", "bf16-folded", "bf16-compile"])
+                   default=["fp32-eager", "fp32-folded", "fp32-compile", "bf16-cl", "bf16-folded",
+                            "bf16-compile"],
+                   help="bf16 variants are skipped on CPUs without native bf16")
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--no-sliding", action="store_true", help="skip the 2048x1024 sliding case")
