@@ -214,7 +214,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pspnet.demo import run_demo
 
-    report = run_demo(args.out, minutes=args.minutes, seed=args.seed, progress=not args.quiet)
+    report = run_demo(args.out, minutes=args.minutes, seed=args.seed, size=args.size,
+                      progress=not args.quiet)
     print(f"report: {report}")
     return 0
 
@@ -381,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="demo_out", help="output folder (data, models, report)")
     s.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=128,
+                   help="scene size in pixels (larger: context further from object interiors)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 

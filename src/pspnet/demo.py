@@ -51,13 +51,13 @@ class _Row:
 
 
 def _config(data: Path, work_dir: Path, options: dict[str, object], minutes: float,
-            seed: int) -> Config:
+            seed: int, size: int) -> Config:
     return Config.from_dict({
         "model": {"arch": "pspnet_r18", "num_classes": len(SCENES_CLASSES),
                   "head_channels": 128, "aux_channels": 64, **options},
         "data": {"root": str(data), "train_list": str(data / "train.txt"),
                  "val_list": str(data / "val.txt"), "class_names": str(data / "classes.txt"),
-                 "crop_size": 128, "scale": [0.75, 1.25], "rotate": [-10, 10]},
+                 "crop_size": size, "scale": [0.75, 1.25], "rotate": [-10, 10]},
         "optim": {"lr": 0.02},
         "train": {"work_dir": str(work_dir), "time_budget": minutes, "batch_size": 16,
                   "seed": seed, "val_interval": 0, "resume": "auto"},
@@ -132,6 +132,13 @@ def _write_report(out: Path, rows: list[_Row], chart: Path, pictures: list[Path]
         f"{psp.iou[boat] - fcn.iou[boat]:+.3f} and {psp.iou[car] - fcn.iou[car]:+.3f}; "
         f"mIoU by {psp.miou - fcn.miou:+.3f}."
     )
+    if psp.miou <= fcn.miou:
+        verdict += (
+            " In this run the pyramid did not help: at this image size the dilated ResNet-18 "
+            "alone already sees the water or road around each vessel, and PSPNet, being slower, "
+            f"got fewer iterations ({rows[1].iterations} vs {rows[0].iterations}) in the same "
+            "budget. Larger scenes (pspnet demo --size 256) put the context further away."
+        )
     md = (
         "# pspnet demo: what pyramid pooling adds\n\n"
         f"Both models: ResNet-18, output stride 8, same recipe, seed {seed}, {minutes:g} minutes "
@@ -163,7 +170,7 @@ def _write_report(out: Path, rows: list[_Row], chart: Path, pictures: list[Path]
 
 
 def run_demo(out: str | Path, *, minutes: float = 3.0, seed: int = 0, n_train: int = 600,
-             n_val: int = 100, progress: bool = True) -> Path:
+             n_val: int = 100, size: int = 128, progress: bool = True) -> Path:
     """Generate the scenes, train FCN and PSPNet for ``minutes`` each, evaluate, report.
 
     Re-running continues where a killed run stopped (training resumes from its checkpoints;
@@ -173,16 +180,16 @@ def run_demo(out: str | Path, *, minutes: float = 3.0, seed: int = 0, n_train: i
         The path of ``report.html``.
     """
     out = Path(out)
-    data = generate_scenes(out / "scenes", n_train=n_train, n_val=n_val, seed=seed,
-                           progress=progress)
+    data = generate_scenes(out / f"scenes_{size}", n_train=n_train, n_val=n_val, seed=seed,
+                           size=(size, size), progress=progress)
     val = SegmentationDataset(list_file_samples(data, data / "val.txt"), len(SCENES_CLASSES))
     rows = []
     for name, options in DEMO_MODELS:
         key = "fcn" if not options["use_ppm"] else "pspnet"
-        work = out / "runs" / key
+        work = out / "runs" / f"{key}_{size}"
         if progress:
             print(f"training {name} for {minutes:g} min -> {work}", flush=True)
-        result = train(_config(data, work, options, minutes, seed), progress=progress)
+        result = train(_config(data, work, options, minutes, seed, size), progress=progress)
         model = load_model(result.final_dir)
         metrics = evaluate_model(model, val, num_classes=len(SCENES_CLASSES),
                                  progress=progress)
