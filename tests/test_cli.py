@@ -77,3 +77,26 @@ def test_predict_skip_bad_reports_and_keeps_going(tmp_path: Path, weights: Path)
     summary = json.loads((out / "summary.json").read_text())
     assert [Path(f["input"]).name for f in summary["failed"]] == ["bad.png"]
     assert (out / "good.png").is_file()
+
+
+def test_predict_on_a_video(tmp_path: Path, weights: Path) -> None:
+    cv2 = pytest.importorskip("cv2", reason="video needs pip install 'pspnet[video]'")
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        writer.write(rng.integers(0, 255, (48, 64, 3), np.uint8))
+    writer.release()
+    out = tmp_path / "out"
+    assert main(["predict", "--weights", str(weights), str(video), "--out", str(out), "-q"]) == 0
+    masks = sorted((out / "clip").glob("*.png"))
+    assert len(masks) == 4
+    assert all(np.asarray(Image.open(m)).shape == (48, 64) for m in masks)
+    cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    cap.release()
+    assert frames == 4
+    rec = json.loads((out / "summary.json").read_text())["written"][0]
+    assert rec["frames"] == 4
