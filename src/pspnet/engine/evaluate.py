@@ -185,7 +185,8 @@ def evaluate_model(
         if pal.ndim != 2 or pal.shape[1] != 3 or (num_classes <= 255 and len(pal) < num_classes):
             raise ValueError(f"palette must have at least {num_classes} RGB colours")
 
-    device = next(iter(net.parameters())).device
+    # Exported runtimes (ONNX, TorchScript wrappers) have no parameters: they run on the CPU.
+    device = next(iter(net.parameters()), torch.empty(0)).device
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     was_training = net.training
     net.eval()
