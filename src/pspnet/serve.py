@@ -80,6 +80,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from pspnet.checkpoint import WeightsMeta, load_model
+from pspnet.data.io import is_complete
 from pspnet.data.palette import colorize, default_palette
 from pspnet.engine.predict import PredictOptions, predict_array
 
@@ -273,13 +274,7 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
 
 def _check_complete(fmt: str, data: bytes) -> None:
     """Refuse PNG/JPEG bodies without their end marker (Pillow may pad truncated images)."""
-    if fmt == "PNG":
-        ok = data.rfind(b"IEND\xaeB`\x82") != -1
-    elif fmt in ("JPEG", "MPO"):
-        ok = data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
-    else:
-        return
-    if not ok:
+    if not is_complete(fmt, data):
         raise ApiError(422, f"truncated {fmt} image (its end marker is missing)")
 
 

@@ -212,8 +212,8 @@ def open_image(
     return im
 
 
-def _check_complete(path: Path, fmt: str, data: bytes) -> None:
-    """Reject PNG/JPEG files whose end marker is missing.
+def is_complete(fmt: str, data: bytes) -> bool:
+    """Whether PNG/JPEG bytes end with their end marker (other formats: always True).
 
     Pillow raises on truncation only while ``ImageFile.LOAD_TRUNCATED_IMAGES`` is False, a
     process-wide flag any imported library may flip. These cheap structural checks keep truncated
@@ -221,15 +221,18 @@ def _check_complete(path: Path, fmt: str, data: bytes) -> None:
     """
     if fmt == "PNG":
         # Every complete PNG ends with an IEND chunk, whose CRC is the constant AE 42 60 82.
-        ok = data.rfind(b"IEND\xaeB`\x82") != -1
-    elif fmt in ("JPEG", "MPO"):
+        return data.rfind(b"IEND\xaeB`\x82") != -1
+    if fmt in ("JPEG", "MPO"):
         # 0xFF bytes inside entropy-coded data are stuffed (FF 00), so FF D9 (end of image) can
         # only be a marker. An EXIF thumbnail has its own FF D9, but it comes before the main
         # image's start-of-scan (FF DA); a complete file has an FF D9 after its last FF DA.
-        ok = data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
-    else:
-        return
-    if not ok:
+        return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
+    return True
+
+
+def _check_complete(path: Path, fmt: str, data: bytes) -> None:
+    """Reject PNG/JPEG files whose end marker is missing (see :func:`is_complete`)."""
+    if not is_complete(fmt, data):
         raise DataError(
             f"{path}: truncated {fmt} file (its end marker is missing); re-download or "
             "re-export it"
