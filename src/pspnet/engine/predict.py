@@ -21,7 +21,7 @@ from torch import nn
 from pspnet.config import Preprocessing
 from pspnet.data.io import IMAGE_EXTENSIONS, DataError, read_image
 from pspnet.data.palette import default_palette, overlay, save_mask_png
-from pspnet.inference import predict
+from pspnet.inference import predict, predict_labels_tiled
 
 __all__ = ["PredictOptions", "VIDEO_EXTENSIONS", "expand_inputs", "to_tensor", "predict_array",
            "predict_files"]
@@ -111,11 +111,20 @@ def predict_array(
 ) -> np.ndarray:
     """Class index map (H, W) of one RGB uint8 image at its own size."""
     x = to_tensor(image, pre).to(_device(model))
+    align = bool(getattr(getattr(model, "config", None), "align_corners", False))
+    if opts.mode == "slide" and tuple(opts.scales) == (1.0,):
+        # Single-scale sliding window: reduce to labels band by band, so a huge image never
+        # needs a (C, H, W) score tensor (memory stays bounded by the crop and the width).
+        labels = predict_labels_tiled(
+            model, x, crop_size=opts.crop_size, stride=opts.stride, num_classes=num_classes,
+            batch_size=opts.batch_size, flip=opts.flip, flip_mode="image",
+            precision=opts.precision, align_corners=align,
+        )[0]
+        return labels.cpu().numpy()
     probs = predict(
         model, x, mode=opts.mode, scales=opts.scales, flip=opts.flip, crop_size=opts.crop_size,
         stride=opts.stride, num_classes=num_classes, batch_size=opts.batch_size,
-        precision=opts.precision,
-        align_corners=bool(getattr(getattr(model, "config", None), "align_corners", False)),
+        precision=opts.precision, align_corners=align,
     )
     labels = probs.argmax(1)[0]  # (H, W)
     return labels.to(torch.uint8 if probs.shape[1] <= 256 else torch.int32).cpu().numpy()
