@@ -64,7 +64,7 @@ def test_zoo_entries_are_well_formed_and_fetch_uses_the_cache(
     monkeypatch.setitem(hub.ZOO, "local", entry)
     monkeypatch.setenv("PSPNET_HOME", str(tmp_path / "cache"))
     assert hub.fetch("local", progress=False) == tmp_path / "cache" / "local" / "weights.pth"
-    with pytest.raises(KeyError, match="Did you mean 'local'"):
+    with pytest.raises(ValueError, match="Did you mean 'local'"):
         hub.fetch("locl")
     with pytest.raises(ValueError, match="Google Drive"):
         hub.fetch("semseg_pspnet50_ade20k")

@@ -492,9 +492,9 @@ def test_protocol_presets_and_lookup() -> None:
     assert city.base_size == 2048 and city.crop_size == (713, 713) and len(city.scales) == 6
     assert get_protocol("mmseg-slide", "cityscapes").stride == (513, 513)
     assert get_protocol("semseg", "voc", crop_size=(9, 9)).crop_size == (9, 9)
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError):
         get_protocol("nope")
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError):
         get_protocol("mmseg-slide", "ade20k")
     model, x = pointwise_model(), images(1, 8, 8)
     with pytest.raises(ValueError, match="crop_size"):

@@ -525,15 +525,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - mapped to one line below
         if args.debug or not _is_user_error(e):
             raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 
 def _is_user_error(e: BaseException) -> bool:
     """Errors caused by input (flags, files, data), as opposed to bugs in pspnet."""
-    return isinstance(e, (ValueError, FileNotFoundError, KeyError, PermissionError,
-                          IsADirectoryError, NotADirectoryError))
+    return isinstance(e, (ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+                          NotADirectoryError))
 
 
 if __name__ == "__main__":  # pragma: no cover

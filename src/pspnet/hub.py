@@ -213,7 +213,7 @@ def fetch(name: str, *, allow_unverified: bool = False, progress: bool = True) -
 
         close = difflib.get_close_matches(name, ZOO, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown zoo entry {name!r}.{hint} Available: {', '.join(ZOO)}")
+        raise ValueError(f"unknown zoo entry {name!r}.{hint} Available: {', '.join(ZOO)}")
     if not entry.urls:
         raise ValueError(f"{name} cannot be downloaded automatically: {entry.notes}")
     target = cache_dir() / name

@@ -876,13 +876,13 @@ class Protocol:
         """Fill the source's sizes for a data set (see :data:`DATASET_SETTINGS`).
 
         Raises:
-            KeyError: The source has no published setting for that data set.
+            ValueError: The source has no published setting for that data set.
         """
         family = self.name.removesuffix("-ms")
         table = DATASET_SETTINGS.get(family, {})
         key = _DATASET_ALIASES.get(dataset.lower(), dataset.lower())
         if key not in table:
-            raise KeyError(
+            raise ValueError(
                 f"protocol {self.name!r} has no setting for data set {dataset!r}; "
                 f"known: {sorted(table)} (or set sizes with .replace(...))"
             )
@@ -1092,10 +1092,10 @@ def get_protocol(name: str, dataset: str | None = None, **overrides: Any) -> Pro
         **overrides: Field changes, e.g. ``crop_size=(713, 713)``.
 
     Raises:
-        KeyError: Unknown protocol or data set.
+        ValueError: Unknown protocol or data set.
     """
     if name not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {name!r}; choose from {sorted(PROTOCOLS)}")
+        raise ValueError(f"unknown protocol {name!r}; choose from {sorted(PROTOCOLS)}")
     proto = PROTOCOLS[name]
     if dataset is not None:
         proto = proto.for_dataset(dataset)
