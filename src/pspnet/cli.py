@@ -380,9 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the embedded demo: generated scenes, PSPNet vs FCN, a report")
     s.add_argument("--out", default="demo_out", help="output folder (data, models, report)")
-    s.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
+    s.add_argument("--minutes", type=float, default=4.0, help="training budget per model")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=128,
+    s.add_argument("--size", type=int, default=256,
                    help="scene size in pixels (larger: context further from object interiors)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)

@@ -137,7 +137,7 @@ def _write_report(out: Path, rows: list[_Row], chart: Path, pictures: list[Path]
             " In this run the pyramid did not help: at this image size the dilated ResNet-18 "
             "alone already sees the water or road around each vessel, and PSPNet, being slower, "
             f"got fewer iterations ({rows[1].iterations} vs {rows[0].iterations}) in the same "
-            "budget. Larger scenes (pspnet demo --size 256) put the context further away."
+            "budget. Larger scenes (pspnet demo --size 384) put the context further away."
         )
     md = (
         "# pspnet demo: what pyramid pooling adds\n\n"
@@ -169,8 +169,8 @@ def _write_report(out: Path, rows: list[_Row], chart: Path, pictures: list[Path]
     return out / "report.html"
 
 
-def run_demo(out: str | Path, *, minutes: float = 3.0, seed: int = 0, n_train: int = 600,
-             n_val: int = 100, size: int = 128, progress: bool = True) -> Path:
+def run_demo(out: str | Path, *, minutes: float = 4.0, seed: int = 0, n_train: int = 600,
+             n_val: int = 100, size: int = 256, progress: bool = True) -> Path:
     """Generate the scenes, train FCN and PSPNet for ``minutes`` each, evaluate, report.
 
     Re-running continues where a killed run stopped (training resumes from its checkpoints;
