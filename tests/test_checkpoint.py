@@ -168,8 +168,7 @@ def test_foreign_num_classes_mismatch_names_the_key(tmp_path: Path) -> None:
 
 
 def test_no_unsafe_torch_load_anywhere() -> None:
+    needle = "weights_only" + "=False"  # spelled in two parts so this file does not match itself
     src = Path(pspnet.__file__).parent
-    offenders = [
-        str(p) for p in src.rglob("*.py") if "weights_only=False" in p.read_text().replace(" ", "")
-    ]
+    offenders = [str(p) for p in src.rglob("*.py") if needle in p.read_text().replace(" ", "")]
     assert not offenders

