@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from _engine_tiny import tiny_config
 from pspnet.config import Config
+from pspnet.engine import train as train_mod
 from pspnet.engine.train import find_checkpoint, load_checkpoint, train
 
 MAX_ITER = 10
