@@ -80,7 +80,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from pspnet.checkpoint import WeightsMeta, load_model
-from pspnet.data.io import is_complete
+from pspnet.data.io import DataError, image_to_rgb, is_complete
 from pspnet.data.palette import colorize, default_palette
 from pspnet.engine.predict import PredictOptions, predict_array
 
@@ -296,20 +296,10 @@ def _decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise ApiError(422, f"truncated or corrupt {im.format} image "
                             f"({type(e).__name__})") from None
     _check_complete(im.format or "", data)
-    mode = im.mode
-    if mode == "RGB":
-        arr = np.asarray(im)
-    elif mode.startswith("I;16") or mode == "I":
-        values = np.asarray(im).astype(np.int64)
-        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
-            raise ApiError(422, f"{mode} image has values outside 0..65535; send 8-bit RGB")
-        gray = (values >> 8).astype(np.uint8)  # 16 -> 8 bits by the top byte
-        arr = np.repeat(gray[:, :, None], 3, axis=2)
-    elif mode == "F":
-        raise ApiError(422, "floating-point image (mode F) has no colour scale; send 8-bit RGB")
-    else:
-        arr = np.asarray(im.convert("RGB"))
-    return np.require(arr, dtype=np.uint8, requirements=["C", "W"])
+    try:
+        return image_to_rgb(im, "the uploaded image")
+    except DataError as e:
+        raise ApiError(422, str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------

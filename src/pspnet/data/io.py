@@ -345,7 +345,21 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         DataError: See :func:`open_image`; also for float images, which have no defined 0..255
             scale.
     """
-    im = open_image(path, max_pixels=max_pixels)
+    return image_to_rgb(open_image(path, max_pixels=max_pixels), str(path))
+
+
+def image_to_rgb(im: Image.Image, name: str) -> np.ndarray:
+    """Convert a decoded Pillow image to a C-contiguous (H, W, 3) uint8 RGB array.
+
+    Shared by file reading and the HTTP server so both accept exactly the same images.
+
+    Args:
+        im: A fully decoded image.
+        name: What to call it in error messages (a path, "request body").
+
+    Raises:
+        DataError: Float images (no defined 0..255 scale) and 32-bit images outside 0..65535.
+    """
     mode = im.mode
     if mode == "RGB":
         arr = np.asarray(im)
@@ -353,14 +367,14 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         values = np.asarray(im).astype(np.int64)
         if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
             raise DataError(
-                f"{path}: {mode} image has values outside 0..65535; convert it to 8-bit RGB"
+                f"{name}: {mode} image has values outside 0..65535; convert it to 8-bit RGB"
             )
         # 16-bit to 8-bit by the top byte (what image viewers show), not by clipping at 255.
         gray = (values >> 8).astype(np.uint8)
         arr = np.repeat(gray[:, :, None], 3, axis=2)
     elif mode == "F":
         raise DataError(
-            f"{path}: floating-point image (mode F) has no defined colour scale; "
+            f"{name}: floating-point image (mode F) has no defined colour scale; "
             "convert it to 8-bit RGB"
         )
     else:
