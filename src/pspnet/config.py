@@ -484,6 +484,10 @@ class TrainConfig:
     """Gradient accumulation: forward/backward passes per optimizer step."""
     aux_weight: float = 0.4
     """Weight of the auxiliary (stage-4) loss."""
+    class_weights: tuple[float, ...] | Literal["enet", "median_freq"] | None = None
+    """Per-class loss weights: a list of num_classes numbers, or computed from the training
+    labels' pixel counts before the first step: ``enet`` (``1/ln(1.02 + p)``) or
+    ``median_freq`` (``median(p)/p``). None: unweighted, as the paper."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Autocast precision. auto: bf16 on a CPU with native bf16, fp32 on other CPUs; bf16 on
     CUDA devices that support it, else fp16 with a GradScaler."""
@@ -543,6 +547,11 @@ class TrainConfig:
             f"must divide train.batch_size ({self.batch_size}), got {self.accum_steps}",
         )
         _check(self.aux_weight >= 0, "train.aux_weight", "must be >= 0")
+        _check(
+            not isinstance(self.class_weights, tuple) or all(w > 0 for w in self.class_weights),
+            "train.class_weights",
+            f"must be positive numbers, 'enet', 'median_freq' or null, got {self.class_weights!r}",
+        )
         _check(
             self.val_interval is None or self.val_interval >= 0,
             "train.val_interval",
@@ -605,6 +614,13 @@ class Config:
             "data.ignore_index",
             f"{ii} is also a class index (model.num_classes is {self.model.num_classes}); "
             "use a value outside the classes, usually 255",
+        )
+        cw = self.train.class_weights
+        _check(
+            not isinstance(cw, tuple) or len(cw) == self.model.num_classes,
+            "train.class_weights",
+            f"has {len(cw) if isinstance(cw, tuple) else 0} values but model.num_classes is "
+            f"{self.model.num_classes}; give one weight per class",
         )
 
     @classmethod

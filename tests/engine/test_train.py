@@ -13,6 +13,7 @@ from PIL import Image
 
 from _engine_tiny import NUM_CLASSES, make_tiny_dataset, tiny_config
 from pspnet.checkpoint import load_model
+from pspnet.config import ConfigError
 from pspnet.data.io import DataError
 from pspnet.engine import losses
 from pspnet.engine.train import TrainingDiverged, load_checkpoint, train
@@ -49,6 +50,22 @@ def test_short_run_loss_falls_and_writes_outputs(tiny_data: dict, tmp_path: Path
     # The checkpoint is plain data: it loads with weights_only=True.
     state = torch.load(work / "checkpoints" / "last.pt", weights_only=True)
     assert state["iteration"] == 16 and state["config"]["model"]["num_classes"] == NUM_CLASSES
+
+
+def test_class_weights_computed_from_the_training_labels(tiny_data: dict, tmp_path: Path) -> None:
+    work = tmp_path / "weighted"
+    cfg = tiny_config(tiny_data, work, max_iter=2, val_interval=0).with_overrides(
+        ["train.class_weights=enet"]
+    )
+    train(cfg, progress=False)
+    (start,) = _events(work, "start")
+    weights = start["class_weights"]
+    assert len(weights) == NUM_CLASSES
+    # Background (most pixels) gets the smallest weight: rare classes weigh more.
+    assert weights[0] == min(weights) and all(w > 1 for w in weights)
+    # A list of the wrong length is refused naming the key.
+    with pytest.raises(ConfigError, match="train.class_weights.*one weight per class"):
+        tiny_config(tiny_data, work).with_overrides(["train.class_weights=[1, 2]"])
 
 
 def test_bad_label_fails_before_any_step(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ from pspnet.engine.distributed import (
     shard_indices,
 )
 from pspnet.engine.evaluate import evaluate_model
-from pspnet.engine.losses import PSPLoss
+from pspnet.engine.losses import PSPLoss, class_weights_from_counts
 from pspnet.engine.metrics import SegMetrics
 from pspnet.engine.optim import PolySchedule, build_optimizer
 from pspnet.models import build_model
@@ -380,8 +380,12 @@ def _auto_crop(train: SegmentationDataset) -> tuple[int, int]:
     return side, side
 
 
-def _scan(ds: SegmentationDataset, info: DistInfo, progress: bool) -> None:
-    """Check every label (sharded over processes); every process raises the first error."""
+def _scan(ds: SegmentationDataset, info: DistInfo, progress: bool) -> np.ndarray:
+    """Check every label (sharded over processes); every process raises the first error.
+
+    Returns:
+        (C,) labelled pixels per class over the whole data set (summed over the processes).
+    """
     idx = shard_indices(len(ds), info.rank, info.world_size)
     shard = ds
     if info.world_size > 1:
@@ -393,14 +397,17 @@ def _scan(ds: SegmentationDataset, info: DistInfo, progress: bool) -> None:
             max_pixels=ds.max_pixels,
         )
     message = None
+    counts = np.zeros(ds.num_classes, dtype=np.int64)
     try:
-        scan_labels(shard, progress=progress and info.is_main)
+        if len(idx) > 0:
+            counts = scan_labels(shard, progress=progress and info.is_main).class_pixel_counts
     except DataError as e:
         message = str(e)
-    messages = all_gather_object(message)
-    first = next((m for m in messages if m), None)
+    gathered = all_gather_object((message, counts.tolist()))
+    first = next((m for m, _ in gathered if m), None)
     if first:
         raise DataError(first)
+    return np.sum([np.asarray(c, dtype=np.int64) for _, c in gathered], axis=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -823,9 +830,12 @@ class _Run:
         tc = cfg.train
 
         # Data checks before anything is trained or written.
-        if cfg.data.scan_labels:
-            _scan(data.train, info, self.progress)
-            if data.val is not None:
+        class_weights = tc.class_weights
+        if cfg.data.scan_labels or isinstance(class_weights, str):
+            counts = _scan(data.train, info, self.progress)
+            if isinstance(class_weights, str):
+                class_weights = tuple(class_weights_from_counts(counts, class_weights))
+            if data.val is not None and cfg.data.scan_labels:
                 _scan(data.val, info, self.progress)
         sampler = TrainBatchSampler(
             len(data.train),
@@ -929,6 +939,7 @@ class _Run:
             checkpoint=str(resumed[0]) if resumed else None,
             train_images=len(data.train),
             val_images=len(data.val) if data.val is not None else 0,
+            class_weights=list(class_weights) if class_weights is not None else None,
         )
         if state is not None:
             self.say(f"resumed from {resumed[0]} at iteration {it}")  # type: ignore[index]
@@ -960,7 +971,7 @@ class _Run:
             w, h = image_size(data.val.samples[0].image)
             self._val_pixels_factor = (h * w) / (crop[0] * crop[1])
             self._n_val = len(data.val)
-        criterion = PSPLoss(tc.aux_weight, cfg.data.ignore_index)
+        criterion = PSPLoss(tc.aux_weight, cfg.data.ignore_index, class_weights)
 
         if info.is_main and self.progress:
             try:
