@@ -280,7 +280,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         class_names=args.class_names, arch=args.arch, crop_size=args.crop_size,
         batch_size=args.batch_size, epochs=args.epochs, time_budget=args.time_budget,
         work_dir=args.work_dir, resume=args.resume, config_file=args.config,
-        overrides=args.set, progress=not args.quiet,
+        overrides=args.set, progress=not args.quiet, skip_bad=args.skip_bad,
     )
     best = f", best val mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
     print(f"trained {result.iterations} iterations in {result.elapsed_s / 60:.1f} min "
@@ -432,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--work-dir", help="output folder (checkpoints, final/, best/, log.jsonl)")
     s.add_argument("--resume", metavar="auto|PATH", help="continue a run (auto: newest good)")
     s.add_argument("--config", help="YAML config (see configs/)")
+    s.add_argument("--skip-bad", type=int, nargs="?", const=10, metavar="N",
+                   help="leave out up to N bad samples (default N: 10), listed in "
+                        "WORK_DIR/skipped.json; without it the first bad file stops the run")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="dotted overrides, e.g. optim.lr=0.02 train.precision=fp32")
     s.add_argument("-q", "--quiet", action="store_true")

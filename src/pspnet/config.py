@@ -395,6 +395,12 @@ class DataConfig:
     """Keep the workers alive between epochs (faster epochs, more memory)."""
     scan_labels: bool = True
     """Read every label before the first step so a bad value fails at once, naming the file."""
+    skip_bad: int = 0
+    """Bad samples (unreadable, truncated or corrupt image or label, size mismatch, label
+    values out of range) to leave out of training and validation, with a report in
+    ``WORK_DIR/skipped.json``; more than this many stops the run before the first step, listing
+    them. 0 (the default): stop at the first bad file. When > 0 every image is decoded in full
+    before training (truncated files have readable headers). ``pspnet train --skip-bad [N]``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.crop_size, int):
@@ -415,6 +421,11 @@ class DataConfig:
             self.scale is None or self.scale[0] > 0,
             "data.scale",
             f"must be positive, got {self.scale!r}",
+        )
+        _check(
+            isinstance(self.skip_bad, int) and self.skip_bad >= 0,
+            "data.skip_bad",
+            f"must be a number of samples >= 0, got {self.skip_bad!r}",
         )
         _check(
             self.num_workers is None or self.num_workers >= 0,

@@ -162,3 +162,62 @@ def test_resume_refuses_a_different_model(tiny_data: dict, tmp_path: Path) -> No
     assert state["schedule"]["base_lr"] == 0.01
     assert state["optimizer"]["param_groups"][0]["lr"] < 0.01
     shutil.rmtree(work / "final")
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def test_corrupt_image_fails_fast_by_default_and_skip_bad_leaves_it_out(tmp_path: Path) -> None:
+    data = make_tiny_dataset(tmp_path / "d", n_train=6, n_val=2)
+    root = data["root"]
+    _truncate(root / "images" / "train_002.png")  # header intact, pixels cut off
+    # A label value that is neither a class (K = 3) nor the ignore value.
+    lab = np.array(Image.open(root / "labels" / "train_004.png"))
+    lab[5, 5] = 7
+    Image.fromarray(lab).save(root / "labels" / "train_004.png")
+
+    # Default: the first bad file stops the run, named, before any step.
+    with pytest.raises(DataError, match="train_004.png"):
+        train(tiny_config(data, tmp_path / "strict", max_iter=2, val_interval=0), progress=False)
+    assert not (tmp_path / "strict" / "checkpoints").exists()
+
+    # --skip-bad 1: two bad samples are more than allowed; both are listed, nothing trains.
+    with pytest.raises(DataError, match=r"2 bad training samples, more than the 1") as err:
+        train(
+            tiny_config(data, tmp_path / "limit", max_iter=2, val_interval=0).with_overrides(
+                ["data.skip_bad=1"]
+            ),
+            progress=False,
+        )
+    assert "train_002.png" in str(err.value) and "train_004.png" in str(err.value)
+    assert "--skip-bad" in str(err.value)
+    assert not (tmp_path / "limit" / "checkpoints").exists()
+
+    # --skip-bad 5: both are left out, reported in skipped.json, and training runs on the rest.
+    work = tmp_path / "skip"
+    cfg = tiny_config(data, work, max_iter=2, val_interval=0).with_overrides(["data.skip_bad=5"])
+    result = train(cfg, progress=False)
+    assert result.iterations == 2
+    report = json.loads((work / "skipped.json").read_text())
+    assert sorted(Path(r["image"]).name for r in report["train"]) == [
+        "train_002.png", "train_004.png"
+    ]
+    assert report["val"] == [] and report["limit"] == 5
+    (start,) = _events(work, "start")
+    assert start["train_images"] == 4
+
+
+def test_corrupt_image_found_while_training_names_the_file(tmp_path: Path) -> None:
+    """Label scan off (headers only are cheap to skip): a truncated image found by a loader
+    worker stops the run with the file's name and no worker traceback in the message."""
+    data = make_tiny_dataset(tmp_path / "d", n_train=4, n_val=1)
+    _truncate(data["root"] / "images" / "train_001.png")
+    cfg = tiny_config(data, tmp_path / "w", max_iter=3, val_interval=0).with_overrides(
+        ["data.scan_labels=false", "data.num_workers=1"]
+    )
+    with pytest.raises(DataError) as err:
+        train(cfg, progress=False)
+    msg = str(err.value)
+    assert "train_001.png" in msg and "Traceback" not in msg and "--skip-bad" in msg

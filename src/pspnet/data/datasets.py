@@ -549,6 +549,9 @@ class LabelScan:
     ignore_pixels: int
     unknown_color_pixels: int = 0
     missing_classes: list[int] = field(default_factory=list)
+    bad: list[tuple[int, str]] = field(default_factory=list)
+    """``(sample index, error message)`` of the samples that failed (``collect_errors`` only);
+    their pixels are not counted."""
 
 
 def scan_labels(
@@ -557,6 +560,8 @@ def scan_labels(
     workers: int | None = None,
     check_sizes: bool = True,
     progress: bool = False,
+    decode_images: bool = False,
+    collect_errors: bool = False,
 ) -> LabelScan:
     """Check every label of ``dataset`` before training; raise on the first bad file.
 
@@ -569,6 +574,9 @@ def scan_labels(
         workers: Threads (default: up to 8).
         check_sizes: Also compare each label's size with its image's (header only).
         progress: Show a tqdm progress bar.
+        decode_images: Also decode every image in full (finds truncated or corrupt files whose
+            header reads fine; costs one full image read per sample).
+        collect_errors: Record every bad sample in ``LabelScan.bad`` instead of raising.
 
     Returns:
         Pixel statistics of the whole data set (useful for class weights).
@@ -578,24 +586,39 @@ def scan_labels(
     """
     n_classes = dataset.num_classes
 
-    def one(i: int) -> tuple[np.ndarray, int, int]:
+    def check(i: int) -> tuple[np.ndarray, int, int]:
         label, unknown = dataset._read_mapped(i)
         sample = dataset.samples[i]
-        if check_sizes:
+        if decode_images:
+            h, w = read_image(sample.image, max_pixels=dataset.max_pixels).shape[:2]
+            _check_same_size(sample, (h, w), label.shape)
+        elif check_sizes:
             w, h = image_size(sample.image)
             _check_same_size(sample, (h, w), label.shape)
         valid = label[label != dataset.ignore_index]
         counts = np.bincount(valid.ravel(), minlength=n_classes)
         return counts, int(label.size - valid.size), unknown
 
+    def one(i: int) -> tuple[np.ndarray, int, int, str | None]:
+        try:
+            return (*check(i), None)
+        except DataError as e:
+            if not collect_errors:
+                raise
+            return np.zeros(n_classes, dtype=np.int64), 0, 0, str(e)
+
     totals = np.zeros(n_classes, dtype=np.int64)
     ignore = unknown_total = 0
+    bad: list[tuple[int, str]] = []
     n = len(dataset)
     executor = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
     try:
         results = executor.map(one, range(n))
-        bar = _progress(results, n, "scanning labels") if progress else results
-        for counts, ign, unk in bar:
+        what = "checking images and labels" if decode_images else "scanning labels"
+        bar = _progress(results, n, what) if progress else results
+        for i, (counts, ign, unk, error) in enumerate(bar):
+            if error is not None:
+                bad.append((i, error))
             totals += counts
             ignore += ign
             unknown_total += unk
@@ -614,6 +637,7 @@ def scan_labels(
         ignore_pixels=ignore,
         unknown_color_pixels=unknown_total,
         missing_classes=[int(c) for c in np.flatnonzero(totals == 0)],
+        bad=bad,
     )
 
 

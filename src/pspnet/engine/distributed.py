@@ -4,7 +4,8 @@ sharding, small collectives, and a BatchNorm that synchronises statistics on CPU
 * :func:`init_distributed` reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by ``torchrun``)
   and initialises the default process group itself: ``nccl`` on CUDA, ``gloo`` on CPU, always
   with a timeout, so a rank that dies makes the others fail after ``timeout_s`` instead of
-  waiting forever (torchrun also tears the job down when one worker exits with an error).
+  waiting forever (torchrun also tears the job down when one worker exits with an error);
+  groups created later (the CPU SyncBatchNorm group) get the same timeout.
 * :class:`TrainBatchSampler` turns ``(seed, epoch)`` into a permutation with an explicit
   ``torch.Generator`` (never the global RNG) and hands each process and accumulation step its
   own disjoint slice of every global batch, starting at any step inside the epoch (resume).
@@ -29,10 +30,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+_init_timeout: datetime.timedelta | None = None
+"""The timeout :func:`init_distributed` gave the default process group (None before)."""
+
 __all__ = [
     "DistInfo",
     "env_world",
     "init_distributed",
+    "default_group_timeout",
     "cleanup",
     "is_distributed",
     "get_rank",
@@ -116,6 +121,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     Returns:
         The rank, world size, local rank, backend and device of this process.
     """
+    global _init_timeout
     rank, world, local = env_world()
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -134,14 +140,35 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     kwargs: dict[str, Any] = {}
     if dev.type == "cuda":
         kwargs["device_id"] = dev
+    _init_timeout = datetime.timedelta(seconds=float(timeout_s))
     dist.init_process_group(
         backend=backend,
-        timeout=datetime.timedelta(seconds=float(timeout_s)),
+        timeout=_init_timeout,
         rank=rank,
         world_size=world,
         **kwargs,
     )
     return DistInfo(rank, world, local, backend, dev, initialized_here=True)
+
+
+def default_group_timeout() -> datetime.timedelta | None:
+    """The timeout of the default process group, for the extra groups created later.
+
+    ``dist.new_group`` does not inherit it (it falls back to torch's 30-minute default), so a
+    group created without this would let a frozen rank stall its collectives for 30 minutes
+    whatever ``timeout_s`` was given to :func:`init_distributed`. Read from the group itself
+    (so a group initialised by the caller counts too), else the value :func:`init_distributed`
+    used; None (torch's default) when neither is known.
+    """
+    if dist.is_available() and dist.is_initialized():
+        try:  # private API (torch >= 2.2); guarded, the fallback below covers its absence
+            pg = dist.distributed_c10d._get_default_group()
+            timeout = pg._get_backend(torch.device("cpu")).options._timeout
+            if isinstance(timeout, datetime.timedelta):
+                return timeout
+        except Exception:  # noqa: BLE001 - no CPU backend (nccl only) or a changed API
+            pass
+    return _init_timeout
 
 
 def cleanup(info: DistInfo) -> None:
@@ -383,12 +410,16 @@ def convert_sync_batchnorm(model: nn.Module, device_type: str, process_group: An
     """Replace every BatchNorm by its synchronised version (torch's on CUDA, ours elsewhere).
 
     Call on every rank, in the same order (a dedicated gloo group may be created here so the
-    statistics traffic never interleaves with DDP's gradient buckets).
+    statistics traffic never interleaves with DDP's gradient buckets; it gets the default
+    group's timeout, see :func:`default_group_timeout`).
     """
     if device_type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
     if process_group is None and dist.is_available() and dist.is_initialized():
-        process_group = dist.new_group(backend="gloo")
+        # Same timeout as the default group: torch gives new groups its own default (30 min),
+        # so a frozen peer would otherwise stall the statistics all_reduce far beyond
+        # train.dist_timeout.
+        process_group = dist.new_group(backend="gloo", timeout=default_group_timeout())
     return _convert_cpu(model, process_group)
 
 

@@ -380,11 +380,21 @@ def _auto_crop(train: SegmentationDataset) -> tuple[int, int]:
     return side, side
 
 
-def _scan(ds: SegmentationDataset, info: DistInfo, progress: bool) -> np.ndarray:
-    """Check every label (sharded over processes); every process raises the first error.
+def _scan(
+    ds: SegmentationDataset, info: DistInfo, progress: bool, skip_bad: int = 0
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Check every sample's label (sharded over processes) before anything is trained.
+
+    Args:
+        ds: The data set.
+        info: This process's place in the job.
+        progress: Show a bar (rank 0).
+        skip_bad: 0: every process raises the first error. > 0: decode the images in full
+            too and return the bad samples instead of raising (the caller applies the limit).
 
     Returns:
-        (C,) labelled pixels per class over the whole data set (summed over the processes).
+        ``(counts, bad)``: (C,) labelled pixels per class over the good samples (summed over
+        the processes) and the sorted ``(index, message)`` of the bad samples.
     """
     idx = shard_indices(len(ds), info.rank, info.world_size)
     shard = ds
@@ -398,16 +408,62 @@ def _scan(ds: SegmentationDataset, info: DistInfo, progress: bool) -> np.ndarray
         )
     message = None
     counts = np.zeros(ds.num_classes, dtype=np.int64)
+    bad: list[tuple[int, str]] = []
     try:
         if len(idx) > 0:
-            counts = scan_labels(shard, progress=progress and info.is_main).class_pixel_counts
+            scan = scan_labels(
+                shard, progress=progress and info.is_main,
+                decode_images=skip_bad > 0, collect_errors=skip_bad > 0,
+            )  # fmt: skip
+            counts = scan.class_pixel_counts
+            bad = [(int(idx[i]), msg) for i, msg in scan.bad]  # shard index -> data set index
     except DataError as e:
         message = str(e)
-    gathered = all_gather_object((message, counts.tolist()))
-    first = next((m for m, _ in gathered if m), None)
+    gathered = all_gather_object((message, counts.tolist(), bad))
+    first = next((m for m, _, _ in gathered if m), None)
     if first:
         raise DataError(first)
-    return np.sum([np.asarray(c, dtype=np.int64) for _, c in gathered], axis=0)
+    total = np.sum([np.asarray(c, dtype=np.int64) for _, c, _ in gathered], axis=0)
+    return total, sorted(b for _, _, part in gathered for b in part)
+
+
+def _next_batch(data_iter: Iterator[Any]) -> Any:
+    """The next batch; a bad file found by a loader worker becomes one plain DataError."""
+    try:
+        return next(data_iter)
+    except DataError as e:
+        # DataLoader re-raises a worker's exception with the worker's traceback in the message;
+        # keep only our message (it names the file and the fix).
+        text = str(e)
+        marker = "DataError: "
+        msg = text[text.rindex(marker) + len(marker):].strip() if marker in text else text
+        raise DataError(
+            f"{msg}\n(found while training; to leave such files out, run with --skip-bad N, "
+            "which checks every image before the first step; the last checkpoint is kept)"
+        ) from None
+
+
+def _drop_bad(
+    ds: SegmentationDataset, bad: list[tuple[int, str]], split: str, limit: int
+) -> SegmentationDataset:
+    """``ds`` without the bad samples; DataError when there are more than ``limit``."""
+    if not bad:
+        return ds
+    if len(bad) > limit:
+        listed = "\n".join(f"  {msg}" for _, msg in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"{len(bad)} bad {split} samples, more than the {limit} that data.skip_bad allows:\n"
+            f"{listed}{more}\nfix or remove these files, or raise the limit (--skip-bad N)"
+        )
+    drop = {i for i, _ in bad}
+    kept = [s for i, s in enumerate(ds.samples) if i not in drop]
+    if not kept:
+        raise DataError(f"every {split} sample is bad; nothing is left to train on")
+    return SegmentationDataset(
+        kept, ds.num_classes, ignore_index=ds.ignore_index, label_map=ds.label_map,
+        transform=ds.transform, max_pixels=ds.max_pixels,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -736,6 +792,43 @@ def train(config: Config, *, progress: bool = True) -> TrainResult:
         cleanup(info)
 
 
+@dataclass
+class _Loop:
+    """What the training loop reads and updates, in one place instead of a dozen locals."""
+
+    data: _Data
+    net: nn.Module
+    """The network: its weights are checkpointed, validated and saved."""
+    model: nn.Module
+    """What a step calls: ``net``, or its DistributedDataParallel wrapper."""
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    """A CUDA GradScaler for fp16, else None."""
+    schedule: PolySchedule
+    budget: _Budget | None
+    sampler: TrainBatchSampler
+    criterion: PSPLoss
+    precision: str
+    spe: int
+    """Optimizer steps per epoch."""
+    val_enabled: bool
+    val_every: int | None
+    """Steps between validations (None: decided by the first budget plan; 0: none)."""
+    ckpt_every: int
+    """Steps between checkpoints (the budget plan counts their cost)."""
+    resumed_from: Path | None = None
+    loader: Any = None
+    it: int = 0
+    """Optimizer steps done (the loop's clock)."""
+    next_replan: int = -1
+    """Step at which the budget plan is refreshed next (-1: none pending)."""
+    final_loss: float | None = None
+    sums: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"loss": 0.0, "main": 0.0, "aux": 0.0, "n": 0}
+    )
+    t_log: float = dataclasses.field(default_factory=time.perf_counter)
+
+
 class _Run:
     """One training process (state shared by the helpers of :func:`train`)."""
 
@@ -812,42 +905,102 @@ class _Run:
         return found
 
     def _run(self) -> TrainResult:
-        cfg, info = self.cfg, self.info
         resumed = self._resume_state()
+        loop = self._setup(resumed)
+        stop_reason = self._loop(loop)
+        return self._finish(loop, stop_reason)
+
+    def _setup(self, resumed: tuple[Path, dict[str, Any]] | None) -> _Loop:
+        """Config, data checks, model, optimiser, schedule, restored state, outputs, loader."""
+        info = self.info
         state = resumed[1] if resumed else None
-        if state is not None:
-            cfg = _check_resume(cfg, state, resumed[0], info.world_size)  # type: ignore[index]
+        cfg = self.cfg
+        if resumed is not None:
+            cfg = _check_resume(cfg, resumed[1], resumed[0], info.world_size)
         data = _build_data(cfg)
+        # Fill in what the config left to the data and the machine, so config.yaml and the
+        # checkpoints say what actually ran.
         crop = cfg.data.crop_size or _auto_crop(data.train)
         precision = resolve_precision(cfg.train.precision, self.device)
         workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(2, _cpu_count())
-        cfg = dataclasses.replace(
+        cfg = self.cfg = dataclasses.replace(
             cfg,
             data=dataclasses.replace(cfg.data, crop_size=tuple(crop), num_workers=workers),
             train=dataclasses.replace(cfg.train, precision=precision),  # type: ignore[arg-type]
         )
-        self.cfg = cfg
         tc = cfg.train
-
-        # Data checks before anything is trained or written.
-        class_weights = tc.class_weights
-        if cfg.data.scan_labels or isinstance(class_weights, str):
-            counts = _scan(data.train, info, self.progress)
-            if isinstance(class_weights, str):
-                class_weights = tuple(class_weights_from_counts(counts, class_weights))
-            if data.val is not None and cfg.data.scan_labels:
-                _scan(data.val, info, self.progress)
+        class_weights = self._check_data(data)  # before anything is trained or written
         sampler = TrainBatchSampler(
-            len(data.train),
-            tc.batch_size,
-            accum_steps=tc.accum_steps,
-            rank=info.rank,
-            world_size=info.world_size,
-            seed=tc.seed,
-        )
+            len(data.train), tc.batch_size, accum_steps=tc.accum_steps, rank=info.rank,
+            world_size=info.world_size, seed=tc.seed,
+        )  # fmt: skip
+        net, model = self._build_model(state)
+        oc = cfg.optim
+        optimizer = build_optimizer(
+            net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
+            head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
+        )  # fmt: skip
+        scaler = (
+            torch.amp.GradScaler("cuda") if precision == "fp16" and self.device.type == "cuda"
+            else None
+        )  # fmt: skip
         spe = sampler.steps_per_epoch
+        budget = None
+        if tc.time_budget:
+            budget = _Budget(tc.time_budget * 60.0, tc.budget_warmup_iters, tc.budget_measure_iters)
+            schedule = PolySchedule(oc.lr, None, oc.power)  # max_iter planned after timing
+        else:
+            schedule = PolySchedule(oc.lr, tc.max_iter or (tc.epochs or DEFAULT_EPOCHS) * spe,
+                                    oc.power)  # fmt: skip
+        val_enabled = data.val is not None and tc.val_interval != 0
+        loop = _Loop(
+            data=data, net=net, model=model, optimizer=optimizer, scaler=scaler,
+            schedule=schedule, budget=budget, sampler=sampler, spe=spe, precision=precision,
+            criterion=PSPLoss(tc.aux_weight, cfg.data.ignore_index, class_weights),
+            val_enabled=val_enabled,
+            val_every=self._val_every(schedule.max_iter, spe) if val_enabled else None,
+            ckpt_every=min(x for x in (spe, tc.checkpoint_interval or spe) if x > 0),
+            resumed_from=resumed[0] if resumed else None,
+        )  # fmt: skip
+        if resumed is not None:
+            self._restore(loop, *resumed)
+        self._open_outputs(loop, class_weights)
+        loop.loader = self._loader(data, sampler)
+        if budget is not None and data.val is not None:
+            w, h = image_size(data.val.samples[0].image)
+            self._val_pixels_factor = (h * w) / (crop[0] * crop[1])
+            self._n_val = len(data.val)
+        if info.is_main and self.progress:
+            from tqdm import tqdm
 
-        # Model, optimiser, schedule.
+            self.bar = tqdm(total=schedule.max_iter, initial=loop.it, desc="training",
+                            unit="it", dynamic_ncols=True)  # fmt: skip
+        return loop
+
+    def _check_data(self, data: _Data) -> tuple[float, ...] | None:
+        """Scan every label (and, with ``data.skip_bad``, decode every image); drop the bad
+        samples within the limit; return the class weights of the loss."""
+        cfg, info = self.cfg, self.info
+        weights = cfg.train.class_weights
+        skip = cfg.data.skip_bad
+        if not (cfg.data.scan_labels or isinstance(weights, str) or skip):
+            return weights  # type: ignore[return-value]
+        counts, bad_train = _scan(data.train, info, self.progress, skip)
+        bad_val: list[tuple[int, str]] = []
+        if data.val is not None and (cfg.data.scan_labels or skip):
+            bad_val = _scan(data.val, info, self.progress, skip)[1]
+        if bad_train or bad_val:
+            self._report_skipped(data, bad_train, bad_val)
+            data.train = _drop_bad(data.train, bad_train, "training", skip)
+            if data.val is not None:
+                data.val = _drop_bad(data.val, bad_val, "validation", skip - len(bad_train))
+        if isinstance(weights, str):
+            return tuple(class_weights_from_counts(counts, weights))
+        return weights
+
+    def _build_model(self, state: dict[str, Any] | None) -> tuple[nn.Module, nn.Module]:
+        """``(net, model)``: the network, and what the step calls (``net`` or its DDP wrapper)."""
+        cfg, tc, info = self.cfg, self.cfg.train, self.info
         random.seed(tc.seed)
         np.random.seed(tc.seed % (1 << 32))
         torch.manual_seed(tc.seed)
@@ -863,103 +1016,83 @@ class _Run:
         if tc.channels_last:
             net = net.to(memory_format=torch.channels_last)
         net.config = cfg.model  # type: ignore[assignment]
-        model: nn.Module = net
-        if info.world_size > 1:
-            model = nn.parallel.DistributedDataParallel(
-                net,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                # An aux head left out of the loss gets no gradient.
-                find_unused_parameters=cfg.model.aux and tc.aux_weight == 0,
+        if info.world_size == 1:
+            return net, net
+        model = nn.parallel.DistributedDataParallel(
+            net,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            # An aux head left out of the loss gets no gradient.
+            find_unused_parameters=cfg.model.aux and tc.aux_weight == 0,
+        )
+        return net, model
+
+    def _restore(self, loop: _Loop, path: Path, state: dict[str, Any]) -> None:
+        """Load a checkpoint's weights, optimiser, schedule, plan, scores and RNG states."""
+        loop.net.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        if loop.scaler is not None and state.get("scaler"):
+            loop.scaler.load_state_dict(state["scaler"])
+        loop.schedule.load_state_dict(state["schedule"])
+        loop.it = int(state["iteration"])
+        plan = state.get("plan", {})
+        loop.next_replan = int(plan.get("next_replan", -1))
+        if loop.val_enabled and int(plan.get("val_every", -1)) >= 0:
+            loop.val_every = int(plan["val_every"])  # 0: switched off by the budget
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.best_miou = float(state.get("best_miou", -1.0))
+        self.best_iter = int(state.get("best_iter", -1))
+        self.last_val_iter = int(state.get("last_val_iter", -1))
+        if int(state.get("steps_per_epoch", loop.spe)) != loop.spe:
+            warnings.warn(
+                f"the training set changed size since {path}: an epoch was "
+                f"{state.get('steps_per_epoch')} steps, now {loop.spe}; the data order after "
+                "resuming differs from an uninterrupted run",
+                stacklevel=2,
             )
-        oc = cfg.optim
-        optimizer = build_optimizer(
-            net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
-            head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
-        )  # fmt: skip
-        scaler = (
-            torch.amp.GradScaler("cuda") if precision == "fp16" and self.device.type == "cuda"
-            else None
-        )  # fmt: skip
-        budget = (
-            _Budget(tc.time_budget * 60.0, tc.budget_warmup_iters, tc.budget_measure_iters)
-            if tc.time_budget else None
-        )  # fmt: skip
-        if budget is None:
-            max_iter = tc.max_iter or (tc.epochs or DEFAULT_EPOCHS) * spe
-            schedule = PolySchedule(oc.lr, max_iter, oc.power)
-        else:
-            schedule = PolySchedule(oc.lr, None, oc.power)
-        val_enabled = data.val is not None and tc.val_interval != 0
-        val_every = self._val_every(schedule.max_iter, spe) if val_enabled else None
-        next_replan = -1
-        it = 0
+        rng = state["rng"]
+        _restore_rng(rng[self.info.rank] if isinstance(rng, list) else rng)
+        self.last_ckpt_path = path
+        self.last_ckpt_iter = loop.it
 
-        if state is not None:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            schedule.load_state_dict(state["schedule"])
-            it = int(state["iteration"])
-            plan = state.get("plan", {})
-            next_replan = int(plan.get("next_replan", -1))
-            if val_enabled and int(plan.get("val_every", -1)) >= 0:
-                val_every = int(plan["val_every"])  # 0: switched off by the budget
-            self.elapsed_before = float(state.get("elapsed_s", 0.0))
-            self.best_miou = float(state.get("best_miou", -1.0))
-            self.best_iter = int(state.get("best_iter", -1))
-            self.last_val_iter = int(state.get("last_val_iter", -1))
-            if int(state.get("steps_per_epoch", spe)) != spe:
-                warnings.warn(
-                    f"the training set changed size since {resumed[0]}: an epoch was "  # type: ignore[index]
-                    f"{state.get('steps_per_epoch')} steps, now {spe}; the data order after "
-                    "resuming differs from an uninterrupted run",
-                    stacklevel=2,
-                )
-            rng = state["rng"]
-            _restore_rng(rng[info.rank] if isinstance(rng, list) else rng)
-            self.last_ckpt_path = resumed[0]  # type: ignore[index]
-            self.last_ckpt_iter = it
-
-        # Outputs (rank 0).
-        if info.is_main:
+    def _open_outputs(self, loop: _Loop, class_weights: tuple[float, ...] | None) -> None:
+        """config.yaml, log.jsonl (and TensorBoard) on rank 0; the start/resume event."""
+        cfg, data = self.cfg, loop.data
+        if self.info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.work_dir / "config.yaml", cfg.to_yaml().encode())
             self.log_file = open(self.work_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-            if tc.tensorboard:
+            if cfg.train.tensorboard:
                 self.tb = _tensorboard(self.work_dir / "tb")
         self.event(
-            "resume" if state is not None else "start",
-            iteration=it,
-            max_iter=schedule.max_iter,
-            steps_per_epoch=spe,
-            world_size=info.world_size,
-            precision=precision,
-            crop_size=list(crop),
-            checkpoint=str(resumed[0]) if resumed else None,
+            "resume" if loop.resumed_from else "start",
+            iteration=loop.it,
+            max_iter=loop.schedule.max_iter,
+            steps_per_epoch=loop.spe,
+            world_size=self.info.world_size,
+            precision=loop.precision,
+            crop_size=list(cfg.data.crop_size),  # type: ignore[arg-type]
+            checkpoint=str(loop.resumed_from) if loop.resumed_from else None,
             train_images=len(data.train),
             val_images=len(data.val) if data.val is not None else 0,
             class_weights=list(class_weights) if class_weights is not None else None,
         )
-        if state is not None:
-            self.say(f"resumed from {resumed[0]} at iteration {it}")  # type: ignore[index]
+        if loop.resumed_from:
+            self.say(f"resumed from {loop.resumed_from} at iteration {loop.it}")
 
-        # Loader.
+    def _loader(self, data: _Data, sampler: TrainBatchSampler) -> DataLoader:
+        cfg = self.cfg
+        workers = int(cfg.data.num_workers or 0)
         train_set = _TrainSet(
             data.train,
             train_transform(
-                tuple(crop),  # type: ignore[arg-type]
-                scale=cfg.data.scale,
-                rotate=cfg.data.rotate,
-                blur=cfg.data.blur,
-                flip=cfg.data.flip,
-                mean=cfg.preprocess.mean,
-                std=cfg.preprocess.std,
+                cfg.data.crop_size,  # type: ignore[arg-type]
+                scale=cfg.data.scale, rotate=cfg.data.rotate, blur=cfg.data.blur,
+                flip=cfg.data.flip, mean=cfg.preprocess.mean, std=cfg.preprocess.std,
                 ignore_index=cfg.data.ignore_index,
             ),
-            tc.seed,
-        )
-        loader = DataLoader(
+            cfg.train.seed,
+        )  # fmt: skip
+        return DataLoader(
             train_set,
             batch_sampler=sampler,
             num_workers=workers,
@@ -967,197 +1100,221 @@ class _Run:
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # the loader never draws from the global RNG
         )
-        if budget is not None and data.val is not None:
-            w, h = image_size(data.val.samples[0].image)
-            self._val_pixels_factor = (h * w) / (crop[0] * crop[1])
-            self._n_val = len(data.val)
-        criterion = PSPLoss(tc.aux_weight, cfg.data.ignore_index, class_weights)
 
-        if info.is_main and self.progress:
-            try:
-                from tqdm import tqdm
+    # -- the loop ---------------------------------------------------------------------------
 
-                self.bar = tqdm(total=schedule.max_iter, initial=it, desc="training",
-                                unit="it", dynamic_ncols=True)  # fmt: skip
-            except ImportError:  # pragma: no cover
-                self.bar = None
-
-        # ---------------------------------------------------------------------------------
-        stop_reason = "completed"
+    def _loop(self, loop: _Loop) -> str:
+        """Train until the schedule ends or the budget is spent; returns the stop reason."""
+        tc, schedule, budget = self.cfg.train, loop.schedule, loop.budget
         data_iter: Iterator[Any] | None = None
-        sums = {"loss": 0.0, "main": 0.0, "aux": 0.0, "n": 0}
-        final_loss: float | None = None
-        t_log = time.perf_counter()
-        ckpt_every_iters = min(x for x in (spe, tc.checkpoint_interval or spe) if x > 0)
-        model.train()
-        while schedule.max_iter is None or it < schedule.max_iter:
+        loop.model.train()
+        while schedule.max_iter is None or loop.it < schedule.max_iter:
             t_step = time.perf_counter()
-            epoch = it // spe
-            if data_iter is None or it % spe == 0 and sampler.epoch != epoch:
-                sampler.set_epoch(epoch, it % spe)
-                data_iter = iter(loader)
-            lr = schedule.apply(optimizer, it)
-            optimizer.zero_grad(set_to_none=True)
-            flags = [0.0, 0.0]
-            main_v = aux_v = 0.0
-            for m in range(tc.accum_steps):
-                batch = next(data_iter)
-                images = batch["image"].to(self.device, non_blocking=True)
-                labels = batch["label"].to(self.device, non_blocking=True)
-                if tc.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                last_micro = m == tc.accum_steps - 1
-                sync = (
-                    model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel)
-                    and not last_micro else contextlib.nullcontext()
-                )  # fmt: skip
-                with sync:
-                    with _autocast(self.device, precision):
-                        outputs = model(images)
-                    loss, parts = criterion(outputs, labels)
-                    if last_micro and info.is_main:
-                        flags = self._time_flags(budget, tc)
-                    stats = torch.stack([
-                        parts["main"].float(), parts["aux"].float(),
-                        (~torch.isfinite(loss)).float(),
-                        torch.tensor(flags[0], device=loss.device),
-                        torch.tensor(flags[1], device=loss.device),
-                    ])  # fmt: skip
-                    if is_distributed():
-                        torch.distributed.all_reduce(stats)
-                    s_main, s_aux, bad, f_ckpt, f_stop = stats.tolist()
-                    w = info.world_size
-                    if bad > 0:
-                        self._diverged(it, epoch, s_main / w, s_aux / w, loss)
-                    main_v += s_main / w / tc.accum_steps
-                    aux_v += s_aux / w / tc.accum_steps
-                    (scaler.scale(loss / tc.accum_steps) if scaler is not None
-                     else loss / tc.accum_steps).backward()  # fmt: skip
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            it += 1
-            step_s = time.perf_counter() - t_step
-            total_v = main_v + tc.aux_weight * aux_v
-            sums["loss"] += total_v
-            sums["main"] += main_v
-            sums["aux"] += aux_v
-            sums["n"] += 1
+            epoch = loop.it // loop.spe
+            if data_iter is None or (loop.it % loop.spe == 0 and loop.sampler.epoch != epoch):
+                # The order of each epoch depends only on (seed, epoch): resuming mid-epoch
+                # starts the same permutation at the step where the run stopped.
+                loop.sampler.set_epoch(epoch, loop.it % loop.spe)
+                data_iter = iter(loop.loader)
+            lr = schedule.apply(loop.optimizer, loop.it)
+            main, aux, (ckpt_now, stop_now) = self._step(loop, data_iter, epoch)
+            loop.it += 1
             if budget is not None:
-                budget.step_times.append(step_s)
-            if self.bar is not None:
-                self.bar.update(1)
-                self.bar.set_postfix(loss=f"{total_v:.4f}", lr=f"{lr:.2e}", refresh=False)
-
-            # Logging.
-            if it % tc.log_interval == 0 or it == 1 or it == schedule.max_iter:
-                n = max(1, sums["n"])
-                final_loss = sums["loss"] / n
-                now = time.perf_counter()
-                rec = {
-                    "iter": it, "epoch": round(it / spe, 4), "lr": lr,
-                    "loss": final_loss, "loss_main": sums["main"] / n,
-                    "loss_aux": sums["aux"] / n, "sec_per_iter": (now - t_log) / n,
-                    "elapsed_s": self.elapsed(), "max_iter": schedule.max_iter,
-                    "progress": schedule.progress(it),
-                }  # fmt: skip
-                self.event("train", **rec)
-                if self.tb is not None:
-                    self.tb.add_scalar("train/loss", final_loss, it)
-                    self.tb.add_scalar("train/loss_main", rec["loss_main"], it)
-                    self.tb.add_scalar("train/loss_aux", rec["loss_aux"], it)
-                    self.tb.add_scalar("train/lr", lr, it)
-                sums = {"loss": 0.0, "main": 0.0, "aux": 0.0, "n": 0}
-                t_log = now
+                budget.step_times.append(time.perf_counter() - t_step)
+            self._log_step(loop, lr, main, aux)
 
             # Time budget: plan / re-plan max_iter (rank 0 decides, everyone follows).
             if budget is not None and budget.ready() and (
                 schedule.max_iter is None
-                or (next_replan >= 0 and next_replan <= it < schedule.max_iter)
+                or (loop.next_replan >= 0 and loop.next_replan <= loop.it < schedule.max_iter)
             ):
-                next_replan, val_every = self._replan(
-                    budget, schedule, it, spe, val_every, val_enabled, ckpt_every_iters
-                )
-
-            if f_stop > 0:
-                stop_reason = "time_budget"
+                self._replan(loop)
+            if stop_now:
                 self.say(
-                    f"time budget of {tc.time_budget} min spent at iteration {it}; stopping "
-                    "early and saving the final model"
+                    f"time budget of {tc.time_budget} min spent at iteration {loop.it}; "
+                    "stopping early and saving the final model"
                 )
-                break
-
-            # Validation.
-            if val_enabled and val_every and (
-                it % val_every == 0 or it == schedule.max_iter
+                return "time_budget"
+            if loop.val_enabled and loop.val_every and (
+                loop.it % loop.val_every == 0 or loop.it == schedule.max_iter
             ) and self._val_fits(budget):
-                self._validate(net, data, it, spe, budget, precision)
+                self._validate(loop)
                 if budget is not None and schedule.max_iter is not None and (
-                    it < schedule.max_iter
+                    loop.it < schedule.max_iter
                 ):
-                    next_replan, val_every = self._replan(
-                        budget, schedule, it, spe, val_every, val_enabled, ckpt_every_iters
-                    )
-
-            # Checkpoint.
+                    self._replan(loop)  # with the measured cost of a validation
             if (
-                it % spe == 0
-                or (tc.checkpoint_interval and it % tc.checkpoint_interval == 0)
-                or f_ckpt > 0
-                or it == schedule.max_iter
+                loop.it % loop.spe == 0
+                or (tc.checkpoint_interval and loop.it % tc.checkpoint_interval == 0)
+                or ckpt_now
+                or loop.it == schedule.max_iter
             ):
-                self._checkpoint(net, optimizer, scaler, schedule, it, spe, next_replan,
-                                 val_every, budget)  # fmt: skip
+                self._checkpoint(loop)
+        return "completed"
 
-        # ---------------------------------------------------------------------------------
+    def _step(
+        self, loop: _Loop, data_iter: Iterator[Any], epoch: int
+    ) -> tuple[float, float, tuple[bool, bool]]:
+        """One optimizer step over ``accum_steps`` micro-batches.
+
+        Returns:
+            ``(main, aux, (checkpoint_now, stop_now))``: the losses averaged over the
+            processes and micro-batches, and rank 0's clock decisions, shared with every rank
+            in the same all-reduce as the losses (one collective per micro-batch).
+
+        Raises:
+            TrainingDiverged: A non-finite loss on any process, before the weights change.
+        """
+        tc, info = self.cfg.train, self.info
+        model, optimizer, scaler = loop.model, loop.optimizer, loop.scaler
+        optimizer.zero_grad(set_to_none=True)
+        flags = [0.0, 0.0]
+        main_v = aux_v = 0.0
+        f_ckpt = f_stop = 0.0
+        for m in range(tc.accum_steps):
+            batch = _next_batch(data_iter)
+            images = batch["image"].to(self.device, non_blocking=True)
+            labels = batch["label"].to(self.device, non_blocking=True)
+            if tc.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            last_micro = m == tc.accum_steps - 1
+            sync = (
+                model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel)
+                and not last_micro else contextlib.nullcontext()
+            )  # fmt: skip
+            with sync:
+                with _autocast(self.device, loop.precision):
+                    outputs = model(images)
+                loss, parts = loop.criterion(outputs, labels)
+                if last_micro and info.is_main:
+                    flags = self._time_flags(loop.budget)
+                stats = torch.stack([
+                    parts["main"].float(), parts["aux"].float(),
+                    (~torch.isfinite(loss)).float(),
+                    torch.tensor(flags[0], device=loss.device),
+                    torch.tensor(flags[1], device=loss.device),
+                ])  # fmt: skip
+                if is_distributed():
+                    torch.distributed.all_reduce(stats)
+                s_main, s_aux, bad, f_ckpt, f_stop = stats.tolist()
+                w = info.world_size
+                if bad > 0:
+                    self._diverged(loop.it, epoch, s_main / w, s_aux / w, loss)
+                main_v += s_main / w / tc.accum_steps
+                aux_v += s_aux / w / tc.accum_steps
+                (scaler.scale(loss / tc.accum_steps) if scaler is not None
+                 else loss / tc.accum_steps).backward()  # fmt: skip
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return main_v, aux_v, (f_ckpt > 0, f_stop > 0)
+
+    def _log_step(self, loop: _Loop, lr: float, main: float, aux: float) -> None:
+        """Progress bar every step; a ``train`` record (means since the last) every
+        ``log_interval`` steps, after the first and after the last."""
+        tc, it = self.cfg.train, loop.it
+        total = main + tc.aux_weight * aux
+        sums = loop.sums
+        sums["loss"] += total
+        sums["main"] += main
+        sums["aux"] += aux
+        sums["n"] += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if not (it % tc.log_interval == 0 or it == 1 or it == loop.schedule.max_iter):
+            return
+        n = max(1, sums["n"])
+        loop.final_loss = sums["loss"] / n
+        now = time.perf_counter()
+        rec = {
+            "iter": it, "epoch": round(it / loop.spe, 4), "lr": lr,
+            "loss": loop.final_loss, "loss_main": sums["main"] / n,
+            "loss_aux": sums["aux"] / n, "sec_per_iter": (now - loop.t_log) / n,
+            "elapsed_s": self.elapsed(), "max_iter": loop.schedule.max_iter,
+            "progress": loop.schedule.progress(it),
+        }  # fmt: skip
+        self.event("train", **rec)
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss", loop.final_loss, it)
+            self.tb.add_scalar("train/loss_main", rec["loss_main"], it)
+            self.tb.add_scalar("train/loss_aux", rec["loss_aux"], it)
+            self.tb.add_scalar("train/lr", lr, it)
+        loop.sums = {"loss": 0.0, "main": 0.0, "aux": 0.0, "n": 0}
+        loop.t_log = now
+
+    def _finish(self, loop: _Loop, stop_reason: str) -> TrainResult:
+        """Last validation and checkpoint, ``final/`` weights, the ``end`` event."""
+        it, info = loop.it, self.info
         if self.bar is not None:
             self.bar.close()
             self.bar = None
         if (
-            val_enabled
-            and val_every != 0
+            loop.val_enabled
+            and loop.val_every != 0
             and self.last_val_iter != it
             and stop_reason == "completed"
             and it > 0
         ):
-            if self._val_fits(budget):
-                self._validate(net, data, it, spe, budget, precision)
+            if self._val_fits(loop.budget):
+                self._validate(loop)
             else:
                 self.event("val_skipped", iter=it, reason="no time left in the budget")
         if self.last_ckpt_iter != it:
-            self._checkpoint(net, optimizer, scaler, schedule, it, spe, next_replan,
-                             val_every, budget)  # fmt: skip
+            self._checkpoint(loop)
         final_dir = self.work_dir / "final"
         if info.is_main:
-            save_weights(net, final_dir, self._meta(data, f"final, iteration {it}"))
-        best_dir = self.work_dir / "best"
+            save_weights(loop.net, final_dir, self._meta(loop.data, f"final, iteration {it}"))
+        best = self.best_iter >= 0
         self.event(
             "end", iteration=it, reason=stop_reason, elapsed_s=self.elapsed(),
-            best_mIoU=self.best_miou if self.best_iter >= 0 else None,
-            best_iter=self.best_iter if self.best_iter >= 0 else None,
+            best_mIoU=self.best_miou if best else None, best_iter=self.best_iter if best else None,
         )  # fmt: skip
         if is_distributed():
             torch.distributed.barrier()
         return TrainResult(
             work_dir=self.work_dir,
             final_dir=final_dir,
-            best_dir=best_dir if self.best_iter >= 0 else None,
+            best_dir=self.work_dir / "best" if best else None,
             iterations=it,
-            max_iter=schedule.max_iter or it,
-            epochs=it / spe,
-            best_miou=self.best_miou if self.best_iter >= 0 else None,
-            best_iteration=self.best_iter if self.best_iter >= 0 else None,
+            max_iter=loop.schedule.max_iter or it,
+            epochs=it / loop.spe,
+            best_miou=self.best_miou if best else None,
+            best_iteration=self.best_iter if best else None,
             last_metrics=self.last_metrics,
-            final_loss=final_loss,
+            final_loss=loop.final_loss,
             elapsed_s=self.elapsed(),
             stop_reason=stop_reason,
-            resumed_from=resumed[0] if resumed else None,
-            config=cfg,
+            resumed_from=loop.resumed_from,
+            config=self.cfg,
         )
 
     # -- pieces of the loop -----------------------------------------------------------------
+
+    def _report_skipped(
+        self, data: _Data, bad_train: list[tuple[int, str]], bad_val: list[tuple[int, str]]
+    ) -> None:
+        """Write ``skipped.json`` and say what is left out (rank 0), before any limit check."""
+        report = {
+            "train": [{"image": str(data.train.samples[i].image), "error": m} for i, m in bad_train],
+            "val": [
+                {"image": str(data.val.samples[i].image), "error": m}  # type: ignore[union-attr]
+                for i, m in bad_val
+            ],
+            "limit": self.cfg.data.skip_bad,
+        }
+        n = len(bad_train) + len(bad_val)
+        if self.info.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.work_dir / "skipped.json", json.dumps(report, indent=1).encode())
+            for _, msg in (bad_train + bad_val)[:10]:
+                self.say(f"skipping bad sample: {msg}")
+            self.say(
+                f"{n} bad samples ({len(bad_train)} training, {len(bad_val)} validation; limit "
+                f"{self.cfg.data.skip_bad}) listed in {self.work_dir / 'skipped.json'}"
+            )
 
     def _val_every(self, max_iter: int | None, spe: int) -> int | None:
         tc = self.cfg.train
@@ -1167,8 +1324,9 @@ class _Run:
             return max(1, math.ceil(max_iter / AUTO_VALIDATIONS))
         return tc.val_interval * (spe if tc.val_unit == "epoch" else 1)
 
-    def _time_flags(self, budget: _Budget | None, tc: Any) -> list[float]:
+    def _time_flags(self, budget: _Budget | None) -> list[float]:
         """[checkpoint now, stop now] decided by rank 0 from the clocks."""
+        tc = self.cfg.train
         ckpt = 0.0
         if tc.checkpoint_minutes > 0:
             if time.perf_counter() - self.last_ckpt_time >= tc.checkpoint_minutes * 60:
@@ -1178,17 +1336,11 @@ class _Run:
             stop = 1.0
         return [ckpt, stop]
 
-    def _replan(
-        self,
-        budget: _Budget,
-        schedule: PolySchedule,
-        it: int,
-        spe: int,
-        val_every: int | None,
-        val_enabled: bool,
-        ckpt_every: int,
-    ) -> tuple[int, int | None]:
+    def _replan(self, loop: _Loop) -> None:
         """Plan (or re-plan) max_iter on rank 0 and share the decision."""
+        budget, schedule, it = loop.budget, loop.schedule, loop.it
+        val_every, val_enabled, ckpt_every = loop.val_every, loop.val_enabled, loop.ckpt_every
+        assert budget is not None  # internal invariant: only called with a time budget
         decision = None
         if self.info.is_main:
             if val_enabled and budget.val_s is None:
@@ -1238,7 +1390,7 @@ class _Run:
                 f"time budget: {details['sec_per_iter']:.3f} s per iteration measured, "
                 f"planning {new_max} iterations"
             )
-        return nxt, vi
+        loop.next_replan, loop.val_every = nxt, vi
 
     def _val_fits(self, budget: _Budget | None) -> bool:
         """Whether a validation fits in the time budget (always True without a budget)."""
@@ -1250,11 +1402,10 @@ class _Run:
         n = getattr(self, "_n_val", 0)
         return math.ceil(n / self.info.world_size)
 
-    def _validate(
-        self, net: nn.Module, data: _Data, it: int, spe: int, budget: _Budget | None,
-        precision: str,
-    ) -> None:  # fmt: skip
-        assert data.val is not None
+    def _validate(self, loop: _Loop) -> None:
+        """Whole-image validation; keeps ``best/`` and feeds the budget the measured cost."""
+        net, data, it, spe, budget = loop.net, loop.data, loop.it, loop.spe, loop.budget
+        assert data.val is not None  # internal invariant: val_enabled implies a val set
         t0 = time.perf_counter()
         metrics = evaluate_model(
             net,
@@ -1262,7 +1413,7 @@ class _Run:
             num_classes=self.cfg.model.num_classes,
             ignore_index=self.cfg.data.ignore_index,
             mode="whole",
-            precision=precision,
+            precision=loop.precision,
             num_workers=0,
             progress=False,
         )
@@ -1294,11 +1445,11 @@ class _Run:
             f"{metrics.all_acc:.4f} ({seconds:.1f} s)" + (" (best)" if improved else "")
         )
 
-    def _checkpoint(
-        self, net: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-        schedule: PolySchedule, it: int, spe: int, next_replan: int, val_every: int | None,
-        budget: _Budget | None,
-    ) -> None:  # fmt: skip
+    def _checkpoint(self, loop: _Loop) -> None:
+        """Everything an exact resume needs (rank 0 writes; every rank gives its RNG state)."""
+        net, optimizer, scaler, schedule = loop.net, loop.optimizer, loop.scaler, loop.schedule
+        it, spe, budget = loop.it, loop.spe, loop.budget
+        next_replan, val_every = loop.next_replan, loop.val_every
         t0 = time.perf_counter()
         rng = all_gather_object(_rng_state())
         if self.info.is_main:
@@ -1399,6 +1550,7 @@ def build_config(
     resume: str | None = None,
     config_file: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
+    skip_bad: int | None = None,
 ) -> Config:
     """The :class:`Config` of ``pspnet train``: defaults < config file < flags < overrides."""
     tree: dict[str, Any] = load_yaml(config_file) if config_file else {}
@@ -1416,6 +1568,7 @@ def build_config(
         ("train.time_budget", time_budget),
         ("train.work_dir", work_dir),
         ("train.resume", resume),
+        ("data.skip_bad", skip_bad),
     ):
         if value is not None:
             _set(flags, dotted, str(value) if isinstance(value, os.PathLike) else value)
@@ -1440,6 +1593,7 @@ def train_from_args(
     config_file: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    skip_bad: int | None = None,
 ) -> TrainResult:
     """``pspnet train``: build the config (file < flags < ``--set`` overrides) and train.
 
@@ -1461,10 +1615,11 @@ def train_from_args(
         config_file: YAML config (--config).
         overrides: ``key=value`` strings (--set), e.g. ``optim.lr=0.02``.
         progress: Show progress bars.
+        skip_bad: Bad samples to leave out (--skip-bad; ``data.skip_bad``).
     """
     cfg = build_config(
         data_root, train_list, val_list, num_classes, class_names, arch, crop_size, batch_size,
-        epochs, time_budget, work_dir, resume, config_file, overrides,
+        epochs, time_budget, work_dir, resume, config_file, overrides, skip_bad,
     )  # fmt: skip
     return train(cfg, progress=progress)
 
@@ -1487,6 +1642,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir")
     p.add_argument("--resume", metavar="auto|PATH")
     p.add_argument("--config")
+    p.add_argument("--skip-bad", type=int, nargs="?", const=10, metavar="N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -1510,7 +1666,7 @@ def main_torchrun(argv: Sequence[str] | None = None) -> int:
             class_names=args.class_names, arch=args.arch, crop_size=crop,
             batch_size=args.batch_size, epochs=args.epochs, time_budget=args.time_budget,
             work_dir=args.work_dir, resume=args.resume, config_file=args.config,
-            overrides=args.overrides, progress=not args.no_progress,
+            overrides=args.overrides, progress=not args.no_progress, skip_bad=args.skip_bad,
         )  # fmt: skip
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
