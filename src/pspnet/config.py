@@ -471,11 +471,13 @@ class OptimConfig:
 class TrainConfig:
     """The training loop.
 
-    CPU defaults (only data and --num-classes given): batch 8 images per step, bf16 autocast
-    when the CPU computes bf16 natively (AVX512-BF16 or AMX; fp32 otherwise, where bf16 is
-    emulated and several times slower), channels-last memory format, 50 epochs. On a two-core
-    machine a ResNet-18 PSPNet at output stride 8, head 256, crop 240x320 in bf16 takes about
-    100 ms per image per step, so ``--time-budget`` is the practical way to size a CPU run.
+    CPU defaults (only data and --num-classes given, no config file): ``pspnet_r18`` at output
+    stride 16 (set by ``pspnet train``; see :data:`pspnet.engine.train.CPU_OUTPUT_STRIDE`),
+    batch 8 images per step, bf16 autocast when the CPU computes bf16 natively (AVX512-BF16 or
+    AMX; fp32 otherwise, where bf16 is emulated and slower), channels-last memory format, 50
+    epochs. Measured on a two-core AMD EPYC (AVX2, fp32): ResNet-18 PSPNet, head 256, crop
+    240x320, batch 8 takes ~2.3-2.9 s per step at output stride 16 and about 4x that at output
+    stride 8, so ``--time-budget`` is the practical way to size a CPU run.
     """
 
     work_dir: str = "work_dirs/pspnet"

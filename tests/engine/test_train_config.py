@@ -31,6 +31,19 @@ def test_cpu_defaults() -> None:
     assert Config.from_dict({"model": {"arch": "pspnet50"}}).model.head_channels == 512
 
 
+def test_flag_only_training_on_a_cpu_uses_output_stride_16(tmp_path) -> None:
+    """`pspnet train` with flags only: stride 16 on a CPU; a --set or a config file wins."""
+    cpu = ["train.device=cpu"]
+    assert build_config("r", "t", None, 5, overrides=cpu).model.output_stride == 16
+    assert build_config(
+        "r", "t", None, 5, overrides=[*cpu, "model.output_stride=8"]
+    ).model.output_stride == 8
+    paper = Path(__file__).resolve().parents[2] / "configs" / "ade20k_pspnet50.yaml"
+    assert build_config(config_file=paper, overrides=cpu).model.output_stride == 8
+    # Library users building a Config directly keep the paper's default.
+    assert Config.from_dict({"model": {"num_classes": 5}}).model.output_stride == 8
+
+
 @pytest.mark.parametrize(
     ("data", "key"),
     [

@@ -1,0 +1,365 @@
+"""The paper's Table 1 (and its aux-loss row), re-run: same data, budget and seeds for every row.
+
+Rows (PSPNet paper, Zhao et al. 2017, Table 1 and Table 2: ResNet-50, ADE20K val mIoU)::
+
+    fcn          dilated-FCN baseline, no pyramid pooling           paper 37.23
+    b1_avg       + pyramid pooling, bin 1 only, average              paper 40.07
+    b1236_avg    + bins 1,2,3,6, average, dimension reduction (DR)   paper 41.68 (PSPNet)
+    b1236_max    bins 1,2,3,6, max pooling, DR                       paper 40.87
+    b1236_nodr   bins 1,2,3,6, average, no DR                        paper 41.07
+    aux0         PSPNet trained without the auxiliary loss           paper Table 2 (on the FCN
+                                                                     baseline): 35.82 vs 37.23
+
+The paper's orderings tested: FCN < B1 < B1236; average > max; DR helps; aux 0.4 > 0.
+
+Every row trains ``pspnet_r18`` for the same number of iterations (not minutes: a loaded
+machine must not change the result) with the same seeds, then is evaluated on the validation
+split (whole image, single scale). Two steps, both restartable (finished runs are kept in
+``WORK/results.jsonl`` and skipped)::
+
+    python bench/ablation.py run [--data scenes|camvid] [--seeds 0 1 2] [--iters N] ...
+    python bench/ablation.py report [--work-dir W] [--out docs/ablation]
+
+``report`` writes ``<out>.md`` (docs/ablation.md by default): mean +- standard deviation and the
+range over the seeds for each row, the per-seed numbers, whether each of the paper's orderings
+holds (and whether the difference is larger than the seed-to-seed spread), and a bar chart with
+the per-seed points. Only measured numbers are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import camvid as _camvid  # noqa: E402  (shared helpers: machine, commit, fonts, tables)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WORK = REPO / "work_dirs" / "ablation"
+DEFAULT_OUT = REPO / "docs" / "ablation"
+
+#: Row name -> (label, model options, train options). ``ppm_channels=None`` is the paper's
+#: reduction to C/len(bins); "no reduction" keeps C (filled in from the backbone below).
+ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "fcn": ("dilated FCN (no PPM)", {"use_ppm": False}, {}),
+    "b1_avg": ("PPM B1, avg, DR", {"bins": [1]}, {}),
+    "b1236_avg": ("PPM B1236, avg, DR (PSPNet)", {}, {}),
+    "b1236_max": ("PPM B1236, max, DR", {"pooling": "max"}, {}),
+    "b1236_nodr": ("PPM B1236, avg, no DR", {"ppm_channels": "C"}, {}),
+    "aux0": ("PSPNet, aux weight 0", {}, {"aux_weight": 0.0}),
+}
+
+#: The paper's claims, as (description, better row, worse row).
+ORDERINGS: tuple[tuple[str, str, str], ...] = (
+    ("B1 beats the FCN baseline", "b1_avg", "fcn"),
+    ("B1236 beats B1", "b1236_avg", "b1_avg"),
+    ("average beats max pooling", "b1236_avg", "b1236_max"),
+    ("dimension reduction helps", "b1236_avg", "b1236_nodr"),
+    ("aux loss 0.4 beats 0", "b1236_avg", "aux0"),
+)
+
+#: Backbone output channels per architecture family (for the no-reduction row).
+STAGE5_CHANNELS = {"pspnet_r18": 512, "pspnet_r34": 512}
+
+
+class AblationError(RuntimeError):
+    """A problem the user can fix; printed without a trace."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every row shares."""
+
+    data: str
+    size: int
+    iters: int
+    batch_size: int
+    arch: str
+    output_stride: int
+    lr: float
+
+    def key(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _data(setup: Setup, work: Path, n_train: int, n_val: int) -> dict[str, Any]:
+    """Data section of the config (scenes are generated under WORK the first time)."""
+    if setup.data == "scenes":
+        from pspnet.data.scenes import generate_scenes
+
+        root = generate_scenes(work / f"scenes_{setup.size}", n_train=n_train, n_val=n_val,
+                               size=(setup.size, setup.size), seed=0, progress=False)
+        return {"root": str(root), "train_list": str(root / "train.txt"),
+                "val_list": str(root / "val.txt"), "class_names": str(root / "classes.txt"),
+                "crop_size": setup.size, "scale": [0.75, 1.25]}
+    if setup.data == "camvid":
+        try:
+            root = _camvid.find_camvid(("train", "val"))
+        except _camvid.BenchError as e:
+            raise AblationError(str(e)) from None
+        return {"dataset": "camvid", "root": str(root), "class_names": str(root / "classes.txt"),
+                "crop_size": [setup.size * 3 // 4, setup.size]}
+    raise AblationError(f"--data must be scenes or camvid, got {setup.data!r}")
+
+
+def _config(setup: Setup, row: str, seed: int, data: dict[str, Any], work: Path) -> Any:
+    from pspnet.config import Config
+
+    _, model_opts, train_opts = ROWS[row]
+    model_opts = dict(model_opts)
+    if model_opts.get("ppm_channels") == "C":
+        if setup.arch not in STAGE5_CHANNELS:
+            raise AblationError(f"no-reduction row: unknown stage-5 width of {setup.arch}")
+        model_opts["ppm_channels"] = STAGE5_CHANNELS[setup.arch]
+    num_classes = 11 if setup.data == "camvid" else 6
+    return Config.from_dict({
+        "model": {"arch": setup.arch, "num_classes": num_classes,
+                  "output_stride": setup.output_stride, "head_channels": 128,
+                  "aux_channels": 64, **model_opts},
+        "data": {**data, "rotate": [-10, 10]},
+        "optim": {"lr": setup.lr},
+        "train": {"work_dir": str(work / "runs" / f"{row}_s{seed}"), "max_iter": setup.iters,
+                  "batch_size": setup.batch_size, "seed": seed, "val_interval": 0,
+                  "resume": "auto", "checkpoint_minutes": 2, **train_opts},
+    })  # fmt: skip
+
+
+def _done(results: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    if not results.is_file():
+        return {}
+    out = {}
+    for line in results.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out[(r["row"], int(r["seed"]))] = r
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pspnet.checkpoint import load_model
+    from pspnet.data.datasets import SegmentationDataset, list_file_samples
+    from pspnet.engine.evaluate import evaluate_model
+    from pspnet.engine.train import train
+
+    setup = Setup(args.data, args.size, args.iters, args.batch_size, args.arch,
+                  args.output_stride, args.lr)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    setup_file = work / "setup.json"
+    if setup_file.is_file() and json.loads(setup_file.read_text()) != setup.key():
+        raise AblationError(
+            f"{work} holds runs of a different setup ({setup_file}); use another --work-dir"
+        )
+    setup_file.write_text(json.dumps(setup.key(), indent=1) + "\n")
+    rows = args.rows or list(ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise AblationError(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    data = _data(setup, work, args.n_train, args.n_val)
+    results = work / "results.jsonl"
+    done = _done(results)
+    # Seed-major order: after k seeds every row has k results, so a stopped sweep is balanced.
+    todo = [(r, s) for s in args.seeds for r in rows if (r, s) not in done]
+    print(f"{len(todo)} runs to do ({len(done)} done) in {work}", flush=True)
+    for n, (row, seed) in enumerate(todo, 1):
+        cfg = _config(setup, row, seed, data, work)
+        t0 = time.perf_counter()
+        result = train(cfg, progress=False)
+        model = load_model(result.final_dir)
+        if setup.data == "scenes":
+            val = SegmentationDataset(list_file_samples(data["root"], data["val_list"]), 6)
+        else:
+            from pspnet.data.datasets import get_dataset_spec
+
+            spec = get_dataset_spec("camvid")
+            val = SegmentationDataset(spec.find_samples(data["root"], "val"), 11)
+        metrics = evaluate_model(model, val, num_classes=cfg.model.num_classes, progress=False)
+        rec = {
+            "row": row, "seed": seed, "mIoU": metrics.miou, "mAcc": metrics.macc,
+            "allAcc": metrics.all_acc, "iou": [float(x) for x in metrics.iou],
+            "iterations": result.iterations, "train_s": result.elapsed_s,
+            "wall_s": time.perf_counter() - t0, "final_loss": result.final_loss,
+        }  # fmt: skip
+        with results.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"[{n}/{len(todo)}] {row} seed {seed}: val mIoU {100 * metrics.miou:.2f} "
+              f"({result.elapsed_s / 60:.1f} min)", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite values (NaN: a class never present)."""
+    vals = [float(v) for v in values if math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else math.nan
+
+
+def _chart(per_row: dict[str, list[float]], path: Path) -> Path:
+    """Bars: mean mIoU per row; dots: the seeds; whiskers: +- one standard deviation."""
+    font, small = _camvid._font(15), _camvid._font(12)
+    names = list(per_row)
+    w, h, left, bottom, top = 140 * len(names) + 100, 420, 70, 90, 30
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    vals = [v for vs in per_row.values() for v in vs]
+    tops = [m + sd for m, sd in map(_stats, per_row.values()) if math.isfinite(m + sd)]
+    lo = max(0.0, math.floor(min(vals) / 5) * 5 - 5)
+    hi = math.ceil(max(vals + tops) / 5) * 5 + 2
+
+    def py(v: float) -> float:
+        return top + (hi - v) / (hi - lo) * (h - top - bottom)
+
+    for t in [t for t in _camvid.nice_ticks(lo, hi, 6) if lo <= t <= hi]:
+        y = py(t)
+        d.line([(left, y), (w - 20, y)], fill=(225, 225, 225))
+        d.text((8, y - 7), f"{t:g}", fill="black", font=small)
+    d.text((8, 4), "val mIoU (%)", fill="black", font=small)
+    for i, name in enumerate(names):
+        vs = per_row[name]
+        mean, sd = _stats(vs)
+        x0 = left + 20 + i * 140
+        d.rectangle([x0, py(mean), x0 + 90, py(lo)], fill=(110, 150, 210))
+        if not math.isnan(sd):
+            d.line([(x0 + 45, py(mean - sd)), (x0 + 45, py(mean + sd))], fill="black", width=2)
+        for j, v in enumerate(vs):
+            cx = x0 + 25 + 20 * (j % 3)
+            d.ellipse([cx - 4, py(v) - 4, cx + 4, py(v) + 4], fill=(200, 60, 40))
+        d.text((x0, h - bottom + 8), name, fill="black", font=font)
+        d.text((x0, h - bottom + 28), f"{mean:.1f}", fill="black", font=small)
+    img.save(path)
+    return path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    work = Path(args.work_dir)
+    done = _done(work / "results.jsonl")
+    if not done:
+        raise AblationError(f"no finished runs in {work}; run `python bench/ablation.py run` first")
+    setup = json.loads((work / "setup.json").read_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_row: dict[str, list[float]] = {}
+    per_row_ctx: dict[str, list[float]] = {}
+    seeds: dict[str, list[int]] = {}
+    for (row, seed), r in sorted(done.items(), key=lambda kv: (list(ROWS).index(kv[0][0]), kv[0][1])):
+        per_row.setdefault(row, []).append(100 * r["mIoU"])
+        seeds.setdefault(row, []).append(seed)
+        if setup["data"] == "scenes":  # boat (4) and car (5): the classes context decides
+            per_row_ctx.setdefault(row, []).append(50 * (r["iou"][4] + r["iou"][5]))
+    chart = _chart(per_row, out / "ablation_miou.png")
+    machine = _camvid._format_machine(_camvid.machine_info())
+    lines = [
+        "# The paper's Table 1 ablation, re-run on a CPU",
+        "",
+        f"Data: **{setup['data']}** ({setup['size']} px), `{setup['arch']}` at output stride "
+        f"{setup['output_stride']}, {setup['iters']} iterations of batch {setup['batch_size']}, "
+        f"lr {setup['lr']} (head x10), seeds {sorted({s for v in seeds.values() for s in v})}. "
+        "Validation mIoU, whole image, single scale. Regenerate with:",
+        "",
+        "```sh",
+        f"python bench/ablation.py run --data {setup['data']} --size {setup['size']} "
+        f"--iters {setup['iters']} --batch-size {setup['batch_size']} "
+        f"--output-stride {setup['output_stride']} --seeds {' '.join(map(str, sorted({s for v in seeds.values() for s in v})))}",
+        "python bench/ablation.py report",
+        "```",
+        "",
+        f"Commit `{_camvid.git_commit()}`; machine: {machine}.",
+        "",
+        f"![val mIoU per row]({out.name}/{chart.name})",
+        "",
+    ]
+    header = ["row", "what", "seeds", "val mIoU mean ± sd", "range"]
+    if per_row_ctx:
+        header.append("boat/car IoU mean ± sd")
+    table = []
+    for row, vs in per_row.items():
+        mean, sd = _stats(vs)
+        cells = [f"`{row}`", ROWS[row][0], str(len(vs)), f"{mean:.2f} ± {sd:.2f}",
+                 f"{min(vs):.2f} – {max(vs):.2f}"]
+        if per_row_ctx:
+            cm, cs = _stats(per_row_ctx[row])
+            cells.append("n/a" if math.isnan(cm) else f"{cm:.2f} ± {cs:.2f}")
+        table.append(cells)
+    lines += _camvid._md_table(header, table) + [""]
+    lines += ["## Does the paper's ordering hold?", ""]
+    checks = []
+    for desc, better, worse in ORDERINGS:
+        if better not in per_row or worse not in per_row:
+            checks.append([desc, "not run", "", "", ""])
+            continue
+        # Paired by seed: the same seed gives both rows the same data order and augmentations.
+        a = {(row, s): r for (row, s), r in done.items()}
+        common = sorted(set(seeds[better]) & set(seeds[worse]))
+        diffs = [100 * (a[(better, s)]["mIoU"] - a[(worse, s)]["mIoU"]) for s in common]
+        mean, sd = _stats(diffs)
+        wins = sum(d > 0 for d in diffs)
+        verdict = "holds" if mean > 0 else "does not hold"
+        if not math.isnan(sd):
+            verdict += " (beyond the seed spread)" if abs(mean) > sd else " (within the seed spread)"
+        checks.append([desc, f"`{better}` − `{worse}`", f"{mean:+.2f} ± {sd:.2f}",
+                       f"{wins} of {len(diffs)}", verdict])
+    lines += _camvid._md_table(
+        ["paper's claim", "rows", "paired difference (mIoU points)", "seeds where it holds",
+         "here"], checks)
+    lines += ["", "Paired difference: mean ± sd over the seeds of (better row − worse row) with "
+              "the same seed. \"Beyond the seed spread\": |mean| > sd.", ""]
+    lines += ["## Every run", ""]
+    runs = [[f"`{row}`", str(seed), f"{100 * r['mIoU']:.2f}", str(r["iterations"]),
+             f"{r['train_s'] / 60:.1f}"] for (row, seed), r in sorted(done.items())]
+    lines += _camvid._md_table(["row", "seed", "val mIoU", "iterations", "train min"], runs)
+    md = out.parent / f"{out.name}.md"
+    md.write_text("\n".join(lines) + "\n")
+    print(f"wrote {md}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train and evaluate the rows x seeds not done yet")
+    r.add_argument("--data", default="scenes", choices=["scenes", "camvid"])
+    r.add_argument("--size", type=int, default=192, help="scene side / CamVid crop width")
+    r.add_argument("--iters", type=int, default=60)
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--arch", default="pspnet_r18", choices=sorted(STAGE5_CHANNELS))
+    r.add_argument("--output-stride", type=int, default=8)
+    r.add_argument("--lr", type=float, default=0.02)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--rows", nargs="+", help=f"subset of {list(ROWS)}")
+    r.add_argument("--n-train", type=int, default=400)
+    r.add_argument("--n-val", type=int, default=100)
+    r.add_argument("--work-dir", default=str(DEFAULT_WORK))
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("report", help="tables, orderings and chart from the finished runs")
+    s.add_argument("--work-dir", default=str(DEFAULT_WORK))
+    s.add_argument("--out", default=str(DEFAULT_OUT))
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AblationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
