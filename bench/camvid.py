@@ -854,6 +854,10 @@ def _recipe(cfg: dict[str, Any]) -> list[str]:
         f"batch {t.get('batch_size')}",
         f"SGD lr {o.get('lr')} (head x{o.get('head_lr_mult')}), momentum {o.get('momentum')}, "
         f"weight decay {o.get('weight_decay')}, poly power {o.get('power')}",
+        f"loss: cross-entropy + {t.get('aux_weight', 0.4)} x aux, "
+        + (f"class weights `{t['class_weights']}` (from the training labels' pixel counts)"
+           if isinstance(t.get("class_weights"), str)
+           else "explicit class weights" if t.get("class_weights") else "unweighted"),
         f"time budget {t.get('time_budget')} min, precision {t.get('precision')}, seed "
         f"{t.get('seed')}",
         "backbone initialisation: "
