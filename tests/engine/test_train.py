@@ -164,6 +164,17 @@ def test_resume_refuses_a_different_model(tiny_data: dict, tmp_path: Path) -> No
     shutil.rmtree(work / "final")
 
 
+def test_resume_refuses_a_different_world_size(tiny_data: dict, tmp_path: Path) -> None:
+    work = tmp_path / "run"
+    train(tiny_config(tiny_data, work, max_iter=1), progress=False)
+    ckpt = work / "checkpoints" / "last.pt"
+    state = load_checkpoint(ckpt)
+    state["world_size"] = 2  # as if written by a two-process torchrun job
+    torch.save(state, ckpt)
+    with pytest.raises(ConfigError, match="2 processes, this run has 1"):
+        train(tiny_config(tiny_data, work, max_iter=2, resume="auto"), progress=False)
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
