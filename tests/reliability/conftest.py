@@ -1,6 +1,6 @@
 """Fixtures for the reliability tests (failure injection, bounded memory).
 
-The tiny data-set and config helpers are shared with the engine tests (tests/engine/_engine_tiny.py).
+The tiny data set and config helpers are the engine tests' (tests/engine/_engine_tiny.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from _engine_tiny import make_tiny_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_data_long(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny list-file data set with 24 training images (6 steps per epoch at batch 4),
-    so a run does not write an epoch-end checkpoint every other step (read only)."""
-    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data_long"), n_train=24, n_val=2)
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The engine tests' tiny list-file data set: 8 training images (read only)."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))

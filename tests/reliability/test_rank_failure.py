@@ -10,6 +10,7 @@ torchrun whose environment has ``RANK=1``, read from ``/proc``) and sends it a s
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -22,8 +23,12 @@ from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
 
 from _engine_tiny import tiny_config
+from pspnet.engine.distributed import convert_sync_batchnorm
 from pspnet.engine.train import find_checkpoint, load_checkpoint
 from pspnet.models.zoo import build_model
 
@@ -32,8 +37,8 @@ pytestmark = [
     pytest.mark.timeout(300),
 ]
 
-DIST_TIMEOUT = 20.0  # train.dist_timeout: how long a rank waits for a missing one
-STEPS_PER_EPOCH = 6  # 24 images, batch 4: an epoch-end checkpoint every 6 steps
+DIST_TIMEOUT = 15.0  # train.dist_timeout: how long a rank waits for a missing one
+STEPS_PER_EPOCH = 2  # 8 images, batch 4 (2 per rank): an epoch-end checkpoint every 2 steps
 
 
 # -- /proc helpers --------------------------------------------------------------------------
@@ -215,11 +220,11 @@ def _check_outputs(job: _Job, first_ckpt: int) -> None:
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_killed_rank_ends_the_job(tiny_data_long: dict, tmp_path: Path) -> None:
+def test_killed_rank_ends_the_job(tiny_data: dict, tmp_path: Path) -> None:
     """Rank 1 is SIGKILLed mid-training: the job exits non-zero within seconds (torchrun sees
     the dead worker and tears down rank 0; gloo's closed connection would also fail it), not
     after ``dist_timeout``; no process survives; rank 0's last checkpoint still loads."""
-    job = _Job(tiny_data_long, tmp_path)
+    job = _Job(tiny_data, tmp_path)
     try:
         first_ckpt = job.wait_for_training()
         victim = job.worker(1)
@@ -238,11 +243,12 @@ def test_killed_rank_ends_the_job(tiny_data_long: dict, tmp_path: Path) -> None:
         assert "done:" not in out, out
         assert job.leftovers() == [], f"processes left running:\n{out}"
         _check_outputs(job, first_ckpt)
+        print(f"rank 1 killed after checkpoint {first_ckpt}; job exited {rc} {took:.1f} s later")
     finally:
         job.close()
 
 
-def test_frozen_rank_times_out(tiny_data_long: dict, tmp_path: Path) -> None:
+def test_frozen_rank_times_out(tiny_data: dict, tmp_path: Path) -> None:
     """Rank 1 is frozen (SIGSTOP) mid-training: it neither exits nor closes its sockets, so
     torchrun sees nothing wrong and only ``train.dist_timeout`` can end the wait. Rank 0 must
     give up on its own within the timeout (plus slack), on every collective it may block in
@@ -251,7 +257,7 @@ def test_frozen_rank_times_out(tiny_data_long: dict, tmp_path: Path) -> None:
     Once rank 0 has exited, the frozen rank is resumed so that torchrun's SIGTERM (pending on a
     stopped process) takes effect at once instead of after torchrun's 30 s SIGKILL grace.
     """
-    job = _Job(tiny_data_long, tmp_path)
+    job = _Job(tiny_data, tmp_path)
     try:
         first_ckpt = job.wait_for_training()
         rank0, victim = job.worker(0), job.worker(1)
@@ -275,8 +281,49 @@ def test_frozen_rank_times_out(tiny_data_long: dict, tmp_path: Path) -> None:
         out = job.output()
         assert rc != 0, out
         assert took >= DIST_TIMEOUT * 0.5, f"rank 0 ended after only {took:.1f} s\n{out}"
+        # ... because a collective gave up after exactly train.dist_timeout.
+        timed_out = rf"\[rank0\]: .*Timed out waiting {int(DIST_TIMEOUT * 1000)}ms"
+        assert re.search(timed_out, out), out
         assert "done:" not in out, out
         assert job.leftovers() == [], f"processes left running:\n{out}"
         _check_outputs(job, first_ckpt)
+        print(f"rank 1 frozen after checkpoint {first_ckpt}; rank 0 gave up {took:.1f} s later")
     finally:
         job.close()
+
+
+def _frozen_peer_worker(rank: int, store: str, done: Any, timeout_s: float) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )  # fmt: skip
+    try:
+        bn = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)), "cpu")[0].train()
+        if rank == 1:
+            done.wait(timeout_s + 20)  # alive and connected, never joining the all_reduce
+            return
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(RuntimeError, match="[Tt]imed out"):
+                bn(torch.randn(2, 3, 4, 4))
+        finally:
+            done.set()
+        took = time.monotonic() - t0
+        assert took < timeout_s + 10, f"the SyncBatchNorm all_reduce waited {took:.1f} s"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_batchnorm_group_honours_dist_timeout(tmp_path: Path) -> None:
+    """The CPU SyncBatchNorm's own gloo group times out like the default group.
+
+    ``dist.new_group`` does not inherit the default group's timeout (torch gives it 30 min), so
+    before the fix a frozen rank stalled the others in the BatchNorm statistics all_reduce far
+    beyond ``train.dist_timeout``. Fast in-process version of ``test_frozen_rank_times_out``.
+    """
+    done = mp.get_context("fork").Event()
+    mp.start_processes(
+        _frozen_peer_worker, args=(str(tmp_path / "store"), done, 3.0), nprocs=2,
+        start_method="fork",
+    )  # fmt: skip

@@ -30,9 +30,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-_init_timeout: datetime.timedelta | None = None
-"""The timeout :func:`init_distributed` gave the default process group (None before)."""
-
 __all__ = [
     "DistInfo",
     "env_world",
@@ -121,7 +118,6 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     Returns:
         The rank, world size, local rank, backend and device of this process.
     """
-    global _init_timeout
     rank, world, local = env_world()
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -140,10 +136,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     kwargs: dict[str, Any] = {}
     if dev.type == "cuda":
         kwargs["device_id"] = dev
-    _init_timeout = datetime.timedelta(seconds=float(timeout_s))
     dist.init_process_group(
         backend=backend,
-        timeout=_init_timeout,
+        timeout=datetime.timedelta(seconds=float(timeout_s)),
         rank=rank,
         world_size=world,
         **kwargs,
@@ -155,10 +150,10 @@ def default_group_timeout() -> datetime.timedelta | None:
     """The timeout of the default process group, for the extra groups created later.
 
     ``dist.new_group`` does not inherit it (it falls back to torch's 30-minute default), so a
-    group created without this would let a frozen rank stall its collectives for 30 minutes
+    group created without it would let a frozen rank stall its collectives for 30 minutes
     whatever ``timeout_s`` was given to :func:`init_distributed`. Read from the group itself
-    (so a group initialised by the caller counts too), else the value :func:`init_distributed`
-    used; None (torch's default) when neither is known.
+    (so a group initialised by the caller counts too); None (torch's default) when it cannot be
+    read. Callers that know the timeout pass it explicitly instead.
     """
     if dist.is_available() and dist.is_initialized():
         try:  # private API (torch >= 2.2); guarded, the fallback below covers its absence
@@ -168,7 +163,7 @@ def default_group_timeout() -> datetime.timedelta | None:
                 return timeout
         except Exception:  # noqa: BLE001 - no CPU backend (nccl only) or a changed API
             pass
-    return _init_timeout
+    return None
 
 
 def cleanup(info: DistInfo) -> None:
@@ -406,12 +401,20 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         return out.to(x.dtype)
 
 
-def convert_sync_batchnorm(model: nn.Module, device_type: str, process_group: Any = None) -> nn.Module:
+def convert_sync_batchnorm(
+    model: nn.Module, device_type: str, process_group: Any = None, timeout_s: float | None = None
+) -> nn.Module:
     """Replace every BatchNorm by its synchronised version (torch's on CUDA, ours elsewhere).
 
     Call on every rank, in the same order (a dedicated gloo group may be created here so the
-    statistics traffic never interleaves with DDP's gradient buckets; it gets the default
-    group's timeout, see :func:`default_group_timeout`).
+    statistics traffic never interleaves with DDP's gradient buckets).
+
+    Args:
+        model: The network (modified in place where possible; use the return value).
+        device_type: ``cuda`` or anything else (CPU).
+        process_group: Group for the statistics; None: a new gloo group on CPU.
+        timeout_s: Timeout of that new group (``train.dist_timeout``); None: the default
+            group's (:func:`default_group_timeout`).
     """
     if device_type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
@@ -419,7 +422,11 @@ def convert_sync_batchnorm(model: nn.Module, device_type: str, process_group: An
         # Same timeout as the default group: torch gives new groups its own default (30 min),
         # so a frozen peer would otherwise stall the statistics all_reduce far beyond
         # train.dist_timeout.
-        process_group = dist.new_group(backend="gloo", timeout=default_group_timeout())
+        timeout = (
+            datetime.timedelta(seconds=float(timeout_s)) if timeout_s is not None
+            else default_group_timeout()
+        )  # fmt: skip
+        process_group = dist.new_group(backend="gloo", timeout=timeout)
     return _convert_cpu(model, process_group)
 
 

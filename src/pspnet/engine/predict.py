@@ -91,10 +91,13 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 def to_tensor(image: np.ndarray, pre: Preprocessing) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 normalised for the model."""
     x = image[..., ::-1] if pre.channel_order == "BGR" else image
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).float()  # (3, H, W)
+    # (3, H, W); copy=True: a float32 input must not be normalised in the caller's array.
+    t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).to(torch.float32, copy=True)
     mean = torch.tensor(pre.mean).view(3, 1, 1)
     std = torch.tensor(pre.std).view(3, 1, 1)
-    return ((t - mean) / std).unsqueeze(0)
+    # In place: ``t`` is a fresh copy, and on a 6000x4000 image each extra
+    # full-size float32 copy is ~290 MB.
+    return t.sub_(mean).div_(std).unsqueeze(0)
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -1016,7 +1016,7 @@ class _Run:
             # Different dropout masks per process (the weights are identical: DDP syncs them).
             torch.manual_seed(tc.seed + 1_000_003 * info.rank)
             if tc.sync_bn:
-                net = convert_sync_batchnorm(net, self.device.type)
+                net = convert_sync_batchnorm(net, self.device.type, timeout_s=tc.dist_timeout)
         net.to(self.device)
         if tc.channels_last:
             net = net.to(memory_format=torch.channels_last)
