@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -251,7 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_from_args(args.weights, host=args.host, port=args.port,
                            max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
                            timeout_s=args.timeout_s, max_concurrency=args.max_concurrency,
-                           device=args.device)
+                           device=_resolve_device(args.device))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -292,7 +293,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pspnet.engine.distributed import cleanup, init_distributed
 
     # Under torchrun each process scores a disjoint shard; the confusion matrices are summed.
-    info = init_distributed("cpu" if args.device == "cpu" else args.device)
+    info = init_distributed(_resolve_device(args.device))
     try:
         return _evaluate(args, info.rank, str(info.device))
     finally:
@@ -317,16 +318,19 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
     crop = (args.crop_size, args.crop_size) if args.crop_size else None
     if args.mode == "slide" and crop is None and not args.protocol:
         raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
+    protocol = _protocol(args, crop)
     metrics = evaluate_model(
         model, data, num_classes=num_classes, ignore_index=args.ignore_index,
-        protocol=args.protocol, mode=args.mode, scales=tuple(args.scales), flip=args.flip,
+        protocol=protocol, mode=args.mode, scales=tuple(args.scales), flip=args.flip,
         crop_size=crop, precision=args.precision,
         save_predictions_dir=out / "predictions" if args.save_predictions else None,
         class_names=names, palette=meta.palette if meta else None,
         preprocess=meta.preprocess if meta else None, progress=not args.quiet,
     )
     if rank == 0:
-        setup = {"weights": str(args.weights), "protocol": args.protocol, "mode": args.mode,
+        setup = {"weights": str(args.weights), "protocol": args.protocol,
+                 "protocol_settings": protocol.predict_kwargs() if protocol else None,
+                 "mode": args.mode,
                  "scales": list(args.scales), "flip": args.flip, "crop_size": args.crop_size,
                  "precision": args.precision, "images": len(data)}
         write_metrics(out / "metrics.json", metrics, names, extra={"setup": setup})
@@ -335,6 +339,28 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
         print(f"mIoU {metrics.miou:.4f}  mAcc {metrics.macc:.4f}  allAcc {metrics.all_acc:.4f}"
               f"  ({len(data)} images) -> {out / 'metrics.json'}")
     return 0
+
+
+def _protocol(args: argparse.Namespace, crop: tuple[int, int] | None) -> Any:
+    """The --protocol preset with its sizes: the published ones for --dataset, then
+    --crop-size / --base-size on top. None without --protocol."""
+    if not args.protocol:
+        return None
+    from pspnet.inference import get_protocol
+
+    overrides: dict[str, Any] = {}
+    if crop is not None:
+        overrides["crop_size"] = crop
+    if args.base_size:
+        overrides["base_size"] = args.base_size
+    proto = get_protocol(args.protocol, dataset=args.dataset, **overrides)
+    if proto.mode == "slide" and proto.crop_size is None:
+        raise ValueError(
+            f"--protocol {args.protocol} slides a window and needs its sizes: --dataset "
+            "ade20k|voc2012|cityscapes for the published ones, or --crop-size N (and, for "
+            "semseg, --base-size N: the long side at scale 1)"
+        )
+    return proto
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scales", type=float, nargs="+", default=[1.0])
     s.add_argument("--flip", action="store_true")
     s.add_argument("--protocol", help="a named preset (docs/evaluation.md): semseg, mmseg-whole ...")
+    s.add_argument("--dataset", help="with --protocol: use its published sizes for this data set "
+                                     "(ade20k, voc2012, cityscapes)")
+    s.add_argument("--base-size", type=int,
+                   help="with --protocol semseg*: the long side at scale 1 (ADE20K/VOC 512)")
     s.add_argument("--save-predictions", action="store_true",
                    help="write OUT/predictions/<stem>.png (class indices, original size)")
     s.add_argument("--num-classes", type=int, help="default: from the weights")
@@ -520,11 +550,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    # Progress and results of long verbs (training's validations, resumes, skipped files) go
+    # through logging; without a handler they would vanish. -q keeps warnings only.
+    if not logging.getLogger().handlers:
+        quiet = bool(getattr(args, "quiet", False))
+        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
         return func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        if args.debug or e.name not in _EXTRAS:
+            raise
+        print(f"error: this needs the optional package {e.name!r}: pip install "
+              f"'pspnet[{_EXTRAS[e.name]}]'", file=sys.stderr)  # fmt: skip
+        return 2
     except Exception as e:  # noqa: BLE001 - mapped to one line below
         if args.debug or not _is_user_error(e):
             raise
@@ -532,10 +573,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+#: Optional packages and the extra that installs them.
+_EXTRAS = {
+    "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "cv2": "video",
+    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+    "tensorboard": "tensorboard",
+}  # fmt: skip
+
+
 def _is_user_error(e: BaseException) -> bool:
-    """Errors caused by input (flags, files, data), as opposed to bugs in pspnet."""
-    return isinstance(e, (ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
-                          NotADirectoryError))
+    """Errors caused by input (flags, files, data) or by the run itself (a diverged training,
+    a failed export check), as opposed to bugs in pspnet."""
+    if type(e).__name__ in ("TrainingDiverged", "ExportCheckError"):
+        return True  # their messages name the iteration / the sizes and what to do
+    return isinstance(e, (ValueError, FileNotFoundError, FileExistsError, PermissionError,
+                          IsADirectoryError, NotADirectoryError))
 
 
 if __name__ == "__main__":  # pragma: no cover

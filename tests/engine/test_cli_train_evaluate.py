@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from _engine_tiny import NUM_CLASSES, make_tiny_dataset
@@ -55,3 +56,43 @@ def test_train_flag_errors_name_the_flag(tmp_path: Path, capsys) -> None:
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no.txt" in err
+
+
+def test_train_input_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    """Missing --num-classes, a batch of 1 and a CUDA device on a CPU machine: `error: ...`,
+    exit 2, no traceback, nothing trained."""
+    data = make_tiny_dataset(tmp_path / "d", n_train=2, n_val=1)
+    base = ["train", "--data-root", str(data["root"]), "--train-list", str(data["train"]),
+            "--work-dir", str(tmp_path / "w"), "-q"]  # fmt: skip
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--num-classes" in err and "Traceback" not in err
+    assert main([*base, "--num-classes", "3", "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size" in err and "at least 2" in err
+    if not torch.cuda.is_available():
+        assert main([*base, "--num-classes", "3", "--set", "train.device=cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "CUDA is not available" in err and "Traceback" not in err
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_evaluate_protocol_presets_take_their_sizes(tmp_path: Path, capsys) -> None:
+    """--protocol semseg needs sizes: from --crop-size/--base-size (or --dataset); the
+    effective settings are recorded in metrics.json."""
+    from pspnet.checkpoint import WeightsMeta, save_weights
+    from pspnet.config import ModelConfig
+    from pspnet.models import build_model
+
+    data = make_tiny_dataset(tmp_path / "data", n_train=1, n_val=2)
+    mc = ModelConfig(arch="pspnet_r18", num_classes=NUM_CLASSES, output_stride=32,
+                     head_channels=16, aux=False)  # fmt: skip
+    save_weights(build_model(mc).eval(), tmp_path / "w", WeightsMeta(model=mc))
+    base = ["evaluate", "--weights", str(tmp_path / "w"), "--data-root", str(data["root"]),
+            "--val-list", str(data["val"]), "-q", "--protocol", "semseg"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "e0")]) == 2
+    assert "--dataset" in capsys.readouterr().err
+    assert main([*base, "--crop-size", "32", "--base-size", "48", "--out", str(tmp_path / "e1")]) == 0
+    setup = json.loads((tmp_path / "e1" / "metrics.json").read_text())["setup"]
+    assert setup["protocol_settings"]["crop_size"] == [32, 32]
+    assert setup["protocol_settings"]["base_size"] == 48 and setup["protocol_settings"]["flip"]

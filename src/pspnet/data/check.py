@@ -1,4 +1,4 @@
-"""Whole-data-set health check (``pspnet check``).
+"""Whole-data-set health check (``pspnet data check``).
 
 Unlike the dataset itself, which stops at the first bad file, :func:`check_dataset` reads every
 sample, records every problem, and summarises what it saw: label encodings, per-class pixel

@@ -231,7 +231,7 @@ class ColorToIndex(LabelMap):
     """Colour-coded (RGB) labels -> class indices, by exact colour match.
 
     Colours not in the palette become ``ignore_index``; :meth:`map_with_stats` and
-    :meth:`unknown_colors` report how many pixels that affected (``pspnet check`` lists them).
+    :meth:`unknown_colors` report how many pixels that affected (``pspnet data check`` lists them).
 
     Args:
         colors: Index -> (R, G, B), as a mapping or a sequence (position = index). Entries may
@@ -394,19 +394,20 @@ def validate_labels(
     if label_map is None and values.min() == num_classes and largest == num_classes:
         hint = (
             f" The only bad value is {num_classes}: the labels look 1-based with 0 = unlabelled "
-            "(as in ADE20K), which needs --label-map reduce_zero_label."
+            "(as in ADE20K), which needs the label map reduce_zero_label."
         )
     elif label_map is None and num_classes == 19 and largest <= 33:
         hint = (
             " Values up to 33 look like Cityscapes labelIds, which need "
-            "--label-map cityscapes_label_ids."
+            "the label map cityscapes_label_ids."
         )
     raise DataError(
         f"{path}: label values outside classes 0..{num_classes - 1} and not the ignore index "
         f"{ignore_index}{mapped}: {shown}.{hint} Fix: check --num-classes (these values need at "
-        f"least {largest + 1}), the label map (--label-map: reduce_zero_label for ADE20K, "
-        "cityscapes_label_ids for Cityscapes labelIds), or --ignore-index (the data set's void "
-        "value)."
+        f"least {largest + 1}), the label map (reduce_zero_label for ADE20K, "
+        "cityscapes_label_ids for Cityscapes labelIds) or the ignore index (the data set's void "
+        "value): `--label-map` / `--ignore-index` in evaluate and data check, `--set "
+        "data.label_map=... data.ignore_index=...` in train."
     )
 
 
@@ -628,7 +629,7 @@ def scan_labels(
     if unknown_total:
         warnings.warn(
             f"{unknown_total:,} label pixels have colours that are not in the colour map and "
-            "were set to the ignore index; run `pspnet check` to list the files and colours",
+            "were set to the ignore index; run `pspnet data check` to list the files and colours",
             stacklevel=2,
         )
     return LabelScan(

@@ -328,7 +328,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     """Read a photo as an RGB array, pixels as stored.
 
     EXIF orientation is *not* applied: label files carry no EXIF tag, so rotating the photo
-    alone would misalign it with its label. Use :func:`exif_orientation` (or ``pspnet check``)
+    alone would misalign it with its label. Use :func:`exif_orientation` (or ``pspnet data check``)
     to find such files.
 
     Grayscale, palette, RGBA (alpha dropped, not composited), CMYK and 16-bit grayscale (scaled

@@ -453,8 +453,8 @@ def generate_scenes(
     if old is not None and old != manifest:
         if not overwrite:
             raise FileExistsError(
-                f"{out} holds a scenes data set generated with other parameters; pass "
-                "overwrite=True to replace it, or choose another directory"
+                f"{out} holds a scenes data set generated with other parameters; choose "
+                "another directory (pspnet demo --out DIR) or delete this one"
             )
         _remove_old(out)
 

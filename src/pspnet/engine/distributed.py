@@ -99,9 +99,17 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         device = f"cuda:{local_rank}"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was requested but CUDA is not available")
+        raise ValueError(
+            f"device {device!r} was requested but CUDA is not available on this machine; use "
+            "cpu (train.device=cpu, --device cpu)"
+        )
     return dev
 
 

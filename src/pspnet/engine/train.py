@@ -934,6 +934,14 @@ class _Run:
             train=dataclasses.replace(cfg.train, precision=precision),  # type: ignore[arg-type]
         )
         tc = cfg.train
+        per_pass = tc.batch_size // (tc.accum_steps * info.world_size)
+        if per_pass < 2:
+            # BatchNorm (and the pyramid's 1x1 bin) cannot train on one image per pass.
+            raise ConfigError(
+                f"`train.batch_size` {tc.batch_size} gives {per_pass} image(s) per forward pass "
+                f"(over {info.world_size} process(es) and {tc.accum_steps} accumulation step(s)); "
+                "BatchNorm needs at least 2: raise --batch-size or lower train.accum_steps"
+            )
         class_weights = self._check_data(data)  # before anything is trained or written
         sampler = TrainBatchSampler(
             len(data.train), tc.batch_size, accum_steps=tc.accum_steps, rank=info.rank,
@@ -1585,6 +1593,15 @@ def build_config(
     tree = _deep_merge(tree, flags)
     tree = apply_overrides(tree, list(overrides))
     model = tree.setdefault("model", {})
+    if model.get("num_classes") is None:
+        dataset = tree.get("data", {}).get("dataset")
+        if not dataset:
+            # The dataclass default (21) would silently train a VOC-sized head on any data.
+            raise ConfigError(
+                "`model.num_classes` is not set: give --num-classes K (the number of classes in "
+                "the labels, the ignore value not counted) or use a config file that sets it"
+            )
+        model["num_classes"] = get_dataset_spec(str(dataset)).num_classes
     if not config_file and "output_stride" not in model and _trains_on_cpu(tree):
         model["output_stride"] = CPU_OUTPUT_STRIDE  # a CPU default, written to config.yaml
     return Config.from_dict(tree)
