@@ -100,3 +100,9 @@ def test_predict_on_a_video(tmp_path: Path, weights: Path) -> None:
     assert frames == 4
     rec = json.loads((out / "summary.json").read_text())["written"][0]
     assert rec["frames"] == 4
+    # --no-overlay: masks only, no overlay video.
+    bare = tmp_path / "bare"
+    assert main(["predict", "--weights", str(weights), str(video), "--out", str(bare), "-q",
+                 "--no-overlay"]) == 0  # fmt: skip
+    assert len(list((bare / "clip").glob("*.png"))) == 4
+    assert not (bare / "clip_overlay.mp4").exists()

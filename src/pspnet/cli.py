@@ -310,6 +310,13 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
     num_classes = args.num_classes or (meta.model.num_classes if meta else None)
     if num_classes is None:
         raise ValueError("--num-classes is needed for an exported model without metadata")
+    if meta is not None and args.num_classes and args.num_classes != meta.model.num_classes:
+        raise ValueError(
+            f"--num-classes is {args.num_classes} but {args.weights} predicts "
+            f"{meta.model.num_classes} classes; leave --num-classes out to use the weights' count"
+        )
+    if args.dataset and not args.protocol:
+        raise ValueError("--dataset only selects the published sizes of a --protocol; give both")
     names = _read_names(args.class_names) or (meta.classes if meta else None)
     samples = list_file_samples(args.data_root, args.val_list)
     data = SegmentationDataset(samples, num_classes, ignore_index=args.ignore_index,

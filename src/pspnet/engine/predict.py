@@ -188,12 +188,14 @@ def _predict_video(model: nn.Module, path: Path, out_dir: Path, pre: Preprocessi
         for frame, fps in _frames(path):
             labels = predict_array(model, frame, pre, opts, num_classes)
             save_mask_png(frame_dir / f"{n:06d}.png", labels, palette)
+            n += 1
+            if not opts.overlays:
+                continue
             ov = np.asarray(overlay(frame, labels, palette, opts.alpha, class_names, legend=False))
             if writer is None:
                 h, w = ov.shape[:2]
                 writer = cv2.VideoWriter(str(video_out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
             writer.write(np.ascontiguousarray(ov[..., ::-1]))
-            n += 1
             if progress:
                 print(f"\r{path.name}: {n} frames", end="", file=sys.stderr)
     finally:
@@ -203,7 +205,8 @@ def _predict_video(model: nn.Module, path: Path, out_dir: Path, pre: Preprocessi
             print(file=sys.stderr)
     if n == 0:
         raise DataError(f"{path}: the video has no readable frames")
-    return {"video": str(path), "frames": n, "masks": str(frame_dir), "overlay": str(video_out)}
+    return {"video": str(path), "frames": n, "masks": str(frame_dir),
+            "overlay": str(video_out) if opts.overlays else None}
 
 
 def predict_files(
