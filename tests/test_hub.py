@@ -68,3 +68,30 @@ def test_zoo_entries_are_well_formed_and_fetch_uses_the_cache(
         hub.fetch("locl")
     with pytest.raises(ValueError, match="Google Drive"):
         hub.fetch("semseg_pspnet50_ade20k")
+
+
+def test_no_network_is_a_clear_error_naming_url_and_manual_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("no_proxy", "*")  # reach 127.0.0.1 directly even where a proxy is set
+    url = "http://127.0.0.1:9/pspnet.pth"  # the discard port: refused at once, offline too
+    digest = hashlib.sha256(b"weights").hexdigest()
+    dest = tmp_path / "cache" / "w.pth"
+    with pytest.raises(hub.DownloadError) as err:
+        hub.download(url, dest, sha256=digest[:8], progress=False, timeout=5)
+    msg = str(err.value)
+    assert msg.startswith(f"cannot download {url}: ")
+    assert "no network access" in msg and "proxy" in msg
+    assert f"place it at {dest}" in msg and f"SHA-256 starts with {digest[:8]}" in msg
+    assert isinstance(err.value, ValueError)  # the CLI prints it as one `error:` line
+    assert not dest.exists() and not list(dest.parent.glob("*.part"))
+
+    # following the message works: a file placed by hand is used without the network
+    dest.write_bytes(b"weights")
+    assert hub.download(url, dest, sha256=digest[:8], progress=False, timeout=5) == dest
+    # ... also for an entry without a published hash, with the caller's consent
+    other = tmp_path / "cache" / "unverified.pth"
+    other.write_bytes(b"weights")
+    assert hub.download(url, other, sha256=None, allow_unverified=True, progress=False) == other
+    with pytest.raises(ValueError, match="allow-unverified"):
+        hub.download(url, other, sha256=None, progress=False)

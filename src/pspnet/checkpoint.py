@@ -23,16 +23,26 @@ Foreign layouts, detected from their keys and mapped onto ours by name (never by
                    ``resnet50_v2.pth`` (``conv1..conv3``); ``fc.*`` dropped. Backbone only.
 =================  ==========================================================================
 
+Training checkpoints (``WORK_DIR/checkpoints/last.pt``, written by ``pspnet train``:
+``{"format": "pspnet-train-checkpoint", "config": {..., "model": ModelConfig}, "model":
+state_dict, ...}``) load too: the model is rebuilt from the stored ``config["model"]``, never
+inferred from the tensor shapes.
+
 Foreign ``.pth`` files are read only with ``torch.load(weights_only=True, map_location="cpu")``:
-a file that needs arbitrary unpickling is refused, never retried unsafely.
+a file that needs arbitrary unpickling is refused, never retried unsafely. Before that, the first
+bytes of the file say what it is (:func:`detect_file_kind`), so an ONNX model, a TorchScript
+export or a text file gets told apart from a PyTorch checkpoint instead of being blamed for
+unsafe pickling.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +53,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from pspnet.config import ConfigError, ModelConfig, Preprocessing, from_dict, to_dict
+from pspnet.config import (
+    ConfigError,
+    ModelConfig,
+    Preprocessing,
+    default_head_channels,
+    from_dict,
+    to_dict,
+)
 from pspnet.models import PSPNet, build_model
 from pspnet.models.fuse import optimize_for_inference
 from pspnet.models.zoo import MODELS, model_config
@@ -53,6 +70,8 @@ __all__ = [
     "WeightsMeta",
     "LoadReport",
     "read_torch_file",
+    "detect_file_kind",
+    "read_class_names",
     "detect_layout",
     "convert_state_dict",
     "load_state_dict_checked",
@@ -67,6 +86,17 @@ __all__ = [
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+#: ``format`` and newest ``version`` of the training checkpoints ``pspnet train`` writes.
+TRAIN_CHECKPOINT_FORMAT = "pspnet-train-checkpoint"
+TRAIN_CHECKPOINT_VERSION = 1
+#: Layout name :func:`read_foreign` gives a training checkpoint.
+TRAIN_LAYOUT = "pspnet-train"
+#: What a weights argument may be; ends the "does not exist" / "not a checkpoint" messages.
+EXPECTED_WEIGHTS = (
+    "expected a pspnet weight directory (config.json + model.safetensors), a training "
+    "checkpoint (WORK_DIR/checkpoints/last.pt), or a .pth/.pt checkpoint from hszhao/semseg, "
+    "mmsegmentation or mit-semseg"
+)
 
 
 class CheckpointError(ValueError):
@@ -137,17 +167,98 @@ class LoadReport:
 # Reading files safely
 
 
-def read_torch_file(path: str | Path) -> Any:
-    """Read a foreign ``.pth``/``.pt`` file without running code.
+def detect_file_kind(path: str | Path) -> str:
+    """Say what a file is from its first bytes (and, for ONNX, its suffix); never unpickles.
+
+    Args:
+        path: An existing file.
+
+    Returns:
+        ``"torch"`` (a ``torch.save`` zip archive, or one too damaged to list: :func:`torch.load`
+        then reports it), ``"pickle"`` (a legacy ``torch.save`` file or any binary pickle),
+        ``"torchscript"`` (a ``torch.jit.save`` archive), ``"onnx"``, ``"safetensors"``,
+        ``"zip"`` (another zip archive), ``"text"``, ``"empty"`` or ``"unknown"``.
 
     Raises:
-        CheckpointError: Missing, empty, truncated or unsafe files, naming the path and the fix.
+        CheckpointError: The file cannot be opened (missing, a directory, no permission).
     """
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    if p.stat().st_size == 0:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise CheckpointError(f"cannot open {p}: {e.strerror or e}") from None
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "torch"  # a truncated torch.save archive: torch.load names the damage
+        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        return "torch" if any(n.endswith("data.pkl") for n in names) else "zip"
+    if head.startswith(b"\x80"):
+        return "pickle"
+    # An ONNX ModelProto starts with field 1 (ir_version: tag 0x08, a small varint), followed
+    # by one of fields 2-8 (producer_name ... opset_import).
+    onnx_like = (
+        len(head) > 2 and head[0] == 0x08 and 0 < head[1] < 0x80
+        and head[2] in b"\x12\x1a\x22\x28\x32\x3a\x42"
+    )  # fmt: skip
+    if p.suffix.lower() == ".onnx" or onnx_like:
+        return "onnx"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 32:
+        return "safetensors"
+    if b"\x00" not in head:
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+            return "text"
+        except UnicodeDecodeError:
+            pass
+    return "unknown"
+
+
+def _not_a_checkpoint(p: Path, kind: str) -> str:
+    """The message for a file that is not a PyTorch checkpoint, by what it is instead."""
+    if kind == "onnx":
+        return (
+            f"{p} is not a PyTorch checkpoint (it looks like an ONNX model: use `pspnet predict "
+            f"--weights {p}` or `pspnet evaluate --weights {p}`, which run it with ONNX Runtime)"
+        )
+    if kind == "torchscript":
+        return (
+            f"{p} is not a PyTorch checkpoint (it is a TorchScript export: use `pspnet predict "
+            f"--weights {p}` or `pspnet evaluate --weights {p}`, which run it with TorchScript)"
+        )
+    what = {
+        "safetensors": "a safetensors file without the config.json of a pspnet weight directory "
+        "beside it",
+        "text": "a text file; class lists go to --classes-file",
+        "zip": "a zip archive without a torch.save checkpoint inside",
+        "empty": "empty (0 bytes)",
+    }.get(kind, "of an unknown kind: neither a torch.save file, an ONNX model nor text")
+    return f"{p} is not a checkpoint or weight directory (it is {what}); {EXPECTED_WEIGHTS}"
+
+
+def read_torch_file(path: str | Path) -> Any:
+    """Read a ``.pth``/``.pt`` file saved with ``torch.save`` without running code.
+
+    Raises:
+        CheckpointError: Missing, empty, truncated or unsafe files, and files that are something
+            else (ONNX, TorchScript, text), naming the path, what it is and the fix.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist ({EXPECTED_WEIGHTS})")
+    if p.is_dir():
+        raise CheckpointError(f"{p} is a directory, not a checkpoint file ({EXPECTED_WEIGHTS})")
+    kind = detect_file_kind(p)
+    if kind == "empty":
         raise CheckpointError(f"checkpoint {p} is empty (0 bytes); re-download or re-save it")
+    if kind not in ("torch", "pickle"):
+        raise CheckpointError(_not_a_checkpoint(p, kind))
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
@@ -495,25 +606,119 @@ def _mit_pair(path: Path) -> tuple[Path, Path]:
     raise CheckpointError(f"{path}: a mit-semseg model needs both encoder and decoder files")
 
 
+def _dir_not_loadable(p: Path) -> str:
+    """Why directory ``p`` cannot be read as weights, and what to pass instead."""
+    if _is_weight_dir(p):
+        return (
+            f"{p} is already a pspnet weight directory (config.json + model.safetensors): it "
+            "needs no conversion; load it directly (pspnet.load_model, pspnet info/predict/"
+            "evaluate --weights), or copy the directory to have it elsewhere"
+        )
+    if (p / "checkpoints").is_dir() or (p / "final").is_dir() or (p / "best").is_dir():
+        return (
+            f"{p} is a training work directory, not weights: pass {p / 'final'} or "
+            f"{p / 'best'} (weight directories) or {p / 'checkpoints' / 'last.pt'}"
+        )
+    return (
+        f"{p} is a directory but neither a pspnet weight directory (config.json + "
+        "model.safetensors) nor a mit-semseg model (encoder*.pth + decoder*.pth)"
+    )
+
+
+def _train_checkpoint_info(state: Mapping[str, Any], p: Path) -> dict[str, Any]:
+    """Model config, preprocessing, ignore index and any class names of a training checkpoint.
+
+    The model is described by ``state["config"]["model"]`` (ModelConfig fields). Class names
+    and colours are taken from ``state["classes"]`` / ``state["palette"]`` when present, else
+    from a registered data set named by ``config["data"]["dataset"]`` (what training labels its
+    weights with); a ``data.class_names`` file is only referenced by path, not stored, so it is
+    not read back (the names stay None).
+    """
+    version = state.get("version", 0)
+    if not isinstance(version, int) or version > TRAIN_CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{p} is a training checkpoint of version {version!r}; this pspnet reads up to "
+            f"{TRAIN_CHECKPOINT_VERSION}. Upgrade pspnet."
+        )
+    config = state.get("config")
+    if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
+        raise CheckpointError(
+            f"{p} is a training checkpoint without its config (no config[\"model\"] section), "
+            "so the model cannot be rebuilt; the file is damaged or was not written by "
+            "pspnet train"
+        )
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    fields = dict(config["model"])
+    if "head_channels" not in fields and isinstance(fields.get("arch"), str):
+        fields["head_channels"] = default_head_channels(fields["arch"])  # as training fills it
+    try:
+        model = from_dict(ModelConfig, fields, prefix="model")
+        preprocess = from_dict(Preprocessing, dict(config.get("preprocess") or {}),
+                               prefix="preprocess")
+    except ConfigError as e:
+        raise CheckpointError(f"{p}: the stored training config is invalid: {e}") from None
+    classes = state.get("classes")
+    palette = state.get("palette")
+    if classes is None and data.get("dataset") and not data.get("class_names"):
+        from pspnet.data.datasets import get_dataset_spec  # lazy: keeps `import pspnet` light
+
+        try:
+            classes = get_dataset_spec(str(data["dataset"])).class_names
+        except ConfigError:
+            classes = None  # a data set this pspnet does not know: no names
+    n = model.num_classes
+    return {
+        "model": model,
+        "preprocess": preprocess,
+        "ignore_index": int(data.get("ignore_index", 255)),
+        "classes": tuple(str(c) for c in classes) if classes and len(classes) == n else None,
+        "palette": (tuple(tuple(int(x) for x in c) for c in palette)
+                    if palette and len(palette) == n else None),
+        "iteration": state.get("iteration"),
+    }
+
+
 def read_foreign(path: str | Path) -> tuple[dict[str, Tensor], str, dict[str, Any]]:
-    """Read any supported foreign checkpoint into our key layout.
+    """Read any supported foreign checkpoint (or a training checkpoint) into our key layout.
 
     Returns:
-        (state dict in our layout, layout name, metadata such as class names when the file has it)
+        (state dict in our layout, layout name, metadata such as class names when the file has
+        it). A training checkpoint gives the layout ``"pspnet-train"`` and its stored
+        ``model`` config (a :class:`~pspnet.config.ModelConfig`), ``preprocess``,
+        ``ignore_index``, ``classes``, ``palette`` and ``iteration``.
+
+    Raises:
+        CheckpointError: Missing, unreadable, unsafe or unrecognised files, naming the fix.
     """
     p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist ({EXPECTED_WEIGHTS})")
     if p.is_dir() and not any(p.glob("encoder*.pth")):
-        raise CheckpointError(f"{p} is a directory but neither a pspnet weight directory "
-                              "(config.json + model.safetensors) nor a mit-semseg model")
+        raise CheckpointError(_dir_not_loadable(p))
+    if p.suffix == ".safetensors" and _is_weight_dir(p.parent):
+        raise CheckpointError(_dir_not_loadable(p.parent))
     if p.is_dir() or (p.suffix == ".pth" and ("encoder" in p.name or "decoder" in p.name)):
         enc, dec = _mit_pair(p)
+        for f in (enc, dec):
+            if not f.is_file():
+                raise CheckpointError(
+                    f"{f} does not exist: a mit-semseg model needs both {enc.name} and "
+                    f"{dec.name} in {f.parent}"
+                )
         sd_e, _ = _unwrap(read_torch_file(enc), enc)
         sd_d, _ = _unwrap(read_torch_file(dec), dec)
         if detect_layout(sd_e) != "mit-encoder" or detect_layout(sd_d) != "mit-decoder":
             raise CheckpointError(f"{enc} / {dec} are not a mit-semseg encoder/decoder pair")
         sd = {**convert_state_dict(sd_e, "mit-encoder"), **convert_state_dict(sd_d, "mit-decoder")}
         return sd, "mit-semseg", {}
-    sd, meta = _unwrap(read_torch_file(p), p)
+    obj = read_torch_file(p)
+    if isinstance(obj, Mapping) and obj.get("format") == TRAIN_CHECKPOINT_FORMAT:
+        info = _train_checkpoint_info(obj, p)
+        sd = obj.get("model")
+        if not isinstance(sd, Mapping) or not sd:
+            raise CheckpointError(f"{p} is a training checkpoint without model weights")
+        return {str(k): v for k, v in sd.items() if isinstance(v, Tensor)}, TRAIN_LAYOUT, info
+    sd, meta = _unwrap(obj, p)
     layout = detect_layout(sd)
     info: dict[str, Any] = {}
     m = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}
@@ -530,6 +735,46 @@ def _is_weight_dir(p: Path) -> bool:
     return p.is_dir() and (p / CONFIG_FILE).is_file()
 
 
+def _check_fixed_config(
+    p: Path, cfg: ModelConfig, arch: str | None, num_classes: int | None,
+    options: Mapping[str, Any], what: str,
+) -> None:
+    """Refuse ``arch`` / ``num_classes`` / options that contradict a file's stored model config."""
+    if arch is not None and arch != cfg.arch:
+        raise CheckpointError(f"{p} holds a {cfg.arch}, not a {arch} (--arch)")
+    if num_classes is not None and num_classes != cfg.num_classes:
+        raise CheckpointError(
+            f"{p} has {cfg.num_classes} classes, not {num_classes} (--num-classes)"
+        )
+    if options:
+        raise CheckpointError(
+            f"{p} is {what}; its model options come from its stored config and cannot be "
+            f"overridden ({', '.join(options)})"
+        )
+
+
+def _load_train_checkpoint(
+    p: Path, sd: dict[str, Tensor], info: dict[str, Any], arch: str | None,
+    num_classes: int | None, options: Mapping[str, Any],
+) -> tuple[PSPNet, WeightsMeta, LoadReport]:
+    """Rebuild the model a training checkpoint describes and load its weights."""
+    cfg: ModelConfig = info["model"]
+    _check_fixed_config(p, cfg, arch, num_classes, options, "a pspnet training checkpoint")
+    model = build_model(cfg)
+    report = load_state_dict_checked(model, sd, strict=True, source=str(p))
+    model.config = cfg  # type: ignore[assignment]
+    it = info.get("iteration")
+    meta = WeightsMeta(
+        model=cfg,
+        classes=info["classes"],
+        palette=info["palette"],
+        preprocess=info["preprocess"],
+        ignore_index=info["ignore_index"],
+        source=f"pspnet train checkpoint {p}" + (f" (iteration {it})" if it is not None else ""),
+    )
+    return model, meta, report
+
+
 def load_foreign(
     path: str | Path, arch: str | None = None, num_classes: int | None = None, **options: Any
 ) -> tuple[PSPNet, WeightsMeta, LoadReport]:
@@ -537,10 +782,13 @@ def load_foreign(
 
     ``arch`` and ``num_classes`` are checked against the file when given, and read from it when
     not. Options default to the source's conventions (e.g. mmseg: ``contract_dilation=True,
-    align_corners=False``; mmseg's V1c stem width 32 is read from the weights).
+    align_corners=False``; mmseg's V1c stem width 32 is read from the weights). A training
+    checkpoint is rebuilt from its stored model config instead (options cannot override it).
     """
     p = Path(path)
     sd, layout, info = read_foreign(p)
+    if layout == TRAIN_LAYOUT:
+        return _load_train_checkpoint(p, sd, info, arch, num_classes, options)
     if layout == "resnet":
         raise CheckpointError(
             f"{p} holds only an ImageNet backbone; use it to initialise training "
@@ -589,10 +837,12 @@ def load_model(
     """Load a PSPNet for inference from any supported weight file.
 
     Args:
-        path: One of our weight directories, or a foreign checkpoint (hszhao/semseg ``.pth``,
-            mmsegmentation ``.pth``, a mit-semseg directory or encoder/decoder file).
-        arch: Architecture name; checked against a weight directory, inferred for foreign files
-            when possible.
+        path: One of our weight directories (or its ``model.safetensors``, which is the same),
+            a training checkpoint (``WORK_DIR/checkpoints/last.pt``: rebuilt from its stored
+            model config), or a foreign checkpoint (hszhao/semseg ``.pth``, mmsegmentation
+            ``.pth``, a mit-semseg directory or encoder/decoder file).
+        arch: Architecture name; checked against a weight directory or training checkpoint,
+            inferred for foreign files when possible.
         num_classes: Number of classes; checked against the file.
         device: Where to put the model.
         precision: ``"fp32"`` (the eager model, exact), ``"bf16"`` or ``"fp16"``: a folded,
@@ -605,24 +855,23 @@ def load_model(
         The model in eval mode. Call it on an (N, 3, H, W) float tensor normalised as the
         authors do (RGB, ImageNet mean/std on the 0..255 scale); it returns ``{"out": logits}``
         with logits (N, C, H, W). ``model.meta`` holds the :class:`WeightsMeta`.
+
+    Raises:
+        CheckpointError: A missing path, a file that is not a checkpoint (ONNX, TorchScript,
+            text: the message says what it is and what reads it), an unsafe pickle, or weights
+            that contradict ``arch`` / ``num_classes`` / ``options``.
     """
     p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist ({EXPECTED_WEIGHTS})")
+    if p.is_file() and p.suffix == ".safetensors" and _is_weight_dir(p.parent):
+        p = p.parent  # the tensor file of a weight directory: load the directory, same options
     if _is_weight_dir(p):
         model, meta = load_weights(p)
-        if arch is not None and arch != meta.model.arch:
-            raise CheckpointError(f"{p} holds a {meta.model.arch}, not a {arch} (--arch)")
-        if num_classes is not None and num_classes != meta.model.num_classes:
-            raise CheckpointError(
-                f"{p} has {meta.model.num_classes} classes, not {num_classes} (--num-classes)"
-            )
-        if options:
-            raise CheckpointError(
-                f"{p} is a pspnet weight directory; its options come from its config.json and "
-                f"cannot be overridden ({', '.join(options)})"
-            )
+        _check_fixed_config(
+            p, meta.model, arch, num_classes, options, "a pspnet weight directory (config.json)"
+        )
     else:
-        if p.suffix == ".safetensors" and p.parent.joinpath(CONFIG_FILE).is_file():
-            return load_model(p.parent, arch, num_classes, device=device)
         model, meta, _ = load_foreign(p, arch, num_classes, **options)
     model.meta = meta  # type: ignore[assignment]
     model = model.to(device).eval()
@@ -663,6 +912,52 @@ def load_backbone_weights(model: PSPNet, path: str | Path) -> LoadReport:
     return report
 
 
+def read_class_names(
+    path: str | Path,
+) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...] | None]:
+    """Class names, and colours when the file has them, from a classes file.
+
+    Two forms: one name a line (``index<TAB>name`` lines give the name), or CamVid's
+    ``index<TAB>name<TAB>R G B`` on every line, read with
+    :func:`pspnet.data.datasets.read_classes_file` (the colours become the palette; entries with
+    index 255 or above, such as ``void``, are not classes). Blank and ``#`` lines are skipped.
+
+    Returns:
+        (names in class order, one RGB triple per class or None when the file has no colours).
+
+    Raises:
+        CheckpointError: A missing, non-text or empty file, or a malformed CamVid line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"classes file {p} does not exist; check the path")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise CheckpointError(
+            f"classes file {p} is not UTF-8 text; it must list one name a line or "
+            "`index<TAB>name<TAB>R G B` lines"
+        ) from None
+    lines = [ln.rstrip("\r\n") for ln in text.splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]  # fmt: skip
+    if not lines:
+        raise CheckpointError(f"classes file {p} lists no class names")
+    if all(len(ln.split("\t")) == 3 for ln in lines):
+        from pspnet.data.datasets import DataError, read_classes_file  # lazy, as above
+
+        try:
+            names, colours = read_classes_file(p)
+        except DataError as e:
+            raise CheckpointError(str(e)) from None
+        return names, tuple(colours[i] for i in range(len(names)))
+    names = []
+    for ln in lines:
+        parts = ln.split("\t")
+        indexed = len(parts) >= 2 and parts[0].strip().isdigit()
+        names.append(parts[1].strip() if indexed else ln.strip())
+    return tuple(names), None
+
+
 def convert(
     src: str | Path,
     dst: str | Path,
@@ -671,15 +966,57 @@ def convert(
     num_classes: int | None = None,
     classes: tuple[str, ...] | None = None,
     palette: tuple[tuple[int, int, int], ...] | None = None,
+    classes_file: str | Path | None = None,
     **options: Any,
 ) -> Path:
-    """Convert any supported checkpoint into one of our weight directories."""
-    model, meta, _ = load_foreign(src, arch, num_classes, **options)
+    """Convert any supported checkpoint (or a training checkpoint) into a weight directory.
+
+    A source that already is one of our weight directories (or its ``model.safetensors``) is
+    refused with a message saying it needs no conversion: it loads as it is, and a copy of the
+    directory is a copy of the model.
+
+    Args:
+        src: The checkpoint file or mit-semseg directory.
+        dst: The weight directory to write.
+        arch: Architecture; checked against or read from the file.
+        num_classes: Number of classes; checked against the file.
+        classes: Class names (index order), replacing any the file records.
+        palette: One RGB triple per class, replacing any the file records.
+        classes_file: A classes file (:func:`read_class_names`): its names, and its colours
+            when it has them (CamVid's ``index<TAB>name<TAB>R G B``), as ``classes`` and
+            ``palette``. Not together with ``classes``.
+        **options: Model options overriding what the file implies (foreign files only).
+
+    Returns:
+        ``dst``.
+
+    Raises:
+        CheckpointError: The source cannot be read or converted, or the class list does not fit.
+    """
+    s = Path(src)
+    if _is_weight_dir(s) or (s.suffix == ".safetensors" and _is_weight_dir(s.parent)):
+        raise CheckpointError(_dir_not_loadable(s if s.is_dir() else s.parent))
+    if classes_file is not None:
+        if classes is not None:
+            raise CheckpointError("give the class names as classes or classes_file, not both")
+        classes, file_palette = read_class_names(classes_file)
+        palette = palette or file_palette
+    model, meta, _ = load_foreign(s, arch, num_classes, **options)
+    n = meta.model.num_classes
+    named = f"classes file {classes_file}" if classes_file is not None else "classes"
+    if classes is not None and len(classes) != n:
+        raise CheckpointError(
+            f"{named} lists {len(classes)} classes but the model in {s} has {n}; give one "
+            "name per class, in index order"
+        )
+    if palette is not None and len(palette) != n:
+        raise CheckpointError(f"palette has {len(palette)} colours but the model in {s} has {n}")
     meta = WeightsMeta(
         model=meta.model,
         classes=classes or meta.classes,
         palette=palette or meta.palette,
         preprocess=meta.preprocess,
+        ignore_index=meta.ignore_index,
         source=meta.source,
     )
     return save_weights(model, dst, meta)

@@ -102,7 +102,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.dst,
         arch=args.arch,
         num_classes=args.num_classes,
-        classes=_read_names(args.classes_file),
+        classes_file=args.classes_file,
         **_parse_overrides(args.set),
     )
     model = load_model(out)
@@ -160,11 +160,13 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def _load_any(weights: str, device: str) -> Any:
     """An eager model (our dir or a foreign checkpoint) or an exported ONNX/TorchScript file."""
-    if Path(weights).suffix.lower() in (".onnx", ".ts", ".torchscript", ".pt"):
+    from pspnet.checkpoint import detect_file_kind, load_model
+
+    # By content, not suffix: a training checkpoint (checkpoints/last.pt) is a .pt file too.
+    if Path(weights).is_file() and detect_file_kind(weights) in ("onnx", "torchscript"):
         from pspnet.export import load_exported
 
         return load_exported(weights)
-    from pspnet.checkpoint import load_model
 
     return load_model(weights, device=_resolve_device(device))
 

@@ -3,28 +3,45 @@
 Every entry names its source and the mIoU its source reports, with the protocol, so a user can
 check a converted model against the published number. Hashes: torchvision and OpenMMLab publish
 the first 8 hex digits of the file's SHA-256 in the file name (``...-15a8b914.pth``); we check
-that prefix (as ``torch.hub`` does with ``check_hash=True``) and record the full digest the first
-time a file is fetched. Entries without any published hash (mit-semseg) are refused unless the
-caller passes ``allow_unverified=True``, and the computed digest is then printed so it can be
-pinned. The authors' semseg weights live on Google Drive behind a confirmation page: their
-entries carry the page and the instructions instead of a URL.
+that prefix (as ``torch.hub`` does with ``check_hash=True``). Only that prefix is known and
+checked: the full digest of a download is not recorded anywhere, and a cached file is re-hashed
+against the prefix each time it is reused. Entries without any published hash (mit-semseg) are
+refused unless the caller passes ``allow_unverified=True``; the computed digest is then printed
+(to stderr) so the caller can pin it by hand. The authors' semseg weights live on Google Drive
+behind a confirmation page: their entries carry the page and the instructions instead of a URL.
+
+A download that cannot reach its server (no network, a proxy needed, an HTTP error) raises
+:class:`DownloadError` naming the URL, and where to put a file downloaded by hand: a file placed
+at the destination is used when its SHA-256 matches (or, for unverified entries, with
+``allow_unverified=True``).
 
 Nothing here runs at import time, and nothing here is called by the tests with a network URL:
-the tests exercise :func:`download` on local ``file://`` URLs.
+the tests exercise :func:`download` on local ``file://`` URLs and on a refused loopback port.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["ZooEntry", "ZOO", "cache_dir", "download", "fetch", "sha256_file", "HashMismatch"]
+__all__ = [
+    "ZooEntry",
+    "ZOO",
+    "cache_dir",
+    "download",
+    "fetch",
+    "sha256_file",
+    "HashMismatch",
+    "DownloadError",
+]
 
 _MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/pspnet"
 _MIT = "http://sceneparsing.csail.mit.edu/model/pytorch"
@@ -120,6 +137,36 @@ class HashMismatch(ValueError):
     """A downloaded file does not have the expected SHA-256."""
 
 
+class DownloadError(ValueError):
+    """A download failed before its hash could be checked (no network, a proxy, HTTP errors).
+
+    A ValueError like :class:`HashMismatch`, so the ``pspnet`` command reports it as one line.
+    """
+
+
+def _download_failed(url: str, dest: Path, sha256: str | None, error: BaseException) -> str:
+    """The message for a failed download: what failed, why, and how to place the file by hand."""
+    if isinstance(error, urllib.error.HTTPError):
+        why = f"the server answered HTTP {error.code} {error.reason}"
+    elif isinstance(error, urllib.error.URLError):
+        why = str(error.reason)
+    else:
+        why = str(error) or type(error).__name__
+    if url.startswith("file:"):
+        return f"cannot read {url}: {why}"
+    check = (
+        f"it is used only if its SHA-256 starts with {sha256} (compare `sha256sum {dest.name}`)"
+        if sha256
+        else "it has no published SHA-256, so pass --allow-unverified (allow_unverified=True) "
+        "to use it, after checking `sha256sum` against a digest you trust"
+    )
+    return (
+        f"cannot download {url}: {why}. This machine may have no network access, or may need a "
+        "proxy (set https_proxy / http_proxy). To install the file by hand, download it on a "
+        f"machine that has access and place it at {dest}; {check}."
+    )
+
+
 def cache_dir() -> Path:
     """Where downloads go: ``$PSPNET_HOME`` or ``~/.cache/pspnet``."""
     return Path(os.environ.get("PSPNET_HOME", Path.home() / ".cache" / "pspnet"))
@@ -162,8 +209,14 @@ def download(
         progress: Show a progress bar on stderr.
         timeout: Socket timeout in seconds.
 
+    An existing ``dest`` with no known digest is reused when ``allow_unverified`` is True (its
+    digest is printed), so a file placed by hand is used instead of downloaded again.
+
     Raises:
         HashMismatch: The digest differs (the partial file is deleted).
+        DownloadError: The server cannot be reached or refuses the file (no network, a proxy
+            needed, an HTTP error, a connection cut): the message names the URL and where to
+            place the file downloaded by hand. No partial file is left.
         ValueError: No digest is known and ``allow_unverified`` is False.
     """
     dest = Path(dest)
@@ -174,12 +227,19 @@ def download(
         )
     if dest.is_file() and sha256 and _matches(sha256_file(dest), sha256):
         return dest
+    if dest.is_file() and sha256 is None:
+        print(f"unverified file {dest}: sha256 {sha256_file(dest)}", file=sys.stderr)
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            _copy(resp, out, total, progress, desc=dest.name)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                _copy(resp, out, total, progress, desc=dest.name)
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
+                ConnectionError) as e:  # fmt: skip
+            raise DownloadError(_download_failed(url, dest, sha256, e)) from None
         digest = sha256_file(tmp)
         if sha256 is not None and not _matches(digest, sha256):
             raise HashMismatch(

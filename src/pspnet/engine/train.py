@@ -72,6 +72,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from pspnet.checkpoint import (
+    TRAIN_CHECKPOINT_FORMAT,
+    TRAIN_CHECKPOINT_VERSION,
     CheckpointError,
     WeightsMeta,
     atomic_write_bytes,
@@ -129,8 +131,9 @@ __all__ = [
 
 log = logging.getLogger("pspnet.train")
 
-CHECKPOINT_FORMAT = "pspnet-train-checkpoint"
-CHECKPOINT_VERSION = 1
+# Defined with the loader (checkpoint.py sits below the engine and reads these files too).
+CHECKPOINT_FORMAT = TRAIN_CHECKPOINT_FORMAT
+CHECKPOINT_VERSION = TRAIN_CHECKPOINT_VERSION
 DEFAULT_EPOCHS = 50
 #: Longest side of the training crop chosen from the data when none is configured.
 AUTO_CROP_MAX = 320
