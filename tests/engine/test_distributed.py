@@ -91,3 +91,36 @@ def test_two_process_torchrun_training(tiny_data: dict, tmp_path: Path) -> None:
         "best", "checkpoints", "config.yaml", "final", "log.jsonl"]
     assert sorted(p.name for p in (work / "checkpoints").iterdir()) == [
         "last.pt", "latest", "prev.pt"]
+
+
+def test_two_process_torchrun_evaluation_equals_one_process(tmp_path: Path) -> None:
+    """`torchrun -m pspnet evaluate` on 2 processes: every image counted once, so the metrics
+    equal a single-process run exactly (an odd number of images tests the uneven shard)."""
+    from _engine_tiny import NUM_CLASSES, make_tiny_dataset
+    from pspnet.checkpoint import WeightsMeta, save_weights
+    from pspnet.config import ModelConfig
+    from pspnet.models import build_model
+
+    data = make_tiny_dataset(tmp_path / "d", n_train=1, n_val=5)
+    torch.manual_seed(0)
+    mc = ModelConfig(arch="pspnet_r18", num_classes=NUM_CLASSES, output_stride=16,
+                     head_channels=16, aux=False)  # fmt: skip
+    save_weights(build_model(mc).eval(), tmp_path / "w", WeightsMeta(model=mc))
+    args = ["evaluate", "--weights", str(tmp_path / "w"), "--data-root", str(data["root"]),
+            "--val-list", str(data["val"]), "-q"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "pspnet", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "pspnet", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stdout + two.stderr
+    a = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert a["setup"]["images"] == b["setup"]["images"] == 5
+    for key in ("mIoU", "mAcc", "allAcc"):
+        assert a[key] == b[key], key
+    assert a["per_class"] == b["per_class"]
