@@ -171,18 +171,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Seed-major order: after k seeds every row has k results, so a stopped sweep is balanced.
     todo = [(r, s) for s in args.seeds for r in rows if (r, s) not in done]
     print(f"{len(todo)} runs to do ({len(done)} done) in {work}", flush=True)
+    # The validation set is the same for every run: list it once.
+    if setup.data == "scenes":
+        val = SegmentationDataset(list_file_samples(data["root"], data["val_list"]), 6)
+    else:
+        from pspnet.data.datasets import get_dataset_spec
+
+        val = SegmentationDataset(get_dataset_spec("camvid").find_samples(data["root"], "val"), 11)
     for n, (row, seed) in enumerate(todo, 1):
         cfg = _config(setup, row, seed, data, work)
         t0 = time.perf_counter()
         result = train(cfg, progress=False)
         model = load_model(result.final_dir)
-        if setup.data == "scenes":
-            val = SegmentationDataset(list_file_samples(data["root"], data["val_list"]), 6)
-        else:
-            from pspnet.data.datasets import get_dataset_spec
-
-            spec = get_dataset_spec("camvid")
-            val = SegmentationDataset(spec.find_samples(data["root"], "val"), 11)
         metrics = evaluate_model(model, val, num_classes=cfg.model.num_classes, progress=False)
         rec = {
             "row": row, "seed": seed, "mIoU": metrics.miou, "mAcc": metrics.macc,

@@ -220,6 +220,13 @@ def _check_outputs(job: _Job, first_ckpt: int) -> None:
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def _assert_ended_cleanly(job: _Job, out: str, first_ckpt: int) -> None:
+    """The job did not finish, left no process behind, and rank 0's files are intact."""
+    assert "done:" not in out, out
+    assert job.leftovers() == [], f"processes left running:\n{out}"
+    _check_outputs(job, first_ckpt)
+
+
 def test_killed_rank_ends_the_job(tiny_data: dict, tmp_path: Path) -> None:
     """Rank 1 is SIGKILLed mid-training: the job exits non-zero within seconds (torchrun sees
     the dead worker and tears down rank 0; gloo's closed connection would also fail it), not
@@ -240,9 +247,7 @@ def test_killed_rank_ends_the_job(tiny_data: dict, tmp_path: Path) -> None:
         assert rc != 0, out
         assert took < DIST_TIMEOUT, f"the job took {took:.1f} s to end after rank 1 died\n{out}"
         assert "SIGKILL" in out, out  # torchrun reports the injected failure
-        assert "done:" not in out, out
-        assert job.leftovers() == [], f"processes left running:\n{out}"
-        _check_outputs(job, first_ckpt)
+        _assert_ended_cleanly(job, out, first_ckpt)
         print(f"rank 1 killed after checkpoint {first_ckpt}; job exited {rc} {took:.1f} s later")
     finally:
         job.close()
@@ -284,9 +289,7 @@ def test_frozen_rank_times_out(tiny_data: dict, tmp_path: Path) -> None:
         # ... because a collective gave up after exactly train.dist_timeout.
         timed_out = rf"\[rank0\]: .*Timed out waiting {int(DIST_TIMEOUT * 1000)}ms"
         assert re.search(timed_out, out), out
-        assert "done:" not in out, out
-        assert job.leftovers() == [], f"processes left running:\n{out}"
-        _check_outputs(job, first_ckpt)
+        _assert_ended_cleanly(job, out, first_ckpt)
         print(f"rank 1 frozen after checkpoint {first_ckpt}; rank 0 gave up {took:.1f} s later")
     finally:
         job.close()
