@@ -4,6 +4,7 @@ Two steps, both restartable::
 
     python bench/camvid.py train --minutes 30 [--work-dir work_dirs/camvid_cpu] [--set k=v ...]
     python bench/camvid.py report [--work-dir work_dirs/camvid_cpu] [--out docs/results]
+                                  [--budget-runs work_dirs/camvid_30min ...]
 
 ``train`` runs (or continues: ``train.resume=auto``) ``pspnet train --config
 configs/camvid_cpu.yaml`` on the prepared CamVid copy found through the environment variable
@@ -22,7 +23,10 @@ ignored) and writes, under ``--out`` (``docs/results`` by default):
 
 and the Markdown page ``<out>/../results.md`` (``docs/results.md``) with the commands, commit,
 machine, training length, per-class test IoU, the plots, the overlays and the published CamVid
-numbers next to ours. Only measured numbers are reported; nothing is extrapolated.
+numbers next to ours. With ``--budget-runs DIR ...`` (other finished runs of the recipe
+with other ``--minutes``) the page also tabulates and plots test mIoU against the training
+budget (``budget_curve.png``). Only measured numbers are reported, except one marked
+extrapolation (the hours 60 mIoU would take at the last measured gain per doubling).
 """
 
 from __future__ import annotations
@@ -789,16 +793,177 @@ def evaluate_test(
     )  # fmt: skip
 
     n = min(num_overlays, len(samples))
-    picks = sorted({int(round(i)) for i in np.linspace(0, len(samples) - 1, n)}) if n else []
-    gts = [ds.load_label(i) for i in picks]
-    preds = [np.asarray(Image.open(pred_dir / f"{samples[i].name}.png")) for i in picks]
-    overlay_grid([samples[i] for i in picks], gts, preds, palette, class_names,
-                 out_dir / "test_overlays.png", ignore_index=meta.ignore_index)  # fmt: skip
+    if n:
+        picks = sorted({int(round(i)) for i in np.linspace(0, len(samples) - 1, n)})
+        gts = [ds.load_label(i) for i in picks]
+        preds = [np.asarray(Image.open(pred_dir / f"{samples[i].name}.png")) for i in picks]
+        overlay_grid([samples[i] for i in picks], gts, preds, palette, class_names,
+                     out_dir / "test_overlays.png", ignore_index=meta.ignore_index)  # fmt: skip
     return TestResult(
         metrics=metrics, summary=metrics.to_dict(class_names), weights=weights,
         weights_source=meta.source, class_names=tuple(class_names), num_images=len(samples),
         total_images=total, seconds=seconds,
     )  # fmt: skip
+
+
+@dataclass
+class BudgetPoint:
+    """One finished run of the recipe with its own time budget, scored on the test set."""
+
+    work_dir: Path
+    budget: float | None  # train.time_budget, minutes
+    log: TrainLog
+    weights: str  # "best" or "final"
+    test_miou: float
+    recipe_diff: tuple[str, ...]  # config keys that differ from the main run's (budget aside)
+
+    @property
+    def hours(self) -> float:
+        """Measured training time in hours."""
+        return self.log.minutes / 60.0
+
+
+#: Config keys that may differ between the runs of one budget curve.
+_RUN_KEYS = ("train.time_budget", "train.work_dir", "train.resume", "data.root",
+             "data.class_names")  # fmt: skip
+
+
+def _flat(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def recipe_diff(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
+    """Keys (dotted) whose values differ between two saved configs, run-specific keys aside."""
+    fa, fb = _flat(a), _flat(b)
+    return tuple(sorted(k for k in set(fa) | set(fb)
+                        if k not in _RUN_KEYS and fa.get(k) != fb.get(k)))  # fmt: skip
+
+
+def budget_point(work_dir: Path, log: TrainLog, cfg: dict[str, Any], test_miou: float,
+                 weights: str, main_cfg: dict[str, Any]) -> BudgetPoint:
+    """Bundle one run's numbers (see :class:`BudgetPoint`)."""
+    budget = (cfg.get("train") or {}).get("time_budget")
+    return BudgetPoint(
+        work_dir=work_dir, budget=float(budget) if budget else None, log=log, weights=weights,
+        test_miou=test_miou, recipe_diff=recipe_diff(cfg, main_cfg),
+    )  # fmt: skip
+
+
+def evaluate_budget_runs(
+    work_dirs: Sequence[str | Path],
+    data_root: Path,
+    out_dir: Path,
+    main_cfg: dict[str, Any],
+    *,
+    precision: str = "fp32",
+    limit: int | None = None,
+    progress: bool = True,
+) -> list[BudgetPoint]:
+    """Score other finished runs (other ``--minutes``) on the test set, for the budget curve.
+
+    Each run's metrics and confusion matrix go to ``out_dir/budgets/<work dir name>/``.
+
+    Raises:
+        BenchError: A run is missing, unfinished or has no weights.
+    """
+    points = []
+    for wd in work_dirs:
+        wd = Path(wd).resolve()
+        log = read_log(wd / "log.jsonl")
+        if not log.finished:
+            raise BenchError(
+                f"{wd} holds an unfinished run ({log.iterations} iterations); finish it "
+                "(python bench/camvid.py train --minutes M --work-dir DIR resumes it) or leave "
+                "it out of --budget-runs"
+            )
+        weights = pick_weights(wd)
+        test = evaluate_test(weights, data_root, out_dir / "budgets" / wd.name,
+                             wd / "test_predictions", precision=precision, limit=limit,
+                             num_overlays=0, progress=progress)  # fmt: skip
+        points.append(budget_point(wd, log, _read_config(wd), test.metrics.miou, weights.name,
+                                   main_cfg))  # fmt: skip
+    return points
+
+
+def plot_budget_curve(points: Sequence[BudgetPoint], path: Path) -> Path:
+    """Test mIoU (%) of each run against its training hours, with the 60 mIoU line."""
+    pts = sorted(points, key=lambda p: p.hours)
+    return line_plot(
+        path,
+        [Series("test mIoU, one run per budget", [p.hours for p in pts],
+                [100.0 * p.test_miou for p in pts], (214, 39, 40), markers=True)],
+        title="CamVid test mIoU against the training budget (one full run each)",
+        xlabel="training time (hours)",
+        ylabel="test mIoU (%)",
+        hlines=[(TARGET_MIOU, f"{TARGET_MIOU:g} mIoU (SegNet, ImageNet-pretrained)")],
+        annotate_last=True,
+    )
+
+
+def budget_section(points: Sequence[BudgetPoint], plot_rel: str) -> list[str]:
+    """Markdown: the table and plot of test mIoU per budget, and what each extra hour bought."""
+    pts = sorted(points, key=lambda p: p.hours)
+    rows, prev = [], None
+    for p in pts:
+        planned = f" of {p.log.max_iter:,}" if p.log.max_iter else ""
+        gain = per_hour = ""
+        if prev is not None:
+            d = 100 * (p.test_miou - prev.test_miou)
+            gain = f"{d:+.2f}"
+            per_hour = f"{d / (p.hours - prev.hours):+.2f}" if p.hours > prev.hours else ""
+        rows.append([
+            f"{p.budget:g}" if p.budget else "?", f"{p.log.minutes:.1f}",
+            f"{p.log.iterations:,}{planned}", f"{p.log.epochs:.1f}", p.weights,
+            _pct(p.test_miou, 2), gain, per_hour, f"`{_display_path(p.work_dir)}`",
+        ])  # fmt: skip
+        prev = p
+    lines = [
+        "### Test mIoU against the training budget",
+        "",
+        "One complete run per budget (the same recipe, its own poly schedule planned for its "
+        "budget), each scored on the test set with the weights its validation chose. "
+        "`iterations` shows how many of the planned steps the machine delivered (fewer when "
+        "it was shared).",
+        "",
+        *_md_table(["budget (min)", "trained (min)", "iterations", "epochs", "weights",
+                    "test mIoU (%)", "change", "change per extra hour", "work dir"], rows,
+                   "rrrrlrrrl"),
+        "",
+        f"![test mIoU against the budget]({plot_rel})",
+        "",
+    ]  # fmt: skip
+    diffs = [p for p in pts if p.recipe_diff]
+    for p in diffs:
+        lines.append(f"Note: `{_display_path(p.work_dir)}` differs from the main run in "
+                     + ", ".join(f"`{k}`" for k in p.recipe_diff) + ".")  # fmt: skip
+    if diffs:
+        lines.append("")
+    if len(pts) >= 2 and pts[-1].hours > pts[-2].hours > 0:
+        a, b = pts[-2], pts[-1]
+        per_doubling = 100 * (b.test_miou - a.test_miou) / math.log2(b.hours / a.hours)
+        now = 100 * b.test_miou
+        lines.append(
+            f"From {a.hours:.2f} h to {b.hours:.2f} h the test mIoU changed by "
+            f"{100 * (b.test_miou - a.test_miou):+.2f} points, {per_doubling:+.2f} per doubling "
+            "of the training time."
+        )
+        if per_doubling > 0 and now < TARGET_MIOU:
+            need = b.hours * 2 ** ((TARGET_MIOU - now) / per_doubling)
+            lines.append(
+                f"*Extrapolation, not a measurement:* if every further doubling bought as much, "
+                f"{TARGET_MIOU:g} mIoU would take about {need:.0f} hours of training on this "
+                "machine with this recipe; from-scratch curves usually flatten, so read this as "
+                "a lower bound."
+            )
+        lines.append("")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -887,8 +1052,13 @@ def render_markdown(
     report_command: str,
     commit: str,
     machine: dict[str, Any],
+    budgets: Sequence[BudgetPoint] = (),
 ) -> str:
-    """The results page as Markdown (image links relative to ``md_path``)."""
+    """The results page as Markdown (image links relative to ``md_path``).
+
+    ``budgets``, when it holds two or more runs (this one included), adds the test mIoU per
+    training budget (``budget_curve.png``) to the section on what extra hours buy.
+    """
 
     def rel(name: str) -> str:
         return Path(os.path.relpath(out_dir / name, md_path.parent)).as_posix()
@@ -922,7 +1092,7 @@ def render_markdown(
            "[What each extra hour buys](#what-each-extra-hour-buys) for the measured curve."),
         "",
         "Everything on this page is regenerated by the commands below; all numbers are "
-        "measured, none extrapolated.",
+        "measured, and the one extrapolation is marked as such.",
         "",
         "## Commands",
         "",
@@ -1038,9 +1208,11 @@ def render_markdown(
         "",
     ]  # fmt: skip
     if not reached:
+        lines += ["## What each extra hour buys", ""]
+        if len(budgets) >= 2:
+            lines += budget_section(budgets, rel("budget_curve.png"))
+            lines += ["### Validation mIoU during the main run", ""]
         lines += [
-            "## What each extra hour buys",
-            "",
             f"Measured only. Every validation of this run ({log.val_images or '?'} val images, "
             "whole image) with the training time at which the weights were validated. The "
             "learning rate follows one poly schedule planned to reach 0 at the end of the "
@@ -1088,6 +1260,7 @@ def build_report(
     num_overlays: int = 6,
     report_command: str | None = None,
     progress: bool = True,
+    budget_runs: Sequence[str | Path] = (),
 ) -> dict[str, Path]:
     """Evaluate on the test set, draw the plots and overlays, write the Markdown page.
 
@@ -1100,6 +1273,8 @@ def build_report(
         num_overlays: Rows of the overlay grid.
         report_command: The command quoted on the page (default: rebuilt from the arguments).
         progress: Show a progress bar during evaluation.
+        budget_runs: Other finished work dirs of the same recipe with other budgets; their
+            test mIoU, with this run's, makes the budget curve (``budget_curve.png``).
 
     Returns:
         Name -> path of every file written.
@@ -1123,6 +1298,15 @@ def build_report(
         "loss": plot_loss(log, out_dir / "loss.png"),
         "val_miou": plot_val_miou(log, out_dir / "val_miou.png"),
     }
+    cfg = _read_config(work_dir)
+    budgets: list[BudgetPoint] = []
+    if budget_runs:
+        main = budget_point(work_dir, log, cfg, test.metrics.miou, weights.name, cfg)
+        others = [Path(d).resolve() for d in budget_runs if Path(d).resolve() != work_dir]
+        budgets = [main, *evaluate_budget_runs(others, data_root, out_dir, cfg,
+                                               precision=precision, limit=limit,
+                                               progress=progress)]  # fmt: skip
+        files["budget_curve"] = plot_budget_curve(budgets, out_dir / "budget_curve.png")
     if report_command is None:
         parts = ["python", "bench/camvid.py", "report", "--work-dir", _display_path(work_dir),
                  "--out", _display_path(out_dir)]  # fmt: skip
@@ -1132,11 +1316,14 @@ def build_report(
             parts += ["--precision", precision]
         if limit is not None:
             parts += ["--limit", str(limit)]
+        if budget_runs:
+            parts += ["--budget-runs", *(_display_path(Path(d).resolve()) for d in budget_runs)]
         report_command = shlex.join(parts)
     text = render_markdown(
-        test=test, log=log, cfg=_read_config(work_dir), runs=_read_runs(work_dir),
+        test=test, log=log, cfg=cfg, runs=_read_runs(work_dir),
         work_dir=work_dir, out_dir=out_dir, md_path=md_path, data_root=data_root,
         report_command=report_command, commit=git_commit(), machine=machine_info(),
+        budgets=budgets,
     )  # fmt: skip
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(text, encoding="utf-8")
@@ -1197,7 +1384,7 @@ def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.work_dir, args.out, markdown=args.markdown, precision=args.precision,
         limit=args.limit, num_overlays=args.overlays,
         report_command=shlex.join(["python", "bench/camvid.py", *argv]),
-        progress=not args.quiet,
+        progress=not args.quiet, budget_runs=args.budget_runs,
     )  # fmt: skip
     metrics = json.loads(files["metrics"].read_text())
     print(f"test mIoU {_pct(metrics['mIoU'], 2)} on {metrics['images']} images")
@@ -1232,6 +1419,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     r.add_argument("--limit", type=int, help="evaluate only N test images (smoke test)")
     r.add_argument("--overlays", type=int, default=6, help="rows of the overlay grid")
+    r.add_argument("--budget-runs", nargs="+", default=[], metavar="WORK_DIR",
+                   help="other finished runs of the recipe with other --minutes: the page adds "
+                        "their test mIoU against training time (budget_curve.png)")
     r.add_argument("-q", "--quiet", action="store_true")
     return p
 

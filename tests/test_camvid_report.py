@@ -197,3 +197,48 @@ def test_train_refuses_to_extend_a_finished_run(camvid_mod, tmp_path, monkeypatc
     assert rc == 2
     assert "finished run" in capsys.readouterr().err
     assert not (work / camvid_mod.RUNS_FILE).exists()  # nothing was launched
+
+
+def test_report_with_budget_runs(camvid_mod, tmp_path, monkeypatch):
+    """--budget-runs: each run scored on test, tabulated against its training time, plotted."""
+    data = make_fake_camvid(tmp_path / "camvid")
+    monkeypatch.setenv("PSPNET_CAMVID", str(data))
+    main = make_fake_work_dir(tmp_path / "work")  # 41.5 min (elapsed_s 2490)
+    short = make_fake_work_dir(tmp_path / "work_short")
+    log = (short / "log.jsonl").read_text().replace('"elapsed_s": 2490.0', '"elapsed_s": 1245.0')
+    (short / "log.jsonl").write_text(log)
+    cfg = (short / "config.yaml").read_text()
+    (short / "config.yaml").write_text(
+        cfg.replace("time_budget: 42", "time_budget: 21").replace("batch_size: 8", "batch_size: 4"))
+    out = tmp_path / "docs" / "results"
+    files = camvid_mod.build_report(main, out, progress=False, budget_runs=[short, main])
+
+    with Image.open(files["budget_curve"]) as im:
+        assert im.width > 200 and im.height > 100
+    short_metrics = json.loads((out / "budgets" / "work_short" / "test_metrics.json").read_text())
+    assert not (out / "budgets" / "work_short" / "test_overlays.png").exists()
+    md = files["markdown"].read_text()
+    assert "### Test mIoU against the training budget" in md
+    assert "(results/budget_curve.png)" in md
+    # One row per run, in order of training time, with the change per extra hour.
+    main_metrics = json.loads((out / "test_metrics.json").read_text())
+    short_row = next(line for line in md.splitlines() if line.startswith("| 21 | 20.8 |"))
+    main_row = next(line for line in md.splitlines() if line.startswith("| 42 | 41.5 |"))
+    assert f"| {100 * short_metrics['mIoU']:.2f} |" in short_row
+    change = 100 * (main_metrics["mIoU"] - short_metrics["mIoU"])
+    per_hour = change / ((41.5 - 20.75) / 60)
+    assert f"| {100 * main_metrics['mIoU']:.2f} | {change:+.2f} | {per_hour:+.2f} |" in main_row
+    assert md.index(short_row) < md.index(main_row)
+    assert "differs from the main run in `train.batch_size`" in md
+    assert "--budget-runs" in md
+
+
+def test_budget_runs_refuse_an_unfinished_run(camvid_mod, tmp_path, monkeypatch):
+    data = make_fake_camvid(tmp_path / "camvid")
+    monkeypatch.setenv("PSPNET_CAMVID", str(data))
+    main = make_fake_work_dir(tmp_path / "work")
+    other = make_fake_work_dir(tmp_path / "other")
+    lines = [ln for ln in (other / "log.jsonl").read_text().splitlines() if '"end"' not in ln]
+    (other / "log.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(camvid_mod.BenchError, match="unfinished run"):
+        camvid_mod.build_report(main, tmp_path / "out", progress=False, budget_runs=[other])
