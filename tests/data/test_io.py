@@ -229,11 +229,11 @@ def test_list_file_missing_file_names_path_and_line(tmp_path: Path) -> None:
     assert "val.txt:2" in str(e.value) and "zzz.png" in str(e.value)
 
 
-def test_list_file_names_need_resolver(tmp_path: Path) -> None:
-    _touch_pair(tmp_path, "a")
+def test_list_file_names_use_resolver_or_conventional_layouts(tmp_path: Path) -> None:
+    _touch_pair(tmp_path, "a")  # img/ and lbl/: not a conventional layout
     lst = tmp_path / "names.txt"
     lst.write_text("a\n")
-    with pytest.raises(DataError, match=r"names\.txt:1: .*single entry"):
+    with pytest.raises(MissingDataFileError, match=r"names\.txt:1: sample name 'a' not found"):
         read_list_file(lst, tmp_path)
 
     def resolve(name: str) -> tuple[Path, Path | None]:

@@ -662,10 +662,14 @@ def list_file_samples(
     *,
     resolver: Callable[[str], tuple[Path, Path | None]] | None = None,
 ) -> list[Sample]:
-    """Samples from a list file of ``image_path label_path`` lines (paths relative to ``root``).
+    """Samples from a list file of ``image_path label_path`` lines (paths relative to ``root``)
+    or of sample names, one a line.
 
     A relative ``list_file`` that does not exist from the working directory is also looked for
-    under ``root``. See :func:`~pspnet.data.io.read_list_file` for the format.
+    under ``root``. Without ``resolver``, names are found under ``root`` in the conventional
+    layouts (``images/<list stem>/<name>.<ext>``, then ``images/<name>.<ext>``, labels in
+    ``labels/`` or ``annotations/``; see :class:`~pspnet.data.io.LayoutResolver`). See
+    :func:`~pspnet.data.io.read_list_file` for the format.
     """
     lf = Path(list_file)
     if not lf.is_absolute() and not lf.exists() and (Path(root) / lf).exists():
