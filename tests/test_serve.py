@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.util
 import inspect
 import io
 import json
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -38,11 +41,17 @@ for _module in ("fastapi", "uvicorn", "python_multipart"):
 
 import pspnet  # noqa: E402
 from pspnet.checkpoint import WeightsMeta, load_model, save_weights  # noqa: E402
+from pspnet.config import ModelConfig, Preprocessing  # noqa: E402
+from pspnet.engine.predict import PredictOptions, to_tensor  # noqa: E402
+from pspnet.export import export_onnx, export_torchscript  # noqa: E402
+from pspnet.inference import predict  # noqa: E402
 from pspnet.serve import (  # noqa: E402
+    ServeError,
     ServeLimits,
     ServerThread,
     create_app,
     host_warning,
+    load_for_serving,
     serve,
     serve_from_args,
 )
@@ -73,9 +82,10 @@ def start() -> Iterator[Callable[..., ServerThread]]:
     """Start servers for a test; all are stopped at its end."""
     servers: list[ServerThread] = []
 
-    def _start(m: nn.Module, **limits: object) -> ServerThread:
+    def _start(m: nn.Module, options: PredictOptions | None = None,
+               **limits: object) -> ServerThread:
         lim = ServeLimits(**limits)  # type: ignore[arg-type]
-        srv = ServerThread(create_app(m, limits=lim), limits=lim).start()
+        srv = ServerThread(create_app(m, limits=lim, options=options), limits=lim).start()
         servers.append(srv)
         return srv
 
@@ -547,7 +557,9 @@ def test_unexpected_errors_are_logged_not_shown(start, model, caplog) -> None:
 # The real entry point
 
 
-def test_serve_entry_point_in_a_subprocess(weights: Path) -> None:
+@contextlib.contextmanager
+def serve_subprocess(weights: Path) -> Iterator[int]:
+    """``serve_from_args(weights)`` in a subprocess, stopped at the end: its port."""
     code = ("import sys; from pspnet.serve import serve_from_args; "
             "serve_from_args(sys.argv[1], port=0, max_body_mb=1, timeout_s=5, max_concurrency=1)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(weights)], stdout=subprocess.PIPE,
@@ -568,10 +580,7 @@ def test_serve_entry_point_in_a_subprocess(weights: Path) -> None:
             if m:
                 port = int(m.group(1))
         assert port, "server did not start:\n" + "".join(seen)
-        status, _, body = request(port, "GET", "/health")
-        assert status == 200 and json.loads(body)["classes"] == list(CLASSES)
-        assert post_image(port, png_bytes())[0] == 200
-        assert post_image(port, b"\0" * (1024 * 1024 + 1))[0] == 413  # --max-body-mb 1
+        yield port
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -581,3 +590,178 @@ def test_serve_entry_point_in_a_subprocess(weights: Path) -> None:
             proc.wait(10)
     out = "".join(seen)
     assert "EVERY network interface" not in out and "Traceback" not in out
+
+
+def test_serve_entry_point_in_a_subprocess(weights: Path) -> None:
+    with serve_subprocess(weights) as port:
+        status, _, body = request(port, "GET", "/health")
+        assert status == 200 and json.loads(body)["classes"] == list(CLASSES)
+        assert post_image(port, png_bytes())[0] == 200
+        assert post_image(port, b"\0" * (1024 * 1024 + 1))[0] == 413  # --max-body-mb 1
+
+
+# --------------------------------------------------------------------------------------------
+# Exported files (`pspnet export`): their metadata, and never a silently different mask
+
+
+needs_onnx = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript")),
+    reason="onnx/onnxscript/onnxruntime not installed: pip install 'pspnet[onnx]'"
+)
+
+EXPORT_HW = (32, 48)
+# Not the defaults: a server that ignored the file's metadata would give other masks/colours.
+EXPORT_PRE = Preprocessing(mean=(90.0, 110.0, 130.0), std=(40.0, 50.0, 60.0),
+                           channel_order="BGR")
+EXPORT_PALETTE = ((200, 10, 10), (10, 200, 10), (10, 10, 200))
+
+
+class TinySegmenter(nn.Module):
+    """A few-parameter segmenter with adaptive pooling, as in PSPNet (quick to export)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.mix = nn.Conv2d(8, len(CLASSES), 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.conv(x)
+        p = F.interpolate(self.pool(f), f.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.mix(torch.cat([f, p], 1))
+        return {"out": F.interpolate(y, x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    net = TinySegmenter().eval()
+    net.meta = WeightsMeta(ModelConfig(arch="pspnet_r18", num_classes=len(CLASSES)),
+                           classes=CLASSES, palette=EXPORT_PALETTE, preprocess=EXPORT_PRE)
+    return net
+
+
+@pytest.fixture(scope="module")
+def exports(tiny: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Fixed-size TorchScript exports (logits, labels) of ``tiny``; made once (about 1 s each)."""
+    d = tmp_path_factory.mktemp("exports")
+    h, w = EXPORT_HW
+    export_torchscript(tiny, d / "logits.ts", height=h, width=w, timing_runs=0)
+    export_torchscript(tiny, d / "labels.ts", height=h, width=w, output="labels", timing_runs=0)
+    return {"logits.ts": d / "logits.ts", "labels.ts": d / "labels.ts"}
+
+
+def eager_labels(net: nn.Module, data: bytes, pre: Preprocessing = EXPORT_PRE,
+                 **kw: object) -> tuple[np.ndarray, np.ndarray]:
+    """The eager model's mask of an encoded image and where it is clear-cut.
+
+    Clear-cut pixels are those whose top two probabilities differ by more than 1e-3, far above
+    the export parity tolerance, so an exported graph must give the same class there.
+    """
+    image = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    probs = predict(net, to_tensor(image, pre), num_classes=len(CLASSES), **kw)[0]
+    top2 = probs.topk(2, dim=0).values
+    return probs.argmax(0).numpy(), (top2[0] - top2[1] > 1e-3).numpy()
+
+
+def assert_same_mask(body: bytes, expected: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, clear = expected
+    mask = np.asarray(Image.open(io.BytesIO(body)))
+    assert mask.shape == labels.shape
+    assert clear.mean() > 0.9  # the image is clear-cut: the comparison means something
+    assert np.array_equal(mask[clear], labels[clear])
+
+
+@needs_onnx
+def test_onnx_export_is_served_with_its_metadata(start, tiny, tmp_path) -> None:
+    path = tmp_path / "model.onnx"
+    export_onnx(tiny, path, height=EXPORT_HW[0], width=EXPORT_HW[1], dynamic=True,
+                timing_runs=0)
+    srv = start(load_for_serving(path))
+    doc = json.loads(request(srv.port, "GET", "/health")[2])
+    assert doc["classes"] == list(CLASSES) and doc["model"] == "pspnet_r18"
+    index = json.loads(request(srv.port, "GET", "/")[2])
+    assert index["export"]["runtime"] == "onnx" and index["export"]["input_size"] is None
+    assert index["inference"]["mode"] == "whole"
+    for h, w in [IMAGE_HW, (20, 30)]:  # a dynamic export runs whole images of any size
+        data = png_bytes(h, w, seed=h)
+        status, _, body = post_image(srv.port, data)
+        assert status == 200
+        assert_same_mask(body, eager_labels(tiny, data))
+    # The file's palette and preprocessing were used (the defaults give another mask).
+    data = png_bytes(seed=5)
+    body = post_image(srv.port, data)[2]
+    assert Image.open(io.BytesIO(body)).getpalette()[:9] == [v for c in EXPORT_PALETTE for v in c]
+    assert not np.array_equal(np.asarray(Image.open(io.BytesIO(body))),
+                              eager_labels(tiny, data, Preprocessing())[0])
+
+
+def test_fixed_size_export_is_served_with_a_window_of_its_size(start, tiny, exports) -> None:
+    srv = start(load_for_serving(exports["logits.ts"]))
+    index = json.loads(request(srv.port, "GET", "/")[2])
+    assert index["inference"]["mode"] == "slide"
+    assert index["inference"]["crop_size"] == list(EXPORT_HW)
+    assert index["export"] == {"runtime": "torchscript", "input_size": list(EXPORT_HW),
+                               "min_size": None, "output": "logits"}
+    assert json.loads(request(srv.port, "GET", "/health")[2])["classes"] == list(CLASSES)
+    for h, w in [IMAGE_HW, EXPORT_HW, (20, 30)]:  # larger (4 tiles), exact, smaller (padded)
+        data = png_bytes(h, w, seed=w)
+        status, _, body = post_image(srv.port, data)
+        assert status == 200
+        assert_same_mask(body, eager_labels(tiny, data, mode="slide", crop_size=EXPORT_HW))
+    # Told to run whole images, it takes its own size only and says so: 422, not a 500.
+    whole = start(load_for_serving(exports["logits.ts"]), options=PredictOptions())
+    status, _, body = post_image(whole.port, png_bytes())
+    assert status == 422 and "accepts 48x32 only" in json.loads(body)["error"]
+    data = png_bytes(*EXPORT_HW)
+    status, _, body = post_image(whole.port, data)
+    assert status == 200
+    assert_same_mask(body, eager_labels(tiny, data))
+
+
+def test_labels_export_is_served_exactly_or_refused(start, tiny, exports) -> None:
+    model = load_for_serving(exports["labels.ts"])
+    srv = start(model)
+    assert json.loads(request(srv.port, "GET", "/")[2])["export"]["output"] == "labels"
+    for h, w in [EXPORT_HW, (20, 30)]:  # one tile (padded when smaller): exact labels
+        data = png_bytes(h, w, seed=h + w)
+        status, _, body = post_image(srv.port, data)
+        assert status == 200
+        assert_same_mask(body, eager_labels(tiny, data, mode="slide", crop_size=EXPORT_HW))
+        doc = json.loads(post_image(srv.port, data, "?format=json")[2])
+        assert sum(c["pixels"] for c in doc["classes"]) == h * w
+    # Larger images would need several tiles, whose labels cannot be averaged.
+    status, _, body = post_image(srv.port, png_bytes())
+    msg = json.loads(body)["error"]
+    assert status == 422 and "class labels" in msg and "at most 48x32" in msg
+    assert request(srv.port, "GET", "/health")[0] == 200
+    with pytest.raises(ServeError, match=r"labels\.ts returns class labels.*--output logits"):
+        create_app(model, options=PredictOptions(mode="slide", crop_size=EXPORT_HW, flip=True))
+    with pytest.raises(ServeError, match=r"accepts only 32x48 .* use crop_size=\(32, 48\)"):
+        create_app(model, options=PredictOptions(mode="slide", crop_size=(16, 16)))
+
+
+def test_export_without_class_metadata_serves_class_indices(start, tmp_path) -> None:
+    torch.manual_seed(1)
+    path = tmp_path / "bare.ts"
+    export_torchscript(TinySegmenter().eval(), path, height=20, width=30, timing_runs=0)
+    srv = start(load_for_serving(path))
+    doc = json.loads(request(srv.port, "GET", "/health")[2])
+    assert doc["classes"] == ["0", "1", "2"] and doc["model"] == "torchscript export bare.ts"
+    assert post_image(srv.port, png_bytes(20, 30))[0] == 200
+
+
+def test_missing_onnxruntime_is_one_clear_error(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    with pytest.raises(ServeError, match=r"cannot serve .*m\.onnx.*pspnet\[onnx\]"):
+        load_for_serving(tmp_path / "m.onnx")
+
+
+def test_serve_entry_point_serves_an_exported_file(tiny, exports) -> None:
+    with serve_subprocess(exports["logits.ts"]) as port:
+        assert json.loads(request(port, "GET", "/health")[2])["classes"] == list(CLASSES)
+        data = png_bytes(seed=9)
+        status, _, body = post_image(port, data)
+        assert status == 200
+        assert_same_mask(body, eager_labels(tiny, data, mode="slide", crop_size=EXPORT_HW))

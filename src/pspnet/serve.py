@@ -1,7 +1,10 @@
 """An HTTP server for one model: ``POST /predict`` an image, get its mask back.
 
 Start it with ``pspnet serve --weights DIR`` (or :func:`serve`); it listens on 127.0.0.1 unless
-told otherwise. Needs the ``serve`` extra: ``pip install 'pspnet[serve]'`` (FastAPI, uvicorn,
+told otherwise. ``--weights`` may also be an ONNX or TorchScript file from ``pspnet export``:
+its embedded metadata gives the classes, palette and preprocessing; a fixed-size export runs as
+a sliding window of its size (a labels export: on images up to that size, others get 422).
+Needs the ``serve`` extra: ``pip install 'pspnet[serve]'`` (FastAPI, uvicorn,
 python-multipart).
 
 Endpoints
@@ -79,10 +82,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from pspnet.checkpoint import WeightsMeta, load_model
+from pspnet.checkpoint import WeightsMeta, detect_file_kind, load_model
+from pspnet.config import Preprocessing
 from pspnet.data.io import DataError, image_to_rgb, is_complete
 from pspnet.data.palette import colorize, default_palette
 from pspnet.engine.predict import PredictOptions, predict_array
+from pspnet.export import OnnxSegmenter, TorchScriptSegmenter, load_exported
 
 try:  # the `serve` extra; module level so that FastAPI can resolve the routes' annotations
     from fastapi import FastAPI, Request
@@ -104,6 +109,7 @@ __all__ = [
     "bind_socket",
     "serve",
     "serve_from_args",
+    "load_for_serving",
     "host_warning",
 ]
 
@@ -433,20 +439,97 @@ class _Slots:
 
 
 # --------------------------------------------------------------------------------------------
+# What is served
+
+_EXPORTED = (OnnxSegmenter, TorchScriptSegmenter)
+
+
+@dataclass(frozen=True)
+class _ModelInfo:
+    """Everything the server needs besides the model: names, colours, how to run it."""
+
+    arch: str
+    num_classes: int
+    classes: tuple[str, ...] | None
+    palette: Any
+    preprocess: Preprocessing
+    options: PredictOptions
+    export: dict[str, Any] | None = None
+    """Exported files only: ``runtime``, ``input_size`` (None: any size), ``min_size`` and
+    ``output`` (``"logits"`` or ``"labels"``)."""
+
+
+def _model_info(model: nn.Module, meta: WeightsMeta | None,
+                options: PredictOptions | None) -> _ModelInfo:
+    """Read classes, palette and preprocessing from ``meta``, ``model.meta`` or an export.
+
+    Exported files (:func:`pspnet.export.load_exported`) bring their own metadata. A
+    fixed-size export runs as a sliding window of its size (by default), the way
+    ``pspnet predict`` runs it; a labels export cannot average flipped or rescaled views.
+
+    Raises:
+        ServeError: No metadata, or options the exported file cannot honour.
+    """
+    meta = meta if meta is not None else getattr(model, "meta", None)
+    if meta is not None and not isinstance(meta, WeightsMeta):
+        raise ServeError(f"meta must be a WeightsMeta, got {type(meta).__name__}")
+    if not isinstance(model, _EXPORTED):
+        if meta is None:
+            raise ServeError("the model carries no `.meta` (WeightsMeta); load it with "
+                             "pspnet.checkpoint.load_model or pass meta=")
+        return _ModelInfo(meta.model.arch, int(meta.model.num_classes), meta.classes,
+                          meta.palette, meta.preprocess, options or PredictOptions())
+    name = model.path.name
+    num_classes = model.num_classes or (meta.model.num_classes if meta else None)
+    if not num_classes:
+        raise ServeError(f"{model.path} records no number of classes; export it again with "
+                         "`pspnet export`")
+    if meta is not None and meta.model.num_classes != num_classes:
+        raise ServeError(f"meta describes {meta.model.num_classes} classes but {model.path} "
+                         f"predicts {num_classes}; pass a WeightsMeta that matches it")
+    fixed = tuple(model.input_size) if model.input_size else None
+    labels = model.output == "labels"
+    if options is None:
+        options = (PredictOptions(mode="slide", crop_size=fixed) if fixed  # type: ignore[arg-type]
+                   else PredictOptions())
+    size = f"{fixed[0]}x{fixed[1]}" if fixed else ""
+    if fixed and options.mode == "slide" and tuple(options.crop_size or ()) != fixed:
+        raise ServeError(f"{model.path} accepts only {size} (height x width) inputs, but the "
+                         f"sliding window is {options.crop_size}; use crop_size={fixed}")
+    if labels and (options.flip or tuple(options.scales) != (1.0,)):
+        raise ServeError(
+            f"{model.path} returns class labels (exported with --output labels), which cannot "
+            "be averaged over flipped or rescaled views; serve it without flip and scales, or "
+            "export it again with --output logits"
+        )
+    runtime = str(model.metadata.get("runtime") or "exported")
+    return _ModelInfo(
+        arch=meta.model.arch if meta is not None else f"{runtime} export {name}",
+        num_classes=int(num_classes),
+        classes=(meta.classes if meta is not None and meta.classes else model.classes),
+        palette=meta.palette if meta is not None else model.metadata.get("palette"),
+        preprocess=meta.preprocess if meta is not None else model.preprocess,
+        options=options,
+        export={"runtime": runtime, "input_size": list(fixed) if fixed else None,
+                "min_size": list(model.min_size) if model.min_size else None,
+                "output": model.output},
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # The service behind the routes
 
 
 class _Service:
-    def __init__(self, model: nn.Module, meta: WeightsMeta, limits: ServeLimits,
-                 options: PredictOptions) -> None:
+    def __init__(self, model: nn.Module, info: _ModelInfo, limits: ServeLimits) -> None:
         self.model = model
-        self.meta = meta
+        self.info = info
         self.limits = limits
-        self.options = options
-        self.num_classes = int(meta.model.num_classes)
-        self.class_names = (list(meta.classes) if meta.classes is not None
+        self.options = info.options
+        self.num_classes = info.num_classes
+        self.class_names = (list(info.classes) if info.classes is not None
                             else [str(i) for i in range(self.num_classes)])
-        self.palette = (np.asarray(meta.palette, np.uint8) if meta.palette is not None
+        self.palette = (np.asarray(info.palette, np.uint8) if info.palette is not None
                         else default_palette(max(self.num_classes, 1)))
         self.executor = ThreadPoolExecutor(max_workers=limits.max_concurrency,
                                            thread_name_prefix="pspnet-infer")
@@ -506,6 +589,28 @@ class _Service:
 
     # -- inference -------------------------------------------------------------------------
 
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse (422) an image size the served export cannot predict as configured."""
+        export, opts = self.info.export, self.options
+        if export is None:
+            return
+        size = f"the image is {width}x{height} pixels (width x height)"
+        if opts.mode == "whole":
+            fixed, least = export["input_size"], export["min_size"]
+            if fixed and (height, width) != tuple(fixed):
+                raise ApiError(422, f"{size}, but this server's model (a fixed-size export, run "
+                                    f"on whole images) accepts {fixed[1]}x{fixed[0]} only; "
+                                    "resize the image to that size")
+            if least and (height < least[0] or width < least[1]):
+                raise ApiError(422, f"{size}, but this server's model needs at least "
+                                    f"{least[1]}x{least[0]}; upscale or pad the image")
+        elif export["output"] == "labels" and opts.crop_size is not None:
+            ch, cw = opts.crop_size
+            if height > ch or width > cw:
+                raise ApiError(422, f"{size}, larger than this server's {cw}x{ch} window: its "
+                                    "model returns class labels, which cannot be combined over "
+                                    f"several tiles; send an image of at most {cw}x{ch}")
+
     def _work(self, data: bytes, fmt: str) -> tuple[bytes, str, float]:
         """Decode, predict, encode (runs in a worker thread)."""
         with self._lock:
@@ -513,7 +618,7 @@ class _Service:
         try:
             t0 = time.perf_counter()
             image = _decode_image(data, self.limits.max_pixels)
-            labels = predict_array(self.model, image, self.meta.preprocess, self.options,
+            labels = predict_array(self.model, image, self.info.preprocess, self.options,
                                    self.num_classes)
             ms = (time.perf_counter() - t0) * 1000.0
             h, w = int(labels.shape[0]), int(labels.shape[1])
@@ -628,10 +733,12 @@ def create_app(
     """The ASGI app serving ``model``.
 
     Args:
-        model: An eval-mode model, typically from :func:`pspnet.checkpoint.load_model`.
+        model: An eval-mode model, typically from :func:`pspnet.checkpoint.load_model`, or an
+            exported ONNX / TorchScript runtime (:func:`load_for_serving`), whose embedded
+            metadata gives the classes, palette and preprocessing.
         limits: Resource limits.
-        options: How to run the model (default: one forward pass over the whole image). Clients
-            cannot change them.
+        options: How to run the model (default: one forward pass over the whole image; for a
+            fixed-size export, a sliding window of its size). Clients cannot change them.
         meta: Classes, palette and preprocessing; default ``model.meta``.
 
     Returns:
@@ -639,16 +746,14 @@ def create_app(
         connection-level limits.
 
     Raises:
-        ServeError: The ``serve`` extra is missing or the model carries no metadata.
+        ServeError: The ``serve`` extra is missing, the model carries no metadata, or an
+            exported file cannot run with ``options`` (e.g. flip with a labels export).
     """
     _require_extras()
-    meta = meta if meta is not None else getattr(model, "meta", None)
-    if not isinstance(meta, WeightsMeta):
-        raise ServeError("the model carries no `.meta` (WeightsMeta); load it with "
-                         "pspnet.checkpoint.load_model or pass meta=")
+    info = _model_info(model, meta, options)
     if getattr(model, "training", False):
         raise ServeError("the model is in training mode; call model.eval() before serving it")
-    svc = _Service(model, meta, limits, options or PredictOptions())
+    svc = _Service(model, info, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -680,8 +785,11 @@ def create_app(
     async def index() -> JSONResponse:
         return JSONResponse({
             "service": "pspnet semantic segmentation",
-            "model": meta.model.arch,
+            "model": info.arch,
             "num_classes": svc.num_classes,
+            "inference": {"mode": svc.options.mode, "crop_size": svc.options.crop_size,
+                          "scales": list(svc.options.scales), "flip": svc.options.flip},
+            **({"export": info.export} if info.export is not None else {}),
             "endpoints": {
                 "POST /predict?format=png": "image as the raw body (Content-Type image/*) or "
                                             "multipart field 'image' -> palette PNG mask whose "
@@ -698,7 +806,7 @@ def create_app(
     async def health() -> JSONResponse:
         return JSONResponse({
             "status": "ok",
-            "model": meta.model.arch,
+            "model": info.arch,
             "classes": svc.class_names,
             "num_classes": svc.num_classes,
             "busy": {"running": svc.running, "waiting": svc.slots.waiting,
@@ -720,7 +828,8 @@ def create_app(
                 raise ApiError(400, f"this model has {svc.num_classes} classes and a PNG mask "
                                     "holds at most 255; ask for format=json")
             data = await svc.image_bytes(request)
-            _open_checked(data, limits.max_pixels)  # header only: refuse bombs before queueing
+            # Header only: refuse bombs, and sizes the model cannot take, before queueing.
+            svc.check_size(*_open_checked(data, limits.max_pixels).size)
             body, media_type, ms = await svc.infer(data, fmt)
             return Response(body, media_type=media_type,
                             headers={"x-inference-time-ms": f"{ms:.1f}"})
@@ -942,6 +1051,30 @@ class ServerThread:
         self.stop()
 
 
+def load_for_serving(weights_path: str | Path, device: str = "cpu") -> nn.Module:
+    """The model :func:`serve` runs: an eager model, or an exported ONNX / TorchScript file.
+
+    Exported files (``pspnet export``) are recognised by their content, not their suffix (a
+    training checkpoint is a ``.pt`` file too), and run on the CPU, whatever ``device`` says.
+
+    Args:
+        weights_path: Anything :func:`pspnet.checkpoint.load_model` reads, or an export.
+        device: Where an eager model runs.
+
+    Raises:
+        ServeError: An ONNX file without onnxruntime installed.
+        CheckpointError: The weights cannot be loaded.
+        ValueError: An ONNX / TorchScript file that is not a pspnet export.
+    """
+    p = Path(weights_path)
+    if p.is_file() and detect_file_kind(p) in ("onnx", "torchscript"):
+        try:
+            return load_exported(p)
+        except ImportError as e:
+            raise ServeError(f"cannot serve {p}: {e}") from None
+    return load_model(p, device=device)
+
+
 def serve(
     weights_path: str | Path,
     *,
@@ -955,21 +1088,24 @@ def serve(
     """Load ``weights_path`` and serve it until interrupted (Ctrl+C / SIGTERM). Blocks.
 
     Args:
-        weights_path: Anything :func:`pspnet.checkpoint.load_model` reads.
+        weights_path: Anything :func:`pspnet.checkpoint.load_model` reads, or an ONNX /
+            TorchScript file from ``pspnet export`` (:func:`load_for_serving`).
         host: Address to listen on. The default is loopback only; binding another address
             logs a warning (there is no authentication).
         port: TCP port; 0 picks a free one (the log says which).
         limits: Resource limits.
-        device: Where the model runs ("cpu", "cuda", "cuda:1").
-        options: How to run the model (default: one pass over the whole image).
+        device: Where the model runs ("cpu", "cuda", "cuda:1"); exported files run on the CPU.
+        options: How to run the model (default: one pass over the whole image; a fixed-size
+            export: a sliding window of its size).
         log_level: uvicorn / pspnet log level.
 
     Raises:
-        ServeError: The ``serve`` extra is missing, or the address cannot be bound.
+        ServeError: The ``serve`` extra is missing, the address cannot be bound, or an
+            exported file cannot run (no onnxruntime; ``options`` it cannot honour).
         CheckpointError: The weights cannot be loaded.
     """
     _require_extras()
-    model = load_model(weights_path, device=device)
+    model = load_for_serving(weights_path, device=device)
     app = create_app(model, limits=limits, options=options)
     server = build_server(app, limits=limits, log_level=log_level)  # configures logging
     warning = host_warning(host)
@@ -978,9 +1114,20 @@ def serve(
         logger.warning("WARNING: %s", warning)
         logger.warning("!" * 78)
     sock = bind_socket(host, port)
-    meta: WeightsMeta = model.meta  # type: ignore[assignment]
-    logger.info("serving %s (%d classes) from %s on %s", meta.model.arch, meta.model.num_classes,
+    svc: _Service = app.state.pspnet
+    logger.info("serving %s (%d classes) from %s on %s", svc.info.arch, svc.num_classes,
                 weights_path, _url(sock))
+    export = svc.info.export
+    if export is not None:
+        if device != "cpu":
+            logger.warning("%s is an exported %s file: it runs on the CPU, not %s",
+                           weights_path, export["runtime"], device)
+        fixed, opts = export["input_size"], svc.options
+        if fixed and opts.mode == "slide":
+            logger.info("fixed-size export (%dx%d, height x width): images are predicted with a "
+                        "sliding window of that size%s", fixed[0], fixed[1],
+                        "; images larger than that get 422 (it returns class labels, which "
+                        "cannot be combined over tiles)" if export["output"] == "labels" else "")
     logger.info("limits: %s", ", ".join(f"{k}={v}" for k, v in limits.describe().items()))
     try:
         server.run(sockets=[sock])

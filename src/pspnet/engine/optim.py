@@ -25,8 +25,12 @@ __all__ = ["param_groups", "build_optimizer", "PolySchedule", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper (or the model)."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+    """The module inside a DistributedDataParallel / DataParallel wrapper (or the model).
+
+    Only those wrappers are opened: other modules with a ``.module`` attribute (an exported
+    TorchScript runtime keeps its scripted graph there) are models in their own right.
+    """
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
     return model
 
