@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from pspnet import bench
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: on a busy machine oversubscribed OpenMP threads make these tests many
+    # times slower, and thread start-up costs more than it saves anyway.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_tiny_benchmark_reports_speedups_and_writes_files(tmp_path: Path) -> None:
     doc = bench.run_benchmark(arch="pspnet_r18", sizes=(64,), variants=("fp32-eager", "fp32-folded"),
                               sliding=False, train=False, cpu_archs=False, num_classes=3,
-                              warmup=1, repeats=2, gemm_size=512, progress=None)
+                              warmup=1, repeats=2, gemm_size=512, progress=None, data=False)
     assert doc["peaks"]["fp32"] > 0 and doc["peaks"]["bf16"] > 0
     rows = doc["results"]
     assert [r["variant"] for r in rows] == ["fp32-eager", "fp32-folded"]
@@ -33,6 +48,66 @@ def test_bf16_is_skipped_where_it_would_be_emulated(monkeypatch) -> None:
     said: list[str] = []
     doc = bench.run_benchmark(arch="pspnet_r18", sizes=(48,), variants=("fp32-eager", "bf16-folded"),
                               sliding=False, train=False, cpu_archs=False, num_classes=3,
-                              warmup=0, repeats=1, gemm_size=256, progress=said.append)
+                              warmup=0, repeats=1, gemm_size=256, progress=said.append,
+                              data=False)
     assert [r["variant"] for r in doc["results"]] == ["fp32-eager"]
     assert any("no native bf16" in s for s in said) and doc["machine"]["native_bf16"] is False
+
+
+def test_data_pipeline_case_on_tiny_scenes(tmp_path: Path, monkeypatch) -> None:
+    # No CamVid where the environment points: "auto" falls back to generated scenes.
+    monkeypatch.setenv("PSPNET_CAMVID", str(tmp_path / "no_camvid"))
+    doc = bench.run_benchmark(
+        arch="pspnet_r18", sizes=(), sliding=False, train=False, cpu_archs=False,
+        gemm_size=256, progress=None, data=True,
+        data_options={"scenes_size": 32, "batch": 2, "batches": 2, "warmup_batches": 1,
+                      "workers": (0, 1), "scenes_dir": tmp_path / "scenes", "step_repeats": 1,
+                      "step_model": {"arch": "pspnet_r18", "head_channels": 16,
+                                     "aux_channels": 16, "ppm_channels": 8}},
+    )
+    p = doc["data_pipeline"]
+    assert p["source"] == "scenes" and p["crop"] == [32, 32] and p["batch"] == 2
+    assert p["images"] >= 6  # (2 timed + 1 warm-up batches) x 2 images, generated once
+    assert [s["workers"] for s in p["loader"]] == [0, 1]
+    assert all(s["images_per_s"] > 0 and s["ms_per_batch"] > 0 and s["first_batch_s"] > 0
+               for s in p["loader"])
+    assert p["train_step"]["images_per_s"] > 0 and p["train_step"]["ms"] > 0
+    assert 0 < p["loader"][0]["step_share"] < 1 and p["loader"][0]["keeps_up"] is None
+    assert isinstance(p["loader"][1]["keeps_up"], bool)
+    assert ("never starves" in p["verdict"]) == p["loader"][1]["keeps_up"]
+    variants = [r["variant"] for r in doc["results"]]
+    assert variants[:2] == ["loader 0 workers", "loader 1 worker"] and "fp32-eager" in variants
+    assert all(r["extra"]["images_per_s"] > 0 for r in doc["results"])
+    bench.save(doc, tmp_path / "b.json", tmp_path / "b.md")
+    md = (tmp_path / "b.md").read_text()
+    assert "| workers | images/s |" in md and p["verdict"] in md
+    assert "loader 0 workers" not in md  # loader rows only in their own table
+    assert json.loads((tmp_path / "b.json").read_text())["data_pipeline"]["verdict"] == p["verdict"]
+
+
+def test_data_pipeline_camvid_missing_names_the_flag(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PSPNET_CAMVID", str(tmp_path / "no_camvid"))
+    with pytest.raises(ValueError, match="--data-source camvid.*PSPNET_CAMVID"):
+        bench.bench_data_pipeline(source="camvid")
+    with pytest.raises(ValueError, match="--data-source"):
+        bench.bench_data_pipeline(source="imagenet")
+
+
+def test_benchmark_cli_passes_the_data_flags(monkeypatch) -> None:
+    from pspnet.cli import build_parser
+
+    seen: dict = {}
+    monkeypatch.setattr(bench, "run_benchmark", lambda **kw: seen.update(kw) or {})
+    monkeypatch.setattr(bench, "save", lambda *a: None)
+    args = build_parser().parse_args(["benchmark", "--no-data", "--data-source", "scenes"])
+    assert args.func(args) == 0
+    assert seen["data"] is False and seen["data_options"] == {"source": "scenes"}
+    args = build_parser().parse_args(["benchmark"])
+    args.func(args)
+    assert seen["data"] is True and seen["data_options"] == {"source": "auto"}
+    assert seen["sizes"] == (473, 713)
+    # The data case alone: a bare --sizes and the other cases off.
+    args = build_parser().parse_args(["benchmark", "--sizes", "--no-sliding", "--no-train",
+                                      "--no-cpu-archs"])
+    args.func(args)
+    assert seen["sizes"] == () and seen["data"] is True and not seen["train"]

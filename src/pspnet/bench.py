@@ -6,6 +6,10 @@ the matrix-multiply peak this process measures itself (fp32 or bf16 GEMM, 4096^3
 and peak resident memory during the case (Linux: VmHWM, reset between cases through
 ``/proc/self/clear_refs``). Variants take turns per repeat, so drift of a noisy host hits all of
 them alike.
+
+The data pipeline case (:func:`bench_data_pipeline`) times the training DataLoader (the real
+data set and augmentation, CamVid when found, else generated scenes) with 0, 1 and 2 workers
+and sets its images/s against a training step's at the same crop and batch.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,13 +28,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from pspnet.engine.train import cpu_has_native_bf16
 from pspnet.inference import predict_sliding
 from pspnet.models import create_model
 from pspnet.models.fuse import optimize_for_inference
 
-__all__ = ["BenchResult", "matmul_peak", "count_flops", "run_benchmark", "format_markdown"]
+__all__ = ["BenchResult", "matmul_peak", "count_flops", "run_benchmark", "format_markdown",
+           "bench_data_pipeline", "find_camvid_root"]
 
 INFERENCE_VARIANTS = ("fp32-eager", "fp32-folded", "fp32-compile", "bf16-cl", "bf16-folded",
                       "bf16-compile")
@@ -190,9 +197,13 @@ def bench_sliding(
 
 def bench_train_step(
     arch: str, *, num_classes: int, crop: tuple[int, int], batch: int, warmup: int,
-    repeats: int, peaks: dict[str, float], head_channels: int = 512,
+    repeats: int, peaks: dict[str, float], head_channels: int = 512, **model_options: Any,
 ) -> list[BenchResult]:
-    """One SGD step (forward with aux, loss, backward, update): fp32 eager vs bf16 autocast+CL."""
+    """One SGD step (forward with aux, loss, backward, update): fp32 eager vs bf16 autocast+CL.
+
+    ``model_options`` are further :class:`~pspnet.config.ModelConfig` fields (e.g.
+    ``output_stride=16`` for the CPU recipe).
+    """
     results = []
     base_ms = None
     torch.manual_seed(0)
@@ -202,7 +213,8 @@ def bench_train_step(
     train_variants = ["fp32-eager"] + (["bf16-autocast-cl"] if cpu_has_native_bf16() else [])
     for variant in train_variants:
         torch.manual_seed(0)
-        model = create_model(arch, num_classes, head_channels=head_channels).train()
+        model = create_model(arch, num_classes, head_channels=head_channels,
+                             **model_options).train()
         xx = x
         if variant != "fp32-eager":
             model = model.to(memory_format=torch.channels_last)
@@ -235,6 +247,231 @@ def bench_train_step(
             extra={"ms_per_image": round(ms / batch, 1)},
         ))
     return results
+
+
+#: The CPU recipe's training step (configs/camvid_cpu.yaml): what the data pipeline must feed.
+CPU_RECIPE_MODEL: dict[str, Any] = {"arch": "pspnet_r18", "output_stride": 16,
+                                    "head_channels": 256, "aux_channels": 256}
+#: The CPU recipe's crop on CamVid (height, width) and its batch.
+CAMVID_CROP = (240, 320)
+CPU_RECIPE_BATCH = 8
+#: Side of the generated scenes when CamVid is not available (the demo's default size).
+SCENES_SIZE = 256
+DATA_SOURCES = ("auto", "camvid", "scenes")
+
+
+def find_camvid_root() -> Path | None:
+    """The prepared CamVid copy, as ``bench/camvid.py`` finds it, or None.
+
+    ``$PSPNET_CAMVID`` when set, else ``<repo>/../shared/data/camvid`` (the repository being
+    the checkout this module runs from); it must hold ``train.txt``, ``classes.txt``,
+    ``images/`` and ``labels/``.
+    """
+    env = os.environ.get("PSPNET_CAMVID")
+    root = Path(env).expanduser() if env else Path(__file__).resolve().parents[3] / "shared" / \
+        "data" / "camvid"
+    needed = ("train.txt", "classes.txt", "images", "labels")
+    return root if all((root / n).exists() for n in needed) else None
+
+
+def _train_pipeline(
+    source: str, crop: tuple[int, int] | None, scenes_size: int, scenes_dir: Path | None,
+    n_images: int,
+) -> tuple[Any, str, Path, tuple[int, int], int]:
+    """``(train set, source, root, crop, num_classes)``: what ``pspnet train`` would load.
+
+    The data set and the augmentation are the objects the training loop builds (the paper's
+    random scale 0.5-2, rotation +-10 degrees, blur, flip, crop and normalisation, with the
+    config's defaults), keyed by ``(epoch, index)`` as the training sampler asks for them.
+    """
+    from pspnet.config import Config
+    from pspnet.data.transforms import train_transform
+    from pspnet.engine.train import _build_data, _TrainSet  # the training loop's own objects
+
+    if source not in DATA_SOURCES:
+        raise ValueError(f"data source {source!r} is not one of {', '.join(DATA_SOURCES)} "
+                         "(pspnet benchmark --data-source)")
+    camvid = find_camvid_root() if source in ("auto", "camvid") else None
+    if source == "camvid" and camvid is None:
+        raise ValueError(
+            "--data-source camvid: no prepared CamVid copy found (set PSPNET_CAMVID to its folder, "
+            "which holds images/, labels/, train.txt and classes.txt, or put it at "
+            "<repo>/../shared/data/camvid); or use --data-source scenes"
+        )
+    if camvid is not None:
+        source, root, k = "camvid", camvid, 11
+        crop = crop or CAMVID_CROP
+        data = {"dataset": "camvid", "root": str(root), "train_split": "train", "val_split": ""}
+    else:
+        from pspnet.data.scenes import generate_scenes
+
+        source, k = "scenes", 6
+        crop = crop or (scenes_size, scenes_size)
+        where = scenes_dir or Path(tempfile.gettempdir()) / "pspnet_bench"
+        root = generate_scenes(where / f"scenes_{scenes_size}_{n_images}", n_train=n_images,
+                               n_val=0, size=(scenes_size, scenes_size), progress=False)
+        data = {"root": str(root), "train_list": str(root / "train.txt")}
+    cfg = Config.from_dict({"model": {"num_classes": k}, "data": {**data, "crop_size": list(crop)}})
+    dc = cfg.data
+    augment = train_transform(
+        (int(crop[0]), int(crop[1])), scale=dc.scale, rotate=dc.rotate, blur=dc.blur,
+        flip=dc.flip, mean=cfg.preprocess.mean, std=cfg.preprocess.std,
+        ignore_index=dc.ignore_index,
+    )
+    return _TrainSet(_build_data(cfg).train, augment, cfg.train.seed), source, root, crop, k
+
+
+def bench_data_pipeline(
+    *,
+    source: str = "auto",
+    crop: tuple[int, int] | None = None,
+    batch: int = CPU_RECIPE_BATCH,
+    workers: tuple[int, ...] = (0, 1, 2),
+    batches: int = 24,
+    warmup_batches: int = 2,
+    scenes_size: int = SCENES_SIZE,
+    scenes_dir: str | Path | None = None,
+    step_model: dict[str, Any] | None = None,
+    step_repeats: int = 2,
+    peaks: dict[str, float] | None = None,
+) -> tuple[list[BenchResult], dict[str, Any]]:
+    """Images/s of the training DataLoader with 0, 1, 2 workers next to the training step's.
+
+    The loader is the one ``pspnet train`` builds (same data set, augmentation, batch sampler
+    and DataLoader options), read on its own (no step beside it), so each number is the most
+    that many workers deliver; ``batches`` batches are timed after ``warmup_batches`` (the first
+    batch, which includes starting the workers, is reported separately as ``first_batch_s``).
+    The training step (the CPU recipe's model, same crop and batch, forward + backward + SGD
+    update; bf16 autocast + channels-last where the CPU has native bf16, as training's
+    ``precision: auto``) is timed in the same process.
+
+    A loader with ``w >= 1`` workers keeps up when it delivers at least the step's images/s
+    (the workers run beside the step; on a small machine they share its cores, which this
+    standalone number does not show). With 0 workers loading is serial: its time is added to
+    every step (``step_share`` of the step + load time).
+
+    Args:
+        source: ``auto`` (CamVid when found, else generated scenes), ``camvid`` or ``scenes``.
+        crop: Training crop (height, width); default the CPU recipe's (CamVid 240x320,
+            scenes ``scenes_size`` square).
+        batch: Images per batch (the recipe's 8).
+        workers: DataLoader worker counts to time.
+        batches: Batches timed per worker count.
+        warmup_batches: Batches read before the timing starts.
+        scenes_size: Side of the generated scenes.
+        scenes_dir: Where generated scenes are cached (default: the temp folder).
+        step_model: Model of the training step (default :data:`CPU_RECIPE_MODEL`).
+        step_repeats: Timed training steps.
+        peaks: GEMM peaks (for the step's % of peak); measured small when not given.
+
+    Returns:
+        ``(rows, summary)``: one :class:`BenchResult` per worker count and one for the step;
+        the summary holds the images/s, the verdict and the data set used.
+    """
+    if batch < 2:
+        raise ValueError(f"data pipeline batch must be at least 2 (BatchNorm), got {batch}")
+    if batches < 1 or warmup_batches < 0 or not workers or any(w < 0 for w in workers):
+        raise ValueError(f"need batches >= 1, warmup_batches >= 0 and at least one worker count "
+                         f">= 0, got {batches}, {warmup_batches}, {tuple(workers)}")
+    from pspnet.engine.distributed import TrainBatchSampler
+
+    n_needed = (batches + warmup_batches) * batch
+    train_set, source, root, crop, k = _train_pipeline(
+        source, crop, scenes_size, Path(scenes_dir) if scenes_dir else None, n_needed)
+    crop = (int(crop[0]), int(crop[1]))
+    case = f"data pipeline {source} {crop[0]}x{crop[1]} b{batch}"
+    rows: list[BenchResult] = []
+    loader_stats = []
+    for w in workers:
+        sampler = TrainBatchSampler(len(train_set), batch, seed=0)
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=w,
+                            generator=torch.Generator())
+        per_batch: list[float] = []
+        epoch = 0
+        _reset_peak_rss()
+        t_start = time.perf_counter()
+        sampler.set_epoch(epoch)
+        it = iter(loader)
+        first_s = None
+        for i in range(warmup_batches + batches):
+            t0 = time.perf_counter()
+            try:
+                next(it)
+            except StopIteration:  # a small data set: the next epoch, as training does
+                epoch += 1
+                sampler.set_epoch(epoch)
+                it = iter(loader)
+                next(it)
+            if first_s is None:
+                first_s = time.perf_counter() - t_start
+            if i >= warmup_batches:
+                per_batch.append(time.perf_counter() - t0)
+        del it, loader
+        total = sum(per_batch)
+        ips = batches * batch / total
+        loader_stats.append({"workers": w, "images_per_s": ips,
+                             "ms_per_batch": 1e3 * total / batches,
+                             "first_batch_s": first_s, "epochs_started": epoch + 1})
+        rows.append(BenchResult(
+            case=case, variant=f"loader {w} worker{'s' if w != 1 else ''}",
+            ms=1e3 * total / batches, ms_min=1e3 * min(per_batch), ms_max=1e3 * max(per_batch),
+            gflop=0.0, gflops=0.0, peak_fraction=0.0, peak_rss_mib=_peak_rss_mib(),
+            extra={"images_per_s": round(ips, 1), "first_batch_s": round(first_s or 0.0, 2)},
+        ))
+    # The step that consumes these batches.
+    model = dict(step_model or CPU_RECIPE_MODEL)
+    arch = model.pop("arch", "pspnet_r18")
+    head = model.pop("head_channels", 256)
+    if peaks is None:
+        peaks = {"fp32": matmul_peak(torch.float32, 512)}
+        peaks["bf16"] = peaks["fp32"]
+    steps = bench_train_step(arch, num_classes=k, crop=crop, batch=batch, warmup=1,
+                             repeats=step_repeats, peaks=peaks, head_channels=head, **model)
+    step = steps[-1]  # what `precision: auto` trains with: bf16 where native, else fp32
+    step_ips = batch / (step.ms / 1e3)
+    for s in steps:
+        s.case = f"{case} train step {arch}"
+        s.extra["images_per_s"] = round(batch / (s.ms / 1e3), 2)
+    for st, row in zip(loader_stats, rows):
+        load_s = batch / st["images_per_s"]
+        if st["workers"] == 0:
+            st["step_share"] = load_s / (load_s + step.ms / 1e3)
+            st["keeps_up"] = None  # serial: it cannot starve the step, it lengthens it
+        else:
+            st["keeps_up"] = st["images_per_s"] >= step_ips
+        st["x_step"] = st["images_per_s"] / step_ips
+        row.extra["x_step"] = round(st["x_step"], 1)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    default_w = min(2, cores)  # what `pspnet train` uses when data.num_workers is not set
+    parallel = [s for s in loader_stats if s["workers"] >= 1]
+    # Judged at the timed worker count nearest to what training uses on this machine.
+    chosen = min(parallel, key=lambda s: (abs(s["workers"] - default_w), -s["workers"]),
+                 default=None)
+    if chosen is None:
+        verdict = (f"only 0 workers timed: loading adds {100 * loader_stats[0]['step_share']:.0f}% "
+                   "to each step")
+    elif chosen["keeps_up"]:
+        verdict = (f"the loader never starves the step: {chosen['workers']} worker(s) deliver "
+                   f"{chosen['images_per_s']:.1f} images/s, {chosen['x_step']:.1f}x the "
+                   f"{step_ips:.1f} images/s the training step consumes")
+    else:
+        verdict = (f"the loader STARVES the step: {chosen['workers']} worker(s) deliver "
+                   f"{chosen['images_per_s']:.1f} images/s, less than the {step_ips:.1f} images/s "
+                   "the training step consumes")
+    summary = {
+        "source": source, "root": str(root), "images": len(train_set), "crop": list(crop),
+        "batch": batch, "batches_timed": batches,
+        "augmentation": "random scale 0.5-2.0, rotate +-10 deg (p=0.5), 5x5 Gaussian blur "
+                        "(p=0.5), horizontal flip (p=0.5), crop, normalise",
+        "train_step": {"arch": arch, "variant": step.variant, "ms": step.ms,
+                       "images_per_s": step_ips, "model": {"head_channels": head, **model}},
+        "loader": loader_stats, "default_workers": default_w,
+        "verdict_workers": chosen["workers"] if chosen else 0, "verdict": verdict,
+    }
+    return rows + steps, summary
 
 
 ALLOCATORS = {
@@ -289,8 +526,14 @@ def run_benchmark(
     repeats: int = 5,
     gemm_size: int = 4096,
     progress: Callable[[str], None] | None = print,
+    data: bool = True,
+    data_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the selected cases; returns ``{"machine", "peaks", "results"}``."""
+    """Run the selected cases; returns ``{"machine", "peaks", "results"}``.
+
+    With ``data`` the training data pipeline is timed too (:func:`bench_data_pipeline`, called
+    with ``data_options``); its summary and verdict are under ``"data_pipeline"``.
+    """
     say = progress or (lambda s: None)
     native_bf16 = cpu_has_native_bf16()
     if not native_bf16:
@@ -326,8 +569,16 @@ def run_benchmark(
         add(bench_train_step("pspnet_r18", num_classes=11, crop=(320, 320), batch=8,
                              warmup=1, repeats=max(2, repeats // 2), peaks=peaks,
                              head_channels=256))
+    pipeline = None
+    if data:
+        rows, pipeline = bench_data_pipeline(peaks=peaks, **(data_options or {}))
+        add(rows)
+        say(f"data pipeline ({pipeline['source']}): {pipeline['verdict']}")
     info = {**machine_info(), "native_bf16": native_bf16}
-    return {"machine": info, "peaks": peaks, "results": [asdict(r) for r in results]}
+    doc = {"machine": info, "peaks": peaks, "results": [asdict(r) for r in results]}
+    if pipeline is not None:
+        doc["data_pipeline"] = pipeline
+    return doc
 
 
 def format_markdown(doc: dict[str, Any]) -> str:
@@ -344,13 +595,46 @@ def format_markdown(doc: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
+        if r["variant"].startswith("loader "):
+            continue  # the data pipeline's own table below
         notes = ", ".join(f"{k} {v}" for k, v in r["extra"].items() if v)
         lines.append(
             f"| {r['case']} | {r['variant']} | {r['ms']:.0f} | {r['ms_min']:.0f}-{r['ms_max']:.0f}"
             f" | {r['speedup']:.2f}x | {r['gflops']:.0f} | {100 * r['peak_fraction']:.0f}% | "
             f"{(r['peak_rss_mib'] or 0):.0f} | {notes} |"
         )
+    if doc.get("data_pipeline"):
+        lines += ["", *_data_pipeline_markdown(doc["data_pipeline"])]
     return "\n".join(lines) + "\n"
+
+
+def _data_pipeline_markdown(p: dict[str, Any]) -> list[str]:
+    """The data pipeline section: loader images/s per worker count against the step's."""
+    step = p["train_step"]
+    crop = f"{p['crop'][0]}x{p['crop'][1]}"
+    lines = [
+        f"Data pipeline: the training DataLoader on {p['source']} ({p['images']} images in "
+        f"`{p['root']}`), crop {crop}, batch {p['batch']}, {p['augmentation']}; "
+        f"{p['batches_timed']} batches timed per row, the loader read on its own (no training "
+        "step beside it). Training step: "
+        f"{step['arch']} ({', '.join(f'{k} {v}' for k, v in step['model'].items())}), "
+        f"{step['variant']}, {step['ms']:.0f} ms = **{step['images_per_s']:.1f} images/s**.",
+        "",
+        "| workers | images/s | ms per batch | first batch s | x the step's images/s | "
+        "keeps up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in p["loader"]:
+        if s["workers"] == 0:
+            keeps = f"serial: adds {100 * s['step_share']:.0f}% to each step"
+        else:
+            keeps = "yes" if s["keeps_up"] else "**no**"
+        lines.append(f"| {s['workers']} | {s['images_per_s']:.1f} | {s['ms_per_batch']:.0f} | "
+                     f"{s['first_batch_s']:.2f} | {s['x_step']:.1f}x | {keeps} |")
+    lines += ["", f"Verdict at {p['verdict_workers']} worker(s) (pspnet train's default here: "
+              f"{p['default_workers']}): {p['verdict']}. Workers share the cores with the step, "
+              "which these standalone numbers do not include."]
+    return lines
 
 
 def save(doc: dict[str, Any], json_path: str | Path | None, md_path: str | Path | None) -> None:

@@ -1,0 +1,322 @@
+"""Accuracy of the inference fast paths on a trained model, next to fp32 eager.
+
+The performance issue asks that the fast inference path (conv-BN folding, channels-last, bf16,
+optionally ``torch.compile``) keeps the model's mIoU within 0.3 points of plain fp32. This
+script evaluates one weight directory with every variant on the same images, whole image at
+the original size, single scale, no flip (the protocol of ``bench/camvid.py report``)::
+
+    python bench/fast_path.py --weights work_dirs/camvid_2h/best [--compile] [--limit N]
+    python bench/fast_path.py --weights W --data-root DIR --list FILE   # other data
+
+Variants (``--variants``; ``--compile`` adds the compiled ones):
+
+* ``fp32-eager``: the model as trained (the reference);
+* ``fp32-folded-cl``: conv-BN folded, channels-last, fp32;
+* ``bf16``: ``load_model(precision="bf16")``: folded, channels-last, bf16 weights/activations;
+* ``fp32-compile`` / ``bf16-compile``: the two above under ``torch.compile``.
+
+For each: mIoU, its difference to fp32 eager in points, the share of pixels whose predicted
+label equals fp32 eager's, and the seconds per image of the forward pass (median over the
+images after the first, which is a warm-up and, compiled, the compilation). The variants take
+turns on every image, so a noisy host slows them alike. Where the CPU has no native bf16
+(AVX512-BF16/AMX) bf16 is emulated and its time is not a speed claim; the output says so.
+
+Writes ``<out>.json`` and ``<out>.md`` (``--out``, default ``docs/bench/fast_path``) with the
+command, commit and machine. The data default is the CamVid test split from ``$PSPNET_CAMVID``
+or ``<repo>/../shared/data/camvid``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import camvid as _camvid  # noqa: E402  (shared helpers: CamVid location, machine, commit)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "docs" / "bench" / "fast_path"
+REFERENCE = "fp32-eager"
+#: Variant -> what it is (the order of the report).
+VARIANTS: dict[str, str] = {
+    "fp32-eager": "fp32 eager, NCHW (the reference)",
+    "fp32-folded-cl": "fp32, conv-BN folded, channels-last",
+    "bf16": "bf16, conv-BN folded, channels-last (load_model precision=\"bf16\")",
+    "fp32-compile": "fp32, folded, channels-last, torch.compile",
+    "bf16-compile": "bf16, folded, channels-last, torch.compile",
+}
+DEFAULT_VARIANTS = ("fp32-eager", "fp32-folded-cl", "bf16")
+COMPILE_VARIANTS = ("fp32-compile", "bf16-compile")
+#: The issue's target: the fast path's mIoU within this many points of fp32.
+TARGET_POINTS = 0.3
+
+
+class FastPathError(RuntimeError):
+    """A problem the user can fix (missing data or weights); printed without a trace."""
+
+
+def build_variant(weights: Path, name: str) -> Any:
+    """The model of variant ``name`` loaded from ``weights`` (a pspnet weight directory)."""
+    from pspnet.checkpoint import load_model
+    from pspnet.models.fuse import optimize_for_inference
+
+    if name == "fp32-eager":
+        return load_model(weights)
+    if name == "fp32-folded-cl":
+        return optimize_for_inference(load_model(weights), precision="fp32", channels_last=True)
+    if name == "bf16":
+        return load_model(weights, precision="bf16")
+    if name == "fp32-compile":
+        return optimize_for_inference(load_model(weights), precision="fp32", channels_last=True,
+                                      compile=True)
+    if name == "bf16-compile":
+        return load_model(weights, precision="bf16", compile=True)
+    raise FastPathError(f"--variants: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+
+
+def _samples(args: argparse.Namespace) -> tuple[list[Any], str]:
+    """The evaluation samples and a description of where they came from."""
+    from pspnet.data.datasets import camvid_samples, list_file_samples
+
+    if bool(args.data_root) != bool(args.list):
+        raise FastPathError("--data-root and --list go together (a list of `image label` lines "
+                            "relative to the root); give both, or neither for CamVid")
+    if args.data_root:
+        root, lst = Path(args.data_root), Path(args.list)
+        if not root.is_dir():
+            raise FastPathError(f"--data-root {root} is not a folder")
+        return list_file_samples(root, lst), f"{lst} (root {root})"
+    try:
+        root = _camvid.find_camvid((args.split,))
+    except _camvid.BenchError as e:
+        raise FastPathError(f"{e} Or give --data-root DIR --list FILE.") from None
+    return camvid_samples(root, args.split), f"CamVid {args.split} split ({root})"
+
+
+def evaluate_variants(
+    weights: Path,
+    samples: Sequence[Any],
+    variants: Sequence[str],
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every variant on ``samples``, image by image in turn.
+
+    Args:
+        weights: A pspnet weight directory.
+        samples: Labelled samples (:class:`pspnet.data.Sample`).
+        variants: Variant names; ``fp32-eager`` is added first when missing.
+        progress: Print one line per 10 % of the images.
+
+    Returns:
+        ``{"images", "num_classes", "class_names", "variants": {name: {...}}}`` with, per
+        variant, ``miou`` (fraction), ``iou`` (per class), ``delta_points`` (vs fp32 eager),
+        ``agreement`` (share of pixels with fp32 eager's label), ``sec_per_image`` (median
+        after the first image), ``sec_first_image`` and ``compile_s``.
+    """
+    import torch
+
+    from pspnet.data.datasets import SegmentationDataset
+    from pspnet.engine.metrics import ConfusionMatrix
+    from pspnet.inference import predict
+
+    order = [REFERENCE, *[v for v in variants if v != REFERENCE]]
+    models = {name: build_variant(weights, name) for name in order}
+    meta = models[REFERENCE].meta
+    k = meta.model.num_classes
+    align = bool(meta.model.align_corners)
+    ds = SegmentationDataset(list(samples), k, ignore_index=meta.ignore_index)
+    mean = torch.tensor(meta.preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(meta.preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
+    cms = {v: ConfusionMatrix(k, ignore_index=meta.ignore_index) for v in order}
+    same = dict.fromkeys(order, 0)
+    times: dict[str, list[float]] = {v: [] for v in order}
+    pixels = 0
+    step = max(1, len(ds) // 10)
+    with torch.inference_mode():
+        for i in range(len(ds)):
+            item = ds[i]
+            x = (item["image"][None].float() - mean) / std  # (1, 3, H, W)
+            label = item["label"][None]
+            ref = None
+            for v in order:
+                t0 = time.perf_counter()
+                pred = predict(models[v], x, mode="whole", num_classes=k,
+                               align_corners=align).argmax(dim=1)  # (1, H, W)
+                times[v].append(time.perf_counter() - t0)
+                cms[v].update(pred, label)
+                ref = pred if ref is None else ref
+                same[v] += int((pred == ref).sum())
+            pixels += label.numel()
+            if progress and ((i + 1) % step == 0 or i + 1 == len(ds)):
+                print(f"  {i + 1}/{len(ds)} images", flush=True)
+    out: dict[str, Any] = {}
+    base = cms[REFERENCE].compute()
+    for v in order:
+        m = cms[v].compute()
+        timed = times[v][1:] or times[v]
+        out[v] = {
+            "what": VARIANTS[v], "miou": float(m.miou), "iou": [float(x) for x in m.iou],
+            "all_acc": float(m.all_acc), "delta_points": 100 * (float(m.miou) - float(base.miou)),
+            "agreement": same[v] / max(1, pixels), "sec_per_image": statistics.median(timed),
+            "sec_mean": statistics.fmean(timed), "sec_first_image": times[v][0],
+            "compile_s": round(float(getattr(models[v], "compile_seconds", 0.0)), 1),
+        }
+    return {"images": len(ds), "num_classes": k, "variants": out,
+            "class_names": list(meta.classes) if meta.classes else None,
+            "weights_source": meta.source}
+
+
+def _emulated(variant: str, native_bf16: bool) -> bool:
+    return variant.startswith("bf16") and not native_bf16
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """The Markdown page of a :func:`run` result."""
+    lines = ["# Inference fast paths: accuracy against fp32", ""]
+    if doc["limit"] is not None:
+        lines += [f"**Smoke test on {doc['images']} of {doc['split_images']} images "
+                  "(--limit): not a result.**", ""]
+    lines += [
+        f"Weights `{doc['weights']}` ({doc['weights_source']}); data: {doc['data']}, "
+        f"{doc['images']} images, whole image at the original size, single scale, no flip, "
+        "ignore label left out. Regenerate with:",
+        "",
+        "```sh",
+        doc["command"],
+        "```",
+        "",
+        f"Commit `{doc['commit']}`; machine: {_camvid._format_machine(doc['machine'])}.",
+        "",
+        f"| variant | what | mIoU (%) | Δ vs fp32 (points) | pixels with fp32's label | "
+        f"s / image (median) | compile s | target: abs(Δ) <= {TARGET_POINTS} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    native = bool(doc["machine"].get("native_bf16"))
+    for name, r in doc["variants"].items():
+        target = ("reference" if name == REFERENCE
+                  else "meets" if r["meets_target"] else "**misses**")
+        sec = f"{r['sec_per_image']:.3f}" + (" (emulated bf16)" if _emulated(name, native) else "")
+        lines.append(
+            f"| `{name}` | {r['what']} | {100 * r['miou']:.2f} | {r['delta_points']:+.3f} | "
+            f"{100 * r['agreement']:.3f}% | {sec} | {r['compile_s'] or ''} | {target} |")
+    lines += ["", "Δ: mIoU of the variant minus fp32 eager's, in points. Pixels with fp32's "
+              "label: share of all pixels (ignored ones included) predicted the same class as fp32 "
+              "eager. Seconds: forward pass and argmax only, median over the images after the "
+              "first (a warm-up; compiled variants compile there)."]
+    if any(_emulated(n, native) for n in doc["variants"]):
+        lines += ["", "This CPU has no native bf16 (no AVX512-BF16 / AMX): bf16 is emulated, so "
+                  "its accuracy is what a bf16 machine computes but its time is **not a speed "
+                  "claim** (emulation is several times slower than fp32)."]
+    lines += ["", f"Verdict: {doc['verdict']}", ""]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Evaluate, write ``<out>.json`` and ``<out>.md``; returns the JSON document."""
+    from pspnet.bench import cpu_has_native_bf16
+
+    weights = Path(args.weights)
+    if not (weights / "config.json").is_file():
+        raise FastPathError(f"--weights {weights} is not a pspnet weight directory (no "
+                            "config.json); give e.g. work_dirs/camvid_2h/best")
+    variants = list(dict.fromkeys([*args.variants, *(COMPILE_VARIANTS if args.compile else ())]))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise FastPathError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.limit is not None and args.limit < 1:
+        raise FastPathError(f"--limit must be at least 1, got {args.limit}")
+    samples, where = _samples(args)
+    total = len(samples)
+    if args.limit is not None:
+        samples = samples[: args.limit]
+    native = cpu_has_native_bf16()
+    print(f"evaluating {len(samples)} images of {where} with {', '.join(variants)}"
+          + ("" if native else " (bf16 emulated on this CPU: its time is not a speed claim)"),
+          flush=True)
+    t0 = time.perf_counter()
+    res = evaluate_variants(weights, samples, variants, progress=not args.quiet)
+    for name, r in res["variants"].items():
+        r["meets_target"] = abs(r["delta_points"]) <= TARGET_POINTS
+        r["bf16_emulated"] = _emulated(name, native)
+    fast = {n: r for n, r in res["variants"].items() if n != REFERENCE}
+    worst = max(fast.items(), key=lambda kv: abs(kv[1]["delta_points"]), default=None)
+    if worst is None:
+        verdict = "only fp32 eager was evaluated"
+    elif all(r["meets_target"] for r in fast.values()):
+        verdict = (f"every fast path is within {TARGET_POINTS} mIoU points of fp32 (largest "
+                   f"difference {worst[1]['delta_points']:+.3f}, `{worst[0]}`)")
+    else:
+        missed = ", ".join(f"`{n}` {r['delta_points']:+.3f}" for n, r in fast.items()
+                           if not r["meets_target"])
+        verdict = f"target missed: {missed} points (more than {TARGET_POINTS} from fp32)"
+    doc = {
+        "weights": _camvid._display_path(weights), "data": where, "images": res["images"],
+        "split_images": total, "limit": args.limit, "num_classes": res["num_classes"],
+        "class_names": res["class_names"], "weights_source": res["weights_source"],
+        "protocol": "whole image at original size, single scale, no flip; ignore label skipped",
+        "target_points": TARGET_POINTS, "verdict": verdict, "variants": res["variants"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "command": shlex.join(["python", "bench/fast_path.py", *argv]),
+        "commit": _camvid.git_commit(), "machine": _camvid.machine_info(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = Path(f"{out}.json"), Path(f"{out}.md")
+    json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    md_path.write_text(render_markdown(doc))
+    for name, r in res["variants"].items():
+        print(f"{name:<15} mIoU {100 * r['miou']:6.2f}  Δ {r['delta_points']:+.3f}  agreement "
+              f"{100 * r['agreement']:.3f}%  {r['sec_per_image']:.3f} s/image"
+              + ("  (emulated bf16)" if r["bf16_emulated"] else ""))
+    print(f"verdict: {verdict}\nwrote {json_path} and {md_path}")
+    return doc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bench/fast_path.py`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python bench/fast_path.py",
+        description="mIoU, label agreement and time of the inference fast paths vs fp32.",
+        epilog=f"The CamVid copy is read from ${_camvid.ENV_VAR} or {_camvid.DEFAULT_CAMVID}.",
+    )
+    p.add_argument("--weights", required=True, help="a pspnet weight directory (e.g. "
+                   "work_dirs/camvid_2h/best)")
+    p.add_argument("--data-root", help="root of --list's paths (default: CamVid)")
+    p.add_argument("--list", help="list file of `image label` lines (with --data-root)")
+    p.add_argument("--split", default="test", help="CamVid split when no --list (default test)")
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+                   help=f"of {', '.join(VARIANTS)} (fp32-eager is always run)")
+    p.add_argument("--compile", action="store_true", help="also the torch.compile variants")
+    p.add_argument("--limit", type=int, help="only the first N images (a smoke test)")
+    p.add_argument("--out", default=str(DEFAULT_OUT),
+                   help="output prefix: <out>.json and <out>.md (default docs/bench/fast_path)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; 0 on success, 2 on a problem the message explains."""
+    from pspnet.checkpoint import CheckpointError
+    from pspnet.data.datasets import DataError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        run(args, argv)
+    except (FastPathError, CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

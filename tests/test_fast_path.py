@@ -1,0 +1,103 @@
+"""bench/fast_path.py: every inference variant scored against fp32 on a tiny model and data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_camvid_report import CLASSES, COLOURS, make_fake_camvid
+
+from pspnet.checkpoint import WeightsMeta, load_model, save_weights
+from pspnet.data.datasets import SegmentationDataset, camvid_samples
+from pspnet.engine.evaluate import evaluate_model
+from pspnet.models.zoo import create_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "fast_path.py"
+
+
+@pytest.fixture(scope="module")
+def fp_mod():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors; a busy host makes extra threads slower
+    spec = importlib.util.spec_from_file_location("bench_fast_path", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def setup(fp_mod, tmp_path, monkeypatch):
+    monkeypatch.setattr(fp_mod._camvid, "git_commit", lambda: "abc1234")
+    data = make_fake_camvid(tmp_path / "camvid", n_test=3)
+    monkeypatch.setenv("PSPNET_CAMVID", str(data))
+    torch.manual_seed(0)
+    model = create_model("pspnet_r18", len(CLASSES), head_channels=16, aux_channels=16,
+                         ppm_channels=8, output_stride=16)
+    with torch.no_grad():  # trained-looking BN statistics, so folding has work to do
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    weights = tmp_path / "best"
+    save_weights(model.eval(), weights, WeightsMeta(model=model.config, classes=CLASSES,
+                                                    palette=COLOURS, source="tiny test model"))
+    return data, weights
+
+
+def test_variants_scored_against_fp32_on_camvid_test(fp_mod, setup, tmp_path, capsys):
+    data, weights = setup
+    out = tmp_path / "out" / "fast_path"
+    assert fp_mod.main(["--weights", str(weights), "--out", str(out), "-q"]) == 0
+    doc = json.loads(Path(f"{out}.json").read_text())
+    md = Path(f"{out}.md").read_text()
+    assert doc["images"] == doc["split_images"] == 3 and doc["limit"] is None
+    assert list(doc["variants"]) == ["fp32-eager", "fp32-folded-cl", "bf16"]
+    ref = doc["variants"]["fp32-eager"]
+    assert ref["delta_points"] == 0 and ref["agreement"] == 1.0
+    # The reference is exactly what `pspnet evaluate` computes on the same images.
+    ds = SegmentationDataset(camvid_samples(data, "test"), len(CLASSES))
+    expected = evaluate_model(load_model(weights), ds, num_classes=len(CLASSES), progress=False)
+    assert ref["miou"] == pytest.approx(float(expected.miou))
+    for name, r in doc["variants"].items():
+        assert 0 <= r["miou"] <= 1 and 0 <= r["agreement"] <= 1 and r["sec_per_image"] > 0
+        assert r["delta_points"] == pytest.approx(100 * (r["miou"] - ref["miou"]))
+        assert r["meets_target"] == (abs(r["delta_points"]) <= 0.3)
+        assert f"`{name}`" in md and f"{100 * r['miou']:.2f}" in md
+    # Folding is exact up to float rounding: (nearly) every pixel keeps its label.
+    assert doc["variants"]["fp32-folded-cl"]["agreement"] > 0.99
+    native = doc["machine"]["native_bf16"]
+    assert doc["variants"]["bf16"]["bf16_emulated"] is (not native)
+    assert ("not a speed claim" in md) is (not native)
+    assert doc["verdict"] in md and "abc1234" in md and "python bench/fast_path.py" in md
+    assert "Smoke test" not in md
+    assert "verdict:" in capsys.readouterr().out
+
+
+def test_list_file_limit_and_errors(fp_mod, setup, tmp_path, capsys):
+    data, weights = setup
+    lst = tmp_path / "pairs.txt"
+    names = (data / "test.txt").read_text().split()
+    lst.write_text("".join(f"images/test/{n}.png labels/test/{n}.png\n" for n in names))
+    out = tmp_path / "smoke"
+    rc = fp_mod.main(["--weights", str(weights), "--data-root", str(data), "--list", str(lst),
+                      "--variants", "fp32-folded-cl", "--limit", "2", "--out", str(out), "-q"])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads(Path(f"{out}.json").read_text())
+    assert doc["images"] == 2 and doc["split_images"] == 3
+    assert list(doc["variants"]) == ["fp32-eager", "fp32-folded-cl"]
+    assert "Smoke test on 2 of 3 images" in Path(f"{out}.md").read_text()
+
+    capsys.readouterr()
+    assert fp_mod.main(["--weights", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "--weights" in capsys.readouterr().err
+    assert fp_mod.main(["--weights", str(weights), "--list", str(lst), "--out", str(out)]) == 2
+    assert "--data-root and --list" in capsys.readouterr().err
+    assert fp_mod.main(["--weights", str(weights), "--variants", "int8", "--out", str(out)]) == 2
+    assert "int8" in capsys.readouterr().err
