@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -476,6 +477,25 @@ def test_mmseg_whole_protocol_with_img_scale() -> None:
         logit = F.interpolate(model(y), (24, 32), mode="bilinear", align_corners=False)
         ref = F.softmax(F.interpolate(logit, (15, 20), mode="bilinear", align_corners=False), 1)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_protocol_descriptions_agree_with_their_settings() -> None:
+    # docs/evaluation.md prints these descriptions: a multi-scale preset must not say "one scale".
+    for name, proto in PROTOCOLS.items():
+        text = proto.description
+        multi = len(proto.scales) > 1
+        assert name.endswith("-ms") == multi, name
+        if multi:
+            assert "one scale" not in text and str(proto.scales) in text, name
+        if name.startswith("mmseg"):
+            assert ("one scale" in text) != multi, name
+            assert ("No flip" in text) != proto.flip, name
+            assert ("with horizontal flip" in text) == proto.flip, name
+    doc = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
+    if doc.is_file():  # the page quotes each description in full
+        lines = doc.read_text().splitlines()
+        for name, proto in PROTOCOLS.items():
+            assert f"- **`{name}`**: {proto.description}" in lines, name
 
 
 def test_protocol_presets_and_lookup() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,20 +47,79 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+#: A ``--set`` word: a dotted key, ``=``, a value (possibly empty).
+_PAIR = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def _key_value(word: str) -> str:
+    """The argparse ``type`` of ``--set``: accept ``KEY=VALUE`` words only.
+
+    Raises:
+        argparse.ArgumentTypeError: ``word`` is not ``KEY=VALUE`` (argparse turns it into a
+            usage error, exit status 2).
+    """
+    if not _PAIR.match(word):
+        raise argparse.ArgumentTypeError(
+            f"{word!r} is not KEY=VALUE: --set takes a dotted key, '=' and a YAML value, e.g. "
+            "--set model.align_corners=true"
+        )
+    return word
+
+
+def _group_set_words(args: Sequence[str]) -> list[str]:
+    """Rewrite ``--set a=1 b=2`` as ``--set=a=1 --set=b=2``.
+
+    Only ``KEY=VALUE`` words after ``--set`` belong to it, so positional arguments after the
+    pairs (``pspnet convert --set a=1 SRC DST``) stay positional. A first word that is no pair
+    and no option still goes to ``--set``, whose error then names it. ``--`` ends the scan.
+    """
+    out: list[str] = []
+    i, n = 0, len(args)
+    while i < n:
+        word = args[i]
+        i += 1
+        if word == "--":
+            out.extend(args[i - 1:])
+            break
+        if word == "--set":
+            if i < n and not args[i].startswith("-"):
+                out.append(f"--set={args[i]}")
+                i += 1
+            else:
+                out.append(word)  # no value: argparse says "expected one argument"
+                continue
+        elif word.startswith("--set="):
+            out.append(word)
+        else:
+            out.append(word)
+            continue
+        while i < n and _PAIR.match(args[i]):
+            out.append(f"--set={args[i]}")
+            i += 1
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``--set`` (where it has one) takes only ``KEY=VALUE`` words."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Regroup the ``--set`` words (:func:`_group_set_words`), then parse as usual."""
+        if "--set" in self._option_string_actions:
+            args = _group_set_words(sys.argv[1:] if args is None else list(args))
+        return super().parse_known_args(args, namespace)
+
+
 def _read_names(path: str | None) -> tuple[str, ...] | None:
-    """Class names from a file: one name a line, or CamVid's ``index<TAB>name<TAB>R G B``."""
+    """Class names from a file: one name a line, or CamVid's ``index<TAB>name<TAB>R G B``
+    (where ``255 void`` style entries are not classes); see
+    :func:`pspnet.checkpoint.read_class_names`."""
     if path is None:
         return None
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--classes-file {p} does not exist")
-    names = []
-    for line in p.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            parts = line.split("\t")
-            names.append(parts[1].strip() if len(parts) >= 2 and parts[0].strip().isdigit()
-                         else line.strip())
-    return tuple(names)
+    from pspnet.checkpoint import read_class_names
+
+    return read_class_names(path)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,14 +219,22 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _load_any(weights: str, device: str) -> Any:
-    """An eager model (our dir or a foreign checkpoint) or an exported ONNX/TorchScript file."""
+    """An eager model (our dir or a foreign checkpoint) or an exported ONNX/TorchScript file.
+
+    An export made with ``--output labels`` returns class indices: the inference functions
+    run it on whole images (or one padded tile) and refuse flip, scales and multi-tile windows
+    with a message naming the file and the fix (:mod:`pspnet.inference`).
+    """
     from pspnet.checkpoint import detect_file_kind, load_model
 
     # By content, not suffix: a training checkpoint (checkpoints/last.pt) is a .pt file too.
     if Path(weights).is_file() and detect_file_kind(weights) in ("onnx", "torchscript"):
         from pspnet.export import load_exported
 
-        return load_exported(weights)
+        try:
+            return load_exported(weights)
+        except ImportError as e:  # onnxruntime missing: one line naming the extra
+            raise ValueError(f"cannot run {weights}: {e}") from None
 
     return load_model(weights, device=_resolve_device(device))
 
@@ -218,7 +286,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pspnet.demo import run_demo
 
     report = run_demo(args.out, minutes=args.minutes, seed=args.seed, size=args.size,
-                      progress=not args.quiet)
+                      fresh=args.fresh, progress=not args.quiet)
     print(f"report: {report}")
     return 0
 
@@ -241,6 +309,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         arch=args.arch, sizes=tuple(args.sizes), variants=tuple(args.variants),
         sliding=not args.no_sliding, train=not args.no_train, cpu_archs=not args.no_cpu_archs,
         warmup=args.warmup, repeats=args.repeats,
+        data=not args.no_data, data_options={"source": args.data_source},
     )
     bench.save(doc, args.json, args.markdown)
     return 0
@@ -377,7 +446,7 @@ def _protocol(args: argparse.Namespace, crop: tuple[int, int] | None) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pspnet",
         description="PSPNet: train, evaluate, predict, convert and export scene-parsing models.",
         epilog=EPILOG,
@@ -390,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_list_models)
 
     s = sub.add_parser("zoo", help="list public weights; --download one (hash-checked)")
-    s.add_argument("--download", metavar="NAME")
+    s.add_argument("--download", metavar="NAME",
+                   help="download this entry to the hub cache, check its SHA-256, print the path")
     s.add_argument("--allow-unverified", action="store_true",
                    help="accept an entry with no published SHA-256 (prints the digest)")
     s.add_argument("-v", "--verbose", action="store_true", help="show URLs, hashes, protocols")
@@ -402,38 +472,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", help="architecture (inferred from the file when omitted)")
     s.add_argument("--num-classes", type=int, help="checked against the file")
     s.add_argument("--classes-file", help="class names, one a line (or CamVid classes.txt)")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="model options, e.g. align_corners=true")
+    s.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="model options the file lacks (one or more), e.g. "
+                        "align_corners=true")
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("info", help="describe a weight directory or checkpoint")
-    s.add_argument("path")
-    s.add_argument("--arch")
-    s.add_argument("--num-classes", type=int)
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    s.add_argument("path", help="weight directory or foreign checkpoint (.pth)")
+    s.add_argument("--arch", help="architecture of a foreign checkpoint (default: inferred)")
+    s.add_argument("--num-classes", type=int, help="classes of a foreign checkpoint (checked)")
+    s.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="options of a foreign checkpoint (one or more), e.g. "
+                        "align_corners=false")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("demo", help="the embedded demo: generated scenes, PSPNet vs FCN, a report")
-    s.add_argument("--out", default="demo_out", help="output folder (data, models, report)")
-    s.add_argument("--minutes", type=float, default=4.0, help="training budget per model")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="demo_out",
+                   help="output folder: data, models, report (default demo_out)")
+    s.add_argument("--minutes", type=float, default=4.0,
+                   help="training budget per model, in minutes (default 4)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the scenes and training (default 0)")
     s.add_argument("--size", type=int, default=256,
-                   help="scene size in pixels (larger: context further from object interiors)")
-    s.add_argument("-q", "--quiet", action="store_true")
+                   help="scene size in pixels (default 256; larger: context further from "
+                        "object interiors)")
+    s.add_argument("--fresh", action="store_true",
+                   help="start over: delete the runs of this --size in --out, then train")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("benchmark", help="time every fast path against fp32 eager, same process")
-    s.add_argument("--arch", default="pspnet50")
-    s.add_argument("--sizes", type=int, nargs="+", default=[473, 713])
+    s.add_argument("--arch", default="pspnet50", help="architecture timed (default pspnet50)")
+    s.add_argument("--sizes", type=int, nargs="*", default=[473, 713],
+                   help="square input sizes in pixels (default 473 713); a bare --sizes skips "
+                        "the inference cases")
     s.add_argument("--variants", nargs="+",
                    default=["fp32-eager", "fp32-folded", "fp32-compile", "bf16-cl", "bf16-folded",
                             "bf16-compile"],
                    help="bf16 variants are skipped on CPUs without native bf16")
-    s.add_argument("--warmup", type=int, default=2)
-    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--warmup", type=int, default=2, help="untimed runs per case (default 2)")
+    s.add_argument("--repeats", type=int, default=5, help="timed runs per case (default 5)")
     s.add_argument("--no-sliding", action="store_true", help="skip the 2048x1024 sliding case")
     s.add_argument("--no-train", action="store_true", help="skip the training-step cases")
     s.add_argument("--no-cpu-archs", action="store_true", help="skip the pspnet_r18 train step")
+    s.add_argument("--no-data", action="store_true",
+                   help="skip the data pipeline case (DataLoader images/s vs the training step)")
+    s.add_argument("--data-source", choices=["auto", "camvid", "scenes"], default="auto",
+                   help="data pipeline case: CamVid ($PSPNET_CAMVID or ../shared/data/camvid; "
+                        "auto falls back to generated scenes)")
     s.add_argument("--allocator", choices=["system", "tcmalloc", "jemalloc"], default="system",
                    help="preload another malloc (fewer page faults; see docs/benchmarks.md)")
     s.add_argument("--json", help="write the results as JSON")
@@ -441,27 +527,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_benchmark)
 
     s = sub.add_parser("serve", help="serve a model over HTTP on localhost (needs pspnet[serve])")
-    s.add_argument("--weights", required=True)
+    s.add_argument("--weights", required=True,
+                   help="weight directory, foreign checkpoint, or exported .onnx/.ts file")
     s.add_argument("--host", default="127.0.0.1",
                    help="bind address; anything but loopback exposes the model to the network")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
-    s.add_argument("--max-pixels", type=int, default=16_000_000, help="largest image (W*H)")
-    s.add_argument("--timeout-s", type=float, default=30.0, help="time to receive a request")
-    s.add_argument("--max-concurrency", type=int, default=2, help="inferences at once")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    s.add_argument("--max-body-mb", type=float, default=20.0,
+                   help="largest request body, in MB (default 20)")
+    s.add_argument("--max-pixels", type=int, default=16_000_000,
+                   help="largest image, W*H pixels (default 16000000)")
+    s.add_argument("--timeout-s", type=float, default=30.0,
+                   help="seconds to receive a request (default 30)")
+    s.add_argument("--max-concurrency", type=int, default=2,
+                   help="inferences at once (default 2)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("train", help="train on list-file data (CPU defaults; torchrun for DDP)")
     s.add_argument("--data-root", help="root the list files' paths are relative to")
     s.add_argument("--train-list", help="training list: 'image label' per line")
     s.add_argument("--val-list", help="validation list (validation during training)")
-    s.add_argument("--num-classes", type=int)
+    s.add_argument("--num-classes", type=int, help="number of classes in the labels")
     s.add_argument("--class-names", help="class names file (one a line, or CamVid classes.txt)")
     s.add_argument("--arch", help="architecture (default pspnet_r18 on CPU)")
     s.add_argument("--crop-size", type=int, help="training crop (default: from the data, <= 320)")
     s.add_argument("--batch-size", type=int, help="images per optimizer step (default 8)")
-    s.add_argument("--epochs", type=int)
+    s.add_argument("--epochs", type=int, help="passes over the training list (--time-budget "
+                                            "overrides it)")
     s.add_argument("--time-budget", type=float, metavar="MIN",
                    help="minutes; the poly schedule is planned to end when they are spent")
     s.add_argument("--work-dir", help="output folder (checkpoints, final/, best/, log.jsonl)")
@@ -470,20 +562,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", type=int, nargs="?", const=10, metavar="N",
                    help="leave out up to N bad samples (default N: 10), listed in "
                         "WORK_DIR/skipped.json; without it the first bad file stops the run")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. optim.lr=0.02 train.precision=fp32")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="dotted overrides (one or more), e.g. optim.lr=0.02 "
+                        "train.precision=fp32")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar; warnings only")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="mIoU/mAcc/allAcc of weights on a labelled list")
-    s.add_argument("--weights", required=True)
-    s.add_argument("--data-root", required=True)
-    s.add_argument("--val-list", required=True, help="'image label' per line")
+    s.add_argument("--weights", required=True,
+                   help="weight directory, foreign checkpoint, or exported .onnx/.ts file")
+    s.add_argument("--data-root", required=True, help="root the list file's paths are relative to")
+    s.add_argument("--val-list", required=True,
+                   help="'image label' per line, or one sample name per line")
     s.add_argument("--out", required=True, help="writes metrics.json, confusion.png")
-    s.add_argument("--mode", choices=["whole", "slide"], default="whole")
-    s.add_argument("--crop-size", type=int)
-    s.add_argument("--scales", type=float, nargs="+", default=[1.0])
-    s.add_argument("--flip", action="store_true")
+    s.add_argument("--mode", choices=["whole", "slide"], default="whole",
+                   help="whole image or sliding window (default whole)")
+    s.add_argument("--crop-size", type=int,
+                   help="sliding-window crop in pixels (--mode slide, or a sliding --protocol)")
+    s.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="test scales, averaged (default 1.0)")
+    s.add_argument("--flip", action="store_true", help="average with the flipped image")
     s.add_argument("--protocol", help="a named preset (docs/evaluation.md): semseg, mmseg-whole ...")
     s.add_argument("--dataset", help="with --protocol: use its published sizes for this data set "
                                      "(ade20k, voc2012, cityscapes)")
@@ -492,23 +590,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-predictions", action="store_true",
                    help="write OUT/predictions/<stem>.png (class indices, original size)")
     s.add_argument("--num-classes", type=int, help="default: from the weights")
-    s.add_argument("--class-names")
-    s.add_argument("--ignore-index", type=int, default=255)
+    s.add_argument("--class-names", help="class names file (default: from the weights)")
+    s.add_argument("--ignore-index", type=int, default=255,
+                   help="label value left out of the metrics (default 255)")
     s.add_argument("--label-map", help="reduce_zero_label (ADE20K), cityscapes_label_ids")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision (default fp32)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("export", help="export to ONNX or TorchScript, checked against eager")
-    s.add_argument("--weights", required=True)
-    s.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    s.add_argument("--weights", required=True, help="weight directory or foreign checkpoint")
+    s.add_argument("--format", choices=["onnx", "torchscript"], required=True,
+                   help="file format to write")
     s.add_argument("--out", required=True, help="output file (.onnx or .ts)")
-    s.add_argument("--height", type=int, default=473, help="export (and fixed) input height")
-    s.add_argument("--width", type=int, default=473, help="export (and fixed) input width")
+    s.add_argument("--height", type=int, default=473,
+                   help="export (and fixed) input height, pixels (default 473)")
+    s.add_argument("--width", type=int, default=473,
+                   help="export (and fixed) input width, pixels (default 473)")
     s.add_argument("--dynamic", action="store_true",
                    help="ONNX graph valid at any size (exact shape-generic pyramid pooling)")
-    s.add_argument("--output", choices=["logits", "labels"], default="logits")
+    s.add_argument("--output", choices=["logits", "labels"], default="logits",
+                   help="class scores or argmax class indices (default logits)")
     s.add_argument("--no-check", action="store_true", help="skip the parity check against eager")
     s.set_defaults(func=cmd_export)
 
@@ -517,17 +621,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", required=True,
                    help="weight directory, foreign checkpoint, or exported .onnx/.ts file")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    s.add_argument("--mode", choices=["whole", "slide"], default="whole",
+                   help="whole image or sliding window (default whole)")
     s.add_argument("--crop-size", type=int, help="sliding-window crop (with --mode slide)")
-    s.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    s.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="test scales, averaged (default 1.0)")
     s.add_argument("--flip", action="store_true", help="average with the flipped image")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    s.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision (default fp32)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    s.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1 (default 0.5)")
     s.add_argument("--no-overlay", action="store_true", help="write only the masks")
     s.add_argument("--skip-bad", action="store_true",
                    help="report unreadable inputs and go on (default: stop at the first)")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_predict)
 
     data = sub.add_parser("data", help="data set tools")
@@ -538,12 +645,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", help="image folder (paired with --labels by file stem)")
     s.add_argument("--labels", help="label folder")
     s.add_argument("--dataset", help="named layout: camvid, ade20k, voc2012, cityscapes")
-    s.add_argument("--split", default="train")
-    s.add_argument("--num-classes", type=int)
-    s.add_argument("--classes-file")
-    s.add_argument("--ignore-index", type=int, default=255)
+    s.add_argument("--split", default="train", help="split of a --dataset (default train)")
+    s.add_argument("--num-classes", type=int,
+                   help="number of classes (required without --dataset)")
+    s.add_argument("--classes-file", help="class names, one a line (or CamVid classes.txt)")
+    s.add_argument("--ignore-index", type=int, default=255,
+                   help="label value that marks void pixels (default 255)")
     s.add_argument("--label-map", help="reduce_zero_label (ADE20K), cityscapes_label_ids, none")
-    s.add_argument("--max-pixels", type=int, default=120_000_000)
+    s.add_argument("--max-pixels", type=int, default=120_000_000,
+                   help="largest image, W*H pixels (default 120000000)")
     s.add_argument("--json", help="also write the report as JSON here")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_data_check)

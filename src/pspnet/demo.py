@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pspnet.checkpoint import load_model
-from pspnet.config import Config
+from pspnet.config import Config, ConfigError
 from pspnet.data.datasets import SegmentationDataset, list_file_samples
 from pspnet.data.io import read_image, read_label
 from pspnet.data.palette import colorize, overlay
@@ -48,6 +49,65 @@ class _Row:
     metrics: SegMetrics
     iterations: int
     minutes: float
+
+
+#: Written into each run folder: the settings the run was trained with.
+_SETTINGS_FILE = "demo_settings.json"
+
+
+def _flags(settings: dict[str, object], keys: list[str]) -> str:
+    """``--minutes 0.1 --seed 0`` (``n_train=``/``n_val=`` are run_demo arguments only)."""
+    spelled = {"minutes": "--minutes ", "seed": "--seed ", "n_train": "n_train=", "n_val": "n_val="}
+    return " ".join(spelled[k] + (f"{v:g}" if isinstance(v := settings[k], float) else str(v))
+                    for k in keys)
+
+
+def _run_dirs(out: Path, size: int) -> list[Path]:
+    """The work directories of the two models (see :data:`DEMO_MODELS`)."""
+    return [out / "runs" / f"{'pspnet' if opts['use_ppm'] else 'fcn'}_{size}"
+            for _, opts in DEMO_MODELS]
+
+
+def _earlier_settings(work: Path) -> dict[str, object] | None:
+    """The settings of a resumable earlier run in ``work`` (None when there is nothing to resume).
+
+    Runs written before the settings file existed are read from their ``config.yaml``.
+    """
+    ckpts = work / "checkpoints"
+    if not (ckpts.is_dir() and any(ckpts.iterdir())):
+        return None
+    stamp = work / _SETTINGS_FILE
+    if stamp.is_file():
+        return dict(json.loads(stamp.read_text()))
+    cfg = work / "config.yaml"
+    if cfg.is_file():
+        import yaml
+
+        train_cfg = (yaml.safe_load(cfg.read_text()) or {}).get("train", {})
+        return {"minutes": train_cfg.get("time_budget"), "seed": train_cfg.get("seed")}
+    return {}
+
+
+def _refuse_other_settings(work: Path, settings: dict[str, object]) -> None:
+    """Refuse to resume a run in ``work`` trained with other settings than ``settings``.
+
+    Raises:
+        ConfigError: The earlier run's budget, seed or data set size differ (or are unknown).
+    """
+    old = _earlier_settings(work)
+    if old is None:
+        return
+    diff = [k for k in settings if k in old and old[k] != settings[k]]
+    if not diff and ("minutes" in old and "seed" in old):
+        return
+    fix = "re-run with --fresh to delete the earlier runs and train again, or use another --out"
+    if not diff:
+        raise ConfigError(f"{work} holds a demo run whose settings are unknown; {fix}")
+    raise ConfigError(
+        f"{work} holds a demo run trained with {_flags(old, diff)}, not {_flags(settings, diff)}; "
+        f"resuming it would keep its old settings. To train with the new ones, {fix} (or "
+        f"give {_flags(old, diff)} to reuse the earlier run)"
+    )
 
 
 def _config(data: Path, work_dir: Path, options: dict[str, object], minutes: float,
@@ -170,23 +230,58 @@ def _write_report(out: Path, rows: list[_Row], chart: Path, pictures: list[Path]
 
 
 def run_demo(out: str | Path, *, minutes: float = 4.0, seed: int = 0, n_train: int = 600,
-             n_val: int = 100, size: int = 256, progress: bool = True) -> Path:
+             n_val: int = 100, size: int = 256, fresh: bool = False,
+             progress: bool = True) -> Path:
     """Generate the scenes, train FCN and PSPNet for ``minutes`` each, evaluate, report.
 
-    Re-running continues where a killed run stopped (training resumes from its checkpoints;
-    generated data and finished models are reused).
+    Re-running with the same settings continues where a killed run stopped (training resumes
+    from its checkpoints; generated data and finished models are reused). A run in ``out``
+    trained with another budget, seed or number of scenes is never resumed: that raises, unless
+    ``fresh`` deletes it first.
+
+    Args:
+        out: Output folder (scenes, runs, report).
+        minutes: Training budget per model, in minutes.
+        seed: Seed of the scenes and of training.
+        n_train: Number of training scenes.
+        n_val: Number of validation scenes.
+        size: Scene height and width in pixels (at least 32).
+        fresh: Delete the earlier runs of this ``size`` in ``out`` (and regenerate scenes made
+            with other parameters) and train again.
+        progress: Show progress lines and bars.
 
     Returns:
         The path of ``report.html``.
+
+    Raises:
+        ConfigError: ``out`` holds a run trained with other settings and ``fresh`` is False.
+        FileExistsError: ``out`` holds scenes generated with other parameters and ``fresh`` is
+            False.
     """
     out = Path(out)
-    data = generate_scenes(out / f"scenes_{size}", n_train=n_train, n_val=n_val, seed=seed,
-                           size=(size, size), progress=progress)
+    settings: dict[str, object] = {"minutes": float(minutes), "seed": int(seed),
+                                   "n_train": int(n_train), "n_val": int(n_val)}
+    works = _run_dirs(out, size)
+    for work in works:
+        if fresh:
+            if work.is_dir():
+                shutil.rmtree(work)
+        else:
+            _refuse_other_settings(work, settings)
+    scenes = out / f"scenes_{size}"
+    try:
+        data = generate_scenes(scenes, n_train=n_train, n_val=n_val, seed=seed,
+                               size=(size, size), progress=progress, overwrite=fresh)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{scenes} holds scenes generated with other parameters (another --seed?); re-run "
+            "with --fresh to generate them again, or use another --out"
+        ) from None
     val = SegmentationDataset(list_file_samples(data, data / "val.txt"), len(SCENES_CLASSES))
     rows = []
-    for name, options in DEMO_MODELS:
-        key = "fcn" if not options["use_ppm"] else "pspnet"
-        work = out / "runs" / f"{key}_{size}"
+    for (name, options), work in zip(DEMO_MODELS, works):
+        work.mkdir(parents=True, exist_ok=True)
+        (work / _SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         if progress:
             print(f"training {name} for {minutes:g} min -> {work}", flush=True)
         result = train(_config(data, work, options, minutes, seed, size), progress=progress)

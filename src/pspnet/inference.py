@@ -90,6 +90,112 @@ def _check_eval(model: nn.Module) -> None:
         )
 
 
+def _returns_labels(model: nn.Module) -> bool:
+    """Whether ``model`` returns (N, H, W) class indices instead of logits.
+
+    Exported runtimes made with ``output="labels"`` (:mod:`pspnet.export`) say so with
+    ``model.output == "labels"``; read by attribute so that this module imports only torch.
+    """
+    return getattr(model, "output", None) == "labels"
+
+
+def _labels_refusal(model: nn.Module, uses: str) -> ValueError:
+    """The error for asking a labels-only model for something that needs its logits.
+
+    Args:
+        model: The labels-only model (an exported runtime names its file in ``.path``).
+        uses: What was asked for, e.g. ``"a sliding window (--mode slide)"``.
+    """
+    src = str(getattr(model, "path", None) or "this model")
+    fixed = getattr(model, "input_size", None)
+    msg = (
+        f"{src} returns class labels, not logits (it was exported with --output labels), so it "
+        f"cannot run {uses}: tiles, flipped and rescaled views are combined by averaging class "
+        "probabilities, which labels do not have. "
+    )
+    if fixed:
+        fh, fw = int(fixed[0]), int(fixed[1])
+        msg += (
+            f"It is also a fixed-size export ({fh}x{fw} inputs only): an image up to that size "
+            "is padded into one tile, a larger one needs several. Re-export with --output "
+            "logits (a fixed-size logits export runs as a sliding window of its size), or with "
+            "--output labels --dynamic (ONNX) to predict whole images of any size."
+        )
+    else:
+        msg += (
+            "Predict whole images at scale 1 without flip (--mode whole, no --flip, --scales or "
+            "--crop-size, no sliding --protocol), or re-export with --output logits."
+        )
+    return ValueError(msg)
+
+
+def _run_labels(model: nn.Module, images: Tensor, num_classes: int | None) -> tuple[Tensor, int]:
+    """One pass of a labels-only model: its (N, H, W) int64 labels, checked, and the class count.
+
+    Raises:
+        ValueError: The output is not (N, H, W) integer labels in ``[0, C)``, or ``C`` is unknown.
+    """
+    src = str(getattr(model, "path", None) or "the model")
+    with torch.no_grad():
+        labels = model(images)
+    if isinstance(labels, Mapping):
+        labels = labels.get("out")
+    n, _, h, w = images.shape
+    if (not isinstance(labels, Tensor) or labels.is_floating_point()
+            or tuple(labels.shape) != (n, h, w)):
+        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(
+            f"{src} says it returns class labels (output='labels') but returned {got} for an "
+            f"input of shape {tuple(images.shape)}; expected ({n}, {h}, {w}) integer class "
+            "indices. Re-export it with pspnet export."
+        )
+    c = num_classes if num_classes is not None else getattr(model, "num_classes", None)
+    if not c:
+        raise ValueError(
+            f"{src} returns class labels and does not record its number of classes; pass "
+            "num_classes (--num-classes)"
+        )
+    labels = labels.long()
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
+        raise ValueError(
+            f"{src} returned class indices {int(labels.min())}..{int(labels.max())} but has "
+            f"{c} classes; check num_classes (--num-classes)"
+        )
+    return labels, int(c)
+
+
+def _one_tile_labels(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    crop_size: int | Sequence[int],
+    pad_value: Tensor | float,
+    pad_mode: str,
+    num_classes: int | None,
+) -> tuple[Tensor, int]:
+    """Sliding-window labels of a labels-only model where the window grid is a single tile.
+
+    One tile (the image padded to the crop as :func:`_slide_rows` pads it) has nothing to
+    average, so its labels, cropped back, are exactly the argmax a logits model would give.
+
+    Raises:
+        ValueError: The image needs more than one tile (their scores would be averaged).
+    """
+    ch, cw = _pair(crop_size, "crop_size")
+    _, _, h, w = images.shape
+    if pad_mode == "none":
+        ch, cw = min(ch, h), min(cw, w)
+    if h > ch or w > cw:
+        raise _labels_refusal(
+            model, f"a sliding window over several tiles (a {h}x{w} image in {ch}x{cw} tiles)"
+        )
+    pad_h, pad_w = ch - h, cw - w
+    top, left = (pad_h // 2, pad_w // 2) if pad_mode == "center" else (0, 0)
+    padded = _pad_image(images, (top, pad_h - top, left, pad_w - left), pad_value)
+    labels, c = _run_labels(model, padded, num_classes)
+    return labels[:, top : top + h, left : left + w], c
+
+
 def _check_images(images: Tensor) -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -129,6 +235,10 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
         TypeError: The output is neither a tensor nor a mapping with an ``"out"`` tensor.
         ValueError: The output is not 4-D or its batch size differs from the input.
     """
+    if _returns_labels(model):
+        raise _labels_refusal(
+            model, "a pass that must return per-class scores (use predict() in whole mode)"
+        )
     out = model(x)
     if isinstance(out, Mapping):
         if "out" not in out:
@@ -543,6 +653,8 @@ def predict_sliding(
     """
     _check_eval(model)
     _check_images(images)
+    if _returns_labels(model):
+        raise _labels_refusal(model, "a sliding window (--mode slide, --crop-size)")
     spec = _make_spec(
         crop_size=crop_size,
         stride=stride,
@@ -625,6 +737,18 @@ def predict_labels_tiled(
     _check_eval(model)
     _check_images(images)
     _choice(flip_mode, ("crop", "image"), "flip_mode")
+    if _returns_labels(model):
+        if flip:
+            raise _labels_refusal(model, "flip (--flip)")
+        device, _ = _model_device_dtype(model, images.device)
+        labels, c = _one_tile_labels(
+            model, images.to(device), crop_size=crop_size, pad_value=pad_value,
+            pad_mode=pad_mode, num_classes=num_classes,
+        )
+        ldt = label_dtype or _default_label_dtype(c)
+        if ldt == torch.uint8 and c > 256:
+            raise ValueError(f"label_dtype uint8 cannot hold {c} classes")
+        return labels.to(accumulate_device or device, ldt)
     spec = _make_spec(
         crop_size=crop_size,
         stride=stride,
@@ -720,6 +844,11 @@ def predict(
     ``flip_mode="crop"``, every tile is run mirrored and averaged inside the tile (semseg). Both
     average softmax probabilities (with ``average="logit"`` the crop mode averages logits).
 
+    A model that returns class labels instead of logits (``model.output == "labels"``: an
+    export made with ``output="labels"``) runs in whole mode at scale 1 without flip or
+    resizing only; its labels come back one-hot, so ``argmax`` gives them exactly. Any other
+    setting raises ``ValueError`` (labels cannot be averaged).
+
     Args:
         model: Segmentation model in eval mode.
         images: Normalised (N, 3, H, W) float batch.
@@ -748,7 +877,8 @@ def predict(
 
     Raises:
         RuntimeError: The model is in training mode.
-        ValueError: Unknown options, no scales, or slide mode without ``crop_size``.
+        ValueError: Unknown options, no scales, slide mode without ``crop_size``, or a
+            labels-only model asked for more than one whole view at scale 1.
     """
     _check_eval(model)
     _check_images(images)
@@ -766,6 +896,29 @@ def predict(
     # Rescale on the model's device (the GPU, usually), not wherever the batch was loaded.
     images = images.to(device=device, dtype=dtype or images.dtype)
     n_img, _, h, w = images.shape
+    if _returns_labels(model):
+        # Labels cannot be averaged: only the one view that needs no averaging is possible.
+        asked = [
+            text for bad, text in (
+                (scales != (1.0,), f"scales {list(scales)} (--scales)"),
+                (flip, "flip (--flip)"),
+                (base_size is not None or img_scale is not None,
+                 "resized inference (base_size / img_scale, from --protocol --dataset)"),
+            ) if bad
+        ]
+        if asked:
+            raise _labels_refusal(model, " and ".join(asked))
+        if mode == "whole":
+            labels, c = _run_labels(model, images, num_classes)
+        else:
+            labels, c = _one_tile_labels(
+                model, images, crop_size=crop_size,  # type: ignore[arg-type]
+                pad_value=pad_value, pad_mode=pad_mode, num_classes=num_classes,
+            )
+        # One-hot probabilities: their argmax is the labels, exactly.
+        labels = labels.to(acc_device)
+        onehot = torch.zeros((n_img, c, h, w), dtype=accumulate_dtype, device=acc_device)
+        return onehot.scatter_(1, labels[:, None], 1)
     crop_flip = flip and mode == "slide" and flip_mode == "crop"
     image_flip = flip and not crop_flip
 
@@ -958,7 +1111,7 @@ _MMSEG_WHOLE_DOC = (
     "by the dataset pipeline (keep-ratio Resize to img_scale, e.g. (2048, 512) for ADE20K/VOC, "
     "(2048, 1024) for Cityscapes) or, with img_scale None, used as given, goes through the "
     "network whole; the logits are resized (model align_corners, False for mmseg's PSPNet) to "
-    "the original size and soft-maxed. No flip, one scale."
+    "the original size and soft-maxed."
 )
 
 _MMSEG_SLIDE_DOC = (
@@ -968,8 +1121,11 @@ _MMSEG_SLIDE_DOC = (
     "by the count map; the averaged logits are resized to the original size and soft-maxed. An "
     "image smaller than the crop is NOT padded: it runs as one smaller tile (mmseg's "
     "documented behaviour), pad_mode='none'; use .replace(pad_mode='bottom_right') for "
-    "zero (mean) padding at the bottom/right instead. No flip, one scale."
+    "zero (mean) padding at the bottom/right instead."
 )
+
+#: The single-scale mmseg presets; the ``-ms`` ones end with :data:`_MS_DOC` instead.
+_ONE_VIEW_DOC = " No flip, one scale."
 
 _MS_DOC = (
     " Multi-scale variant: scales (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) with horizontal flip, "
@@ -1014,7 +1170,7 @@ PROTOCOLS: dict[str, Protocol] = {
         average="logit",
         align_corners=False,
         restore_align_corners=False,
-        description=_MMSEG_WHOLE_DOC,
+        description=_MMSEG_WHOLE_DOC + _ONE_VIEW_DOC,
     ),
     "mmseg-whole-ms": Protocol(
         name="mmseg-whole-ms",
@@ -1036,7 +1192,7 @@ PROTOCOLS: dict[str, Protocol] = {
         average="logit",
         align_corners=True,
         restore_align_corners=True,
-        description=_MMSEG_SLIDE_DOC,
+        description=_MMSEG_SLIDE_DOC + _ONE_VIEW_DOC,
     ),
     "mmseg-slide-ms": Protocol(
         name="mmseg-slide-ms",
