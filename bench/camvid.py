@@ -164,6 +164,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _loadavg() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (how busy the machine was), where the OS has them."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _format_machine(m: dict[str, Any]) -> str:
     bf16 = {True: "native bf16", False: "no native bf16 (fp32)", None: "bf16 unknown"}
     return (
@@ -1053,11 +1061,14 @@ def render_markdown(
     commit: str,
     machine: dict[str, Any],
     budgets: Sequence[BudgetPoint] = (),
+    notes: str = "",
 ) -> str:
     """The results page as Markdown (image links relative to ``md_path``).
 
     ``budgets``, when it holds two or more runs (this one included), adds the test mIoU per
-    training budget (``budget_curve.png``) to the section on what extra hours buy.
+    training budget (``budget_curve.png``) to the section on what extra hours buy. ``notes``
+    (Markdown written by a person: the run's conditions, observations) is printed after the
+    training table under its own heading.
     """
 
     def rel(name: str) -> str:
@@ -1150,6 +1161,9 @@ def render_markdown(
          f"({best.minutes:.1f} min)" if best else "n/a"),
     ]  # fmt: skip
     lines += _md_table(["quantity", "value"], rows, "ll")
+    if notes.strip():
+        lines += ["", "### Conditions and observations (written by hand, not by the script)", "",
+                  notes.strip()]  # fmt: skip
     lines += [
         "",
         f"![training loss]({rel('loss.png')})",
@@ -1261,6 +1275,7 @@ def build_report(
     report_command: str | None = None,
     progress: bool = True,
     budget_runs: Sequence[str | Path] = (),
+    notes: str | Path | None = None,
 ) -> dict[str, Path]:
     """Evaluate on the test set, draw the plots and overlays, write the Markdown page.
 
@@ -1275,6 +1290,7 @@ def build_report(
         progress: Show a progress bar during evaluation.
         budget_runs: Other finished work dirs of the same recipe with other budgets; their
             test mIoU, with this run's, makes the budget curve (``budget_curve.png``).
+        notes: A Markdown file of hand-written notes on the runs, printed on the page.
 
     Returns:
         Name -> path of every file written.
@@ -1284,6 +1300,9 @@ def build_report(
     """
     work_dir, out_dir = Path(work_dir).resolve(), Path(out_dir).resolve()
     md_path = Path(markdown).resolve() if markdown else out_dir.parent / "results.md"
+    if notes is not None and not Path(notes).is_file():
+        raise BenchError(f"--notes {notes} does not exist; give a Markdown file or leave it out")
+    notes_text = Path(notes).read_text(encoding="utf-8") if notes is not None else ""
     data_root = find_camvid(("test",))
     log = read_log(work_dir / "log.jsonl")
     weights = pick_weights(work_dir)
@@ -1318,12 +1337,14 @@ def build_report(
             parts += ["--limit", str(limit)]
         if budget_runs:
             parts += ["--budget-runs", *(_display_path(Path(d).resolve()) for d in budget_runs)]
+        if notes is not None:
+            parts += ["--notes", _display_path(Path(notes).resolve())]
         report_command = shlex.join(parts)
     text = render_markdown(
         test=test, log=log, cfg=cfg, runs=_read_runs(work_dir),
         work_dir=work_dir, out_dir=out_dir, md_path=md_path, data_root=data_root,
         report_command=report_command, commit=git_commit(), machine=machine_info(),
-        budgets=budgets,
+        budgets=budgets, notes=notes_text,
     )  # fmt: skip
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(text, encoding="utf-8")
@@ -1366,13 +1387,14 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "event": "launch", "time": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": shown_bench, "pspnet_command": shown_pspnet, "minutes": args.minutes,
         "commit": git_commit(), "machine": machine_info(), "data_root": str(data_root),
+        "loadavg": _loadavg(),
     }  # fmt: skip
     with open(work_dir / RUNS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     rc = subprocess.call(full, cwd=REPO)
     with open(work_dir / RUNS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps({"event": "exit", "time": _dt.datetime.now().isoformat(
-            timespec="seconds"), "returncode": rc}) + "\n")  # fmt: skip
+            timespec="seconds"), "returncode": rc, "loadavg": _loadavg()}) + "\n")  # fmt: skip
     if rc == 0:
         print(f"done; now: python bench/camvid.py report --work-dir {_display_path(work_dir)}")
     return rc
@@ -1384,7 +1406,7 @@ def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.work_dir, args.out, markdown=args.markdown, precision=args.precision,
         limit=args.limit, num_overlays=args.overlays,
         report_command=shlex.join(["python", "bench/camvid.py", *argv]),
-        progress=not args.quiet, budget_runs=args.budget_runs,
+        progress=not args.quiet, budget_runs=args.budget_runs, notes=args.notes,
     )  # fmt: skip
     metrics = json.loads(files["metrics"].read_text())
     print(f"test mIoU {_pct(metrics['mIoU'], 2)} on {metrics['images']} images")
@@ -1422,6 +1444,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budget-runs", nargs="+", default=[], metavar="WORK_DIR",
                    help="other finished runs of the recipe with other --minutes: the page adds "
                         "their test mIoU against training time (budget_curve.png)")
+    r.add_argument("--notes", metavar="FILE",
+                   help="Markdown notes written by hand (run conditions, observations), printed "
+                        "after the training table, e.g. docs/results_notes.md")
     r.add_argument("-q", "--quiet", action="store_true")
     return p
 

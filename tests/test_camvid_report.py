@@ -211,7 +211,10 @@ def test_report_with_budget_runs(camvid_mod, tmp_path, monkeypatch):
     (short / "config.yaml").write_text(
         cfg.replace("time_budget: 42", "time_budget: 21").replace("batch_size: 8", "batch_size: 4"))
     out = tmp_path / "docs" / "results"
-    files = camvid_mod.build_report(main, out, progress=False, budget_runs=[short, main])
+    notes = tmp_path / "notes.md"
+    notes.write_text("The 21-minute run shared the machine with a test suite.\n")
+    files = camvid_mod.build_report(main, out, progress=False, budget_runs=[short, main],
+                                    notes=notes)
 
     with Image.open(files["budget_curve"]) as im:
         assert im.width > 200 and im.height > 100
@@ -230,7 +233,11 @@ def test_report_with_budget_runs(camvid_mod, tmp_path, monkeypatch):
     assert f"| {100 * main_metrics['mIoU']:.2f} | {change:+.2f} | {per_hour:+.2f} |" in main_row
     assert md.index(short_row) < md.index(main_row)
     assert "differs from the main run in `train.batch_size`" in md
-    assert "--budget-runs" in md
+    assert "--budget-runs" in md and "--notes" in md
+    assert ("### Conditions and observations (written by hand, not by the script)\n\n"
+            "The 21-minute run shared the machine with a test suite.") in md
+    with pytest.raises(camvid_mod.BenchError, match="--notes"):
+        camvid_mod.build_report(main, out, progress=False, notes=tmp_path / "missing.md")
 
 
 def test_budget_runs_refuse_an_unfinished_run(camvid_mod, tmp_path, monkeypatch):
