@@ -251,6 +251,7 @@ class TrainLog:
     train_images: int | None = None
     val_images: int | None = None
     max_iter: int | None = None
+    first_plan: int | None = None  # steps the budget planned at the start (idle-machine pace)
     skipped_vals: int = 0
     bad_lines: int = 0
 
@@ -370,6 +371,8 @@ def read_log(path: str | Path) -> TrainLog:
             log.skipped_vals += 1
         elif kind == "plan":
             log.max_iter = e.get("max_iter", log.max_iter) or log.max_iter
+            if e.get("first") and log.first_plan is None:
+                log.first_plan = log.max_iter
         elif kind == "end":
             end = e
             log.finished = True
@@ -847,9 +850,20 @@ def _flat(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _normalised(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with every default filled in, so that keys added to the config after a run was
+    saved do not count as differences; the raw mapping when it does not validate."""
+    try:
+        from pspnet.config import Config
+
+        return Config.from_dict(cfg).to_dict()
+    except Exception:  # noqa: BLE001 - an old or foreign config is compared as written
+        return cfg
+
+
 def recipe_diff(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
     """Keys (dotted) whose values differ between two saved configs, run-specific keys aside."""
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = _flat(_normalised(a)), _flat(_normalised(b))
     return tuple(sorted(k for k in set(fa) | set(fb)
                         if k not in _RUN_KEYS and fa.get(k) != fb.get(k)))  # fmt: skip
 
@@ -920,7 +934,8 @@ def budget_section(points: Sequence[BudgetPoint], plot_rel: str) -> list[str]:
     pts = sorted(points, key=lambda p: p.hours)
     rows, prev = [], None
     for p in pts:
-        planned = f" of {p.log.max_iter:,}" if p.log.max_iter else ""
+        first = p.log.first_plan
+        planned = f" ({first:,} planned at the start)" if first and first != p.log.iterations else ""
         gain = per_hour = ""
         if prev is not None:
             d = 100 * (p.test_miou - prev.test_miou)
@@ -937,8 +952,8 @@ def budget_section(points: Sequence[BudgetPoint], plot_rel: str) -> list[str]:
         "",
         "One complete run per budget (the same recipe, its own poly schedule planned for its "
         "budget), each scored on the test set with the weights its validation chose. "
-        "`iterations` shows how many of the planned steps the machine delivered (fewer when "
-        "it was shared).",
+        "`iterations` is what the machine delivered; the budget plans its steps from the "
+        "pace of the first ones and re-plans when steps slow down (a shared machine).",
         "",
         *_md_table(["budget (min)", "trained (min)", "iterations", "epochs", "weights",
                     "test mIoU (%)", "change", "change per extra hour", "work dir"], rows,
