@@ -1336,11 +1336,14 @@ def build_report(
     budgets: list[BudgetPoint] = []
     if budget_runs:
         main = budget_point(work_dir, log, cfg, test.metrics.miou, weights.name, cfg)
-        others = [Path(d).resolve() for d in budget_runs if Path(d).resolve() != work_dir]
+        # Each other run once (the main run may be listed too).
+        others = list(dict.fromkeys(Path(d).resolve() for d in budget_runs))
+        others = [d for d in others if d != work_dir]
         budgets = [main, *evaluate_budget_runs(others, data_root, out_dir, cfg,
                                                precision=precision, limit=limit,
                                                progress=progress)]  # fmt: skip
-        files["budget_curve"] = plot_budget_curve(budgets, out_dir / "budget_curve.png")
+        if len(budgets) >= 2:  # a curve needs two points; the page shows it only then
+            files["budget_curve"] = plot_budget_curve(budgets, out_dir / "budget_curve.png")
     if report_command is None:
         parts = ["python", "bench/camvid.py", "report", "--work-dir", _display_path(work_dir),
                  "--out", _display_path(out_dir)]  # fmt: skip

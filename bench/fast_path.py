@@ -125,7 +125,7 @@ def evaluate_variants(
 
     from pspnet.data.datasets import SegmentationDataset
     from pspnet.engine.metrics import ConfusionMatrix
-    from pspnet.inference import predict
+    from pspnet.inference import normalise_images, predict
 
     order = [REFERENCE, *[v for v in variants if v != REFERENCE]]
     models = {name: build_variant(weights, name) for name in order}
@@ -133,8 +133,6 @@ def evaluate_variants(
     k = meta.model.num_classes
     align = bool(meta.model.align_corners)
     ds = SegmentationDataset(list(samples), k, ignore_index=meta.ignore_index)
-    mean = torch.tensor(meta.preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(meta.preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
     cms = {v: ConfusionMatrix(k, ignore_index=meta.ignore_index) for v in order}
     same = dict.fromkeys(order, 0)
     times: dict[str, list[float]] = {v: [] for v in order}
@@ -143,7 +141,7 @@ def evaluate_variants(
     with torch.inference_mode():
         for i in range(len(ds)):
             item = ds[i]
-            x = (item["image"][None].float() - mean) / std  # (1, 3, H, W)
+            x = normalise_images(item["image"][None], meta.preprocess)  # (1, 3, H, W)
             label = item["label"][None]
             ref = None
             for v in order:

@@ -9,6 +9,7 @@ import pytest
 
 from pspnet import demo
 from pspnet.config import ConfigError
+from pspnet.data.scenes import ScenesMismatchError
 from pspnet.demo import run_demo
 
 
@@ -106,9 +107,20 @@ def test_demo_fresh_deletes_the_earlier_runs_first(
 def test_demo_names_fresh_when_the_scenes_differ(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     def other_params(*args: object, **kwargs: object) -> Path:
-        raise FileExistsError("holds a scenes data set generated with other parameters")
+        raise ScenesMismatchError("holds a scenes data set generated with other parameters")
 
     monkeypatch.setattr(demo, "generate_scenes", other_params)
     with pytest.raises(FileExistsError, match=r"scenes_64 holds scenes generated with other "
                                               r"parameters .*--fresh"):
         run_demo(tmp_path, seed=1, size=64)
+
+
+def test_demo_keeps_other_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a scenes mismatch is told to use --fresh; another FileExistsError passes unchanged."""
+    def file_in_the_way(*args: object, **kwargs: object) -> Path:
+        raise FileExistsError("a file sits where the scenes folder should be")
+
+    monkeypatch.setattr(demo, "generate_scenes", file_in_the_way)
+    with pytest.raises(FileExistsError, match="a file sits where") as info:
+        run_demo(tmp_path, seed=1, size=64)
+    assert "--fresh" not in str(info.value)

@@ -546,3 +546,15 @@ def test_row_blocks_do_not_change_results(monkeypatch, block_rows) -> None:
     labels = predict_labels_tiled(model, x, flip=True, flip_mode="image", **kw)
     full = predict(model, x, mode="slide", flip=True, flip_mode="image", **kw)
     assert torch.equal(labels.long(), full.argmax(1))
+
+
+def test_normalise_images_honours_channel_order():
+    from pspnet.config import Preprocessing
+    from pspnet.inference import normalise_images
+
+    images = torch.arange(3, dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2) * 100
+    rgb = Preprocessing(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0), channel_order="RGB")
+    bgr = Preprocessing(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0), channel_order="BGR")
+    # RGB pixel (0, 100, 200): as given; BGR: (200, 100, 0) before the per-channel mean/std.
+    assert normalise_images(images, rgb)[0, :, 0, 0].tolist() == [-5.0, 20.0, 34.0]
+    assert normalise_images(images, bgr)[0, :, 0, 0].tolist() == [95.0, 20.0, -6.0]

@@ -424,7 +424,9 @@ def bench_data_pipeline(
     head = model.pop("head_channels", 256)
     if peaks is None:
         peaks = {"fp32": matmul_peak(torch.float32, 512)}
-        peaks["bf16"] = peaks["fp32"]
+        # As run_benchmark: the bf16 step's "% of peak" needs the bf16 peak where bf16 is native.
+        peaks["bf16"] = (matmul_peak(torch.bfloat16, 512) if cpu_has_native_bf16()
+                         else peaks["fp32"])
     steps = bench_train_step(arch, num_classes=k, crop=crop, batch=batch, warmup=1,
                              repeats=step_repeats, peaks=peaks, head_channels=head, **model)
     step = steps[-1]  # what `precision: auto` trains with: bf16 where native, else fp32

@@ -225,18 +225,12 @@ def _load_any(weights: str, device: str) -> Any:
     run it on whole images (or one padded tile) and refuse flip, scales and multi-tile windows
     with a message naming the file and the fix (:mod:`pspnet.inference`).
     """
-    from pspnet.checkpoint import detect_file_kind, load_model
+    from pspnet.export import load_model_or_export
 
-    # By content, not suffix: a training checkpoint (checkpoints/last.pt) is a .pt file too.
-    if Path(weights).is_file() and detect_file_kind(weights) in ("onnx", "torchscript"):
-        from pspnet.export import load_exported
-
-        try:
-            return load_exported(weights)
-        except ImportError as e:  # onnxruntime missing: one line naming the extra
-            raise ValueError(f"cannot run {weights}: {e}") from None
-
-    return load_model(weights, device=_resolve_device(device))
+    try:
+        return load_model_or_export(weights, device=_resolve_device(device))
+    except ImportError as e:  # onnxruntime missing: one line naming the extra
+        raise ValueError(f"cannot run {weights}: {e}") from None
 
 
 def _resolve_device(name: str) -> str:

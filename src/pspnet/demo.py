@@ -27,7 +27,12 @@ from pspnet.config import Config, ConfigError
 from pspnet.data.datasets import SegmentationDataset, list_file_samples
 from pspnet.data.io import read_image, read_label
 from pspnet.data.palette import colorize, overlay
-from pspnet.data.scenes import SCENES_CLASSES, SCENES_PALETTE, generate_scenes
+from pspnet.data.scenes import (
+    SCENES_CLASSES,
+    SCENES_PALETTE,
+    ScenesMismatchError,
+    generate_scenes,
+)
 from pspnet.engine.evaluate import evaluate_model, write_metrics
 from pspnet.engine.metrics import SegMetrics
 from pspnet.engine.predict import PredictOptions, predict_array
@@ -272,7 +277,7 @@ def run_demo(out: str | Path, *, minutes: float = 4.0, seed: int = 0, n_train: i
     try:
         data = generate_scenes(scenes, n_train=n_train, n_val=n_val, seed=seed,
                                size=(size, size), progress=progress, overwrite=fresh)
-    except FileExistsError:
+    except ScenesMismatchError:
         raise FileExistsError(
             f"{scenes} holds scenes generated with other parameters (another --seed?); re-run "
             "with --fresh to generate them again, or use another --out"

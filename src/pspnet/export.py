@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pspnet.checkpoint import WeightsMeta
+from pspnet.checkpoint import WeightsMeta, detect_file_kind, load_model
 from pspnet.config import ConfigError, ModelConfig, Preprocessing, from_dict, to_dict
 
 __all__ = [
@@ -1075,6 +1075,26 @@ def load_exported(path: str | Path, **kwargs: Any) -> OnnxSegmenter | TorchScrip
     if suffix in _TS_SUFFIXES or zipfile.is_zipfile(p):
         return TorchScriptSegmenter(p, **kwargs)
     return OnnxSegmenter(p, **kwargs)
+
+
+def load_model_or_export(path: str | Path, device: str = "cpu") -> nn.Module:
+    """An eager model (:func:`pspnet.checkpoint.load_model`) or an exported file.
+
+    ONNX and TorchScript exports are recognised by their content, not their suffix (a training
+    checkpoint, ``checkpoints/last.pt``, is a ``.pt`` file too) and run on the CPU.
+
+    Args:
+        path: A weight directory, training or foreign checkpoint, or a ``pspnet export`` file.
+        device: Where an eager model is put.
+
+    Raises:
+        ImportError: An ONNX file without onnxruntime installed (callers name the extra).
+        CheckpointError: The weights cannot be loaded.
+    """
+    p = Path(path)
+    if p.is_file() and detect_file_kind(p) in ("onnx", "torchscript"):
+        return load_exported(p)
+    return load_model(p, device=device)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -55,6 +55,7 @@ __all__ = [
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PadMode = Literal["center", "bottom_right", "none"]
+PAD_MODES = ("center", "bottom_right", "none")
 Average = Literal["prob", "logit"]
 FlipMode = Literal["image", "crop"]
 Mode = Literal["whole", "slide"]
@@ -179,8 +180,12 @@ def _one_tile_labels(
     average, so its labels, cropped back, are exactly the argmax a logits model would give.
 
     Raises:
-        ValueError: The image needs more than one tile (their scores would be averaged).
+        ValueError: No ``crop_size``, an unknown ``pad_mode``, or an image that needs more than
+            one tile (their scores would be averaged).
     """
+    if crop_size is None:
+        raise ValueError("a sliding window needs crop_size (--crop-size N), got None")
+    _choice(pad_mode, PAD_MODES, "pad_mode")
     ch, cw = _pair(crop_size, "crop_size")
     _, _, h, w = images.shape
     if pad_mode == "none":
@@ -189,11 +194,40 @@ def _one_tile_labels(
         raise _labels_refusal(
             model, f"a sliding window over several tiles (a {h}x{w} image in {ch}x{cw} tiles)"
         )
-    pad_h, pad_w = ch - h, cw - w
-    top, left = (pad_h // 2, pad_w // 2) if pad_mode == "center" else (0, 0)
+    top, left, pad_h, pad_w = _tile_pads(h, w, (ch, cw), pad_mode)
     padded = _pad_image(images, (top, pad_h - top, left, pad_w - left), pad_value)
     labels, c = _run_labels(model, padded, num_classes)
     return labels[:, top : top + h, left : left + w], c
+
+
+def normalise_images(images: Tensor, preprocess: Any) -> Tensor:
+    """Raw images to the model's input: channel order, then ``(x - mean) / std``.
+
+    Args:
+        images: (N, 3, H, W) RGB on the 0..255 scale, any float or integer dtype.
+        preprocess: A :class:`pspnet.config.Preprocessing` (``mean``, ``std`` on the 0..255
+            scale, ``channel_order`` ``"RGB"`` or ``"BGR"``).
+
+    Returns:
+        A new float32 (N, 3, H, W) tensor.
+    """
+    x = images.float()
+    if preprocess.channel_order == "BGR":
+        x = x.flip(1)  # (N, 3, H, W): RGB -> BGR along the channel axis
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _tile_pads(h: int, w: int, crop: tuple[int, int], pad_mode: str) -> tuple[int, int, int, int]:
+    """``(top, left, pad_h, pad_w)``: padding that brings an ``h`` x ``w`` image up to ``crop``.
+
+    ``center`` is semseg's ``int(pad / 2)`` before and the rest after (an odd pad puts the extra
+    pixel last); the other modes pad after the image only.
+    """
+    pad_h, pad_w = max(crop[0] - h, 0), max(crop[1] - w, 0)
+    top, left = (pad_h // 2, pad_w // 2) if pad_mode == "center" else (0, 0)
+    return top, left, pad_h, pad_w
 
 
 def _check_images(images: Tensor) -> None:
@@ -482,7 +516,7 @@ def _make_spec(
         )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    _choice(pad_mode, ("center", "bottom_right", "none"), "pad_mode")
+    _choice(pad_mode, PAD_MODES, "pad_mode")
     _choice(average, ("prob", "logit"), "average")
     _choice(precision, ("fp32", "bf16", "fp16"), "precision")
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
@@ -528,12 +562,7 @@ def _slide_rows(
         ch, cw = min(ch, h), min(cw, w)
     sh, sw = spec.stride if spec.stride is not None else default_stride((ch, cw))
     sh, sw = min(sh, ch), min(sw, cw)  # a crop shrunk by pad_mode='none' keeps full coverage
-    pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
-    if spec.pad_mode == "center":
-        # semseg: int(pad / 2) before, the rest after (so an odd pad puts the extra pixel last).
-        top, left = pad_h // 2, pad_w // 2
-    else:
-        top, left = 0, 0
+    top, left, pad_h, pad_w = _tile_pads(h, w, (ch, cw), spec.pad_mode)
     padded = _pad_image(image, (top, pad_h - top, left, pad_w - left), spec.pad_value)
     hp, wp = padded.shape[-2:]
 
@@ -1016,7 +1045,7 @@ class Protocol:
                 object.__setattr__(self, key, _pair(value, key))
         _choice(self.mode, ("whole", "slide"), "mode")
         _choice(self.flip_mode, ("image", "crop"), "flip_mode")
-        _choice(self.pad_mode, ("center", "bottom_right", "none"), "pad_mode")
+        _choice(self.pad_mode, PAD_MODES, "pad_mode")
         _choice(self.average, ("prob", "logit"), "average")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales must be positive and non-empty, got {self.scales!r}")

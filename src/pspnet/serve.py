@@ -82,12 +82,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from pspnet.checkpoint import WeightsMeta, detect_file_kind, load_model
+from pspnet.checkpoint import WeightsMeta
 from pspnet.config import Preprocessing
 from pspnet.data.io import DataError, image_to_rgb, is_complete
 from pspnet.data.palette import colorize, default_palette
 from pspnet.engine.predict import PredictOptions, predict_array
-from pspnet.export import OnnxSegmenter, TorchScriptSegmenter, load_exported
+from pspnet.export import OnnxSegmenter, TorchScriptSegmenter, load_model_or_export
 
 try:  # the `serve` extra; module level so that FastAPI can resolve the routes' annotations
     from fastapi import FastAPI, Request
@@ -1066,13 +1066,10 @@ def load_for_serving(weights_path: str | Path, device: str = "cpu") -> nn.Module
         CheckpointError: The weights cannot be loaded.
         ValueError: An ONNX / TorchScript file that is not a pspnet export.
     """
-    p = Path(weights_path)
-    if p.is_file() and detect_file_kind(p) in ("onnx", "torchscript"):
-        try:
-            return load_exported(p)
-        except ImportError as e:
-            raise ServeError(f"cannot serve {p}: {e}") from None
-    return load_model(p, device=device)
+    try:
+        return load_model_or_export(weights_path, device=device)
+    except ImportError as e:
+        raise ServeError(f"cannot serve {weights_path}: {e}") from None
 
 
 def serve(

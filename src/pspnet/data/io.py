@@ -694,8 +694,10 @@ def read_list_file(
             try:
                 image, label = resolve(name)
             except DataError as e:
-                # Keep the class (MissingDataFileError is also a FileNotFoundError).
-                raise type(e)(f"{where}: {e}") from None
+                # Keep the class and its other arguments (MissingDataFileError is also a
+                # FileNotFoundError); only the message gains the list file and line.
+                e.args = (f"{where}: {e}", *e.args[1:])
+                raise
         else:
             raise DataError(
                 f"{where}: expected `image_path label_path` or a sample name, got "

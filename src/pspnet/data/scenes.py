@@ -43,6 +43,10 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+
+class ScenesMismatchError(FileExistsError):
+    """The output folder holds scenes generated with other parameters (size, counts, seed)."""
+
 from pspnet.data.palette import save_mask_png
 
 __all__ = [
@@ -434,7 +438,8 @@ def generate_scenes(
         ``out_dir`` as a :class:`~pathlib.Path`.
 
     Raises:
-        FileExistsError: ``out_dir`` holds a scenes data set with other parameters.
+        ScenesMismatchError: ``out_dir`` holds a scenes data set with other parameters
+            (a :class:`FileExistsError`).
         ValueError: Invalid counts, size or seed.
     """
     for name, v in (("n_train", n_train), ("n_val", n_val), ("seed", seed)):
@@ -452,7 +457,7 @@ def generate_scenes(
     # written): regenerate in place. Other parameters: only with overwrite.
     if old is not None and old != manifest:
         if not overwrite:
-            raise FileExistsError(
+            raise ScenesMismatchError(
                 f"{out} holds a scenes data set generated with other parameters; choose "
                 "another directory (pspnet demo --out DIR) or delete this one"
             )

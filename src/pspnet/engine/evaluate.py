@@ -33,7 +33,7 @@ from pspnet.data.palette import default_palette, save_mask_png
 from pspnet.engine.distributed import get_rank, get_world_size, shard_indices
 from pspnet.engine.metrics import ConfusionMatrix, Convention, SegMetrics
 from pspnet.engine.optim import unwrap_model
-from pspnet.inference import Protocol, get_protocol, predict
+from pspnet.inference import Protocol, get_protocol, normalise_images, predict
 
 __all__ = ["evaluate_model", "save_prediction_png", "write_metrics"]
 
@@ -153,15 +153,12 @@ def evaluate_model(
         }
 
     rank, world = get_rank(), get_world_size()
-    normalise = None
+    normalise: Preprocessing | None = None
     loader: Iterable[Any]
     total: int | None = None
     if isinstance(data, Dataset) and hasattr(data, "__len__") and not isinstance(data, DataLoader):
         if getattr(data, "transform", "given") is None and hasattr(data, "samples"):
-            pp = preprocess or Preprocessing()
-            mean = torch.tensor(pp.mean, dtype=torch.float32).view(1, 3, 1, 1)
-            std = torch.tensor(pp.std, dtype=torch.float32).view(1, 3, 1, 1)
-            normalise = (mean, std)
+            normalise = preprocess or Preprocessing()
         idx = shard_indices(len(data), rank, world)  # type: ignore[arg-type]
         subset = Subset(data, list(idx)) if world > 1 else data
         total = len(idx)
@@ -204,7 +201,7 @@ def evaluate_model(
             images, labels, names = _as_batch(item, seen)
             images = images.float()
             if normalise is not None:
-                images = (images - normalise[0]) / normalise[1]
+                images = normalise_images(images, normalise)
             probs = predict(
                 net,
                 images.to(device),
