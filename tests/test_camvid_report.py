@@ -3,19 +3,17 @@ training)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_bench_script
 from PIL import Image
 
 from pspnet.checkpoint import WeightsMeta, save_weights
 from pspnet.models.zoo import create_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "camvid.py"
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
            "Pedestrian", "Bicyclist")  # fmt: skip
 COLOURS = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
@@ -25,12 +23,7 @@ COLOURS = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 4
 
 @pytest.fixture(scope="module")
 def camvid_mod():
-    spec = importlib.util.spec_from_file_location("bench_camvid", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from load_bench_script("camvid.py", "bench_camvid")
 
 
 def make_fake_camvid(root: Path, n_test: int = 3, size: tuple[int, int] = (48, 64)) -> Path:

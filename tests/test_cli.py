@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TinySegmenter
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import pspnet
@@ -206,26 +206,10 @@ def test_demo_refuses_a_run_with_another_budget(tmp_path: Path,
 # Exports made with --output labels (class indices, not logits)
 
 
-class _Tiny(torch.nn.Module):
-    """A few-parameter segmenter with adaptive pooling (quick to export)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
-        self.pool = torch.nn.AdaptiveAvgPool2d(3)
-        self.mix = torch.nn.Conv2d(8, 3, 1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self.conv(x)
-        p = F.interpolate(self.pool(f), f.shape[-2:], mode="bilinear", align_corners=False)
-        y = self.mix(torch.cat([f, p], 1))
-        return {"out": F.interpolate(y, x.shape[-2:], mode="bilinear", align_corners=False)}
-
-
 @pytest.fixture(scope="module")
 def tiny() -> torch.nn.Module:
     torch.manual_seed(0)
-    net = _Tiny().eval()
+    net = TinySegmenter(num_classes=3).eval()
     net.meta = WeightsMeta(ModelConfig(num_classes=3), classes=("a", "b", "c"))
     return net
 

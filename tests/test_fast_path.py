@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_bench_script
 import torch
 from test_camvid_report import CLASSES, COLOURS, make_fake_camvid
 
@@ -16,19 +15,13 @@ from pspnet.data.datasets import SegmentationDataset, camvid_samples
 from pspnet.engine.evaluate import evaluate_model
 from pspnet.models.zoo import create_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "fast_path.py"
 
 
 @pytest.fixture(scope="module")
 def fp_mod():
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors; a busy host makes extra threads slower
-    spec = importlib.util.spec_from_file_location("bench_fast_path", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from load_bench_script("fast_path.py", "bench_fast_path")
     torch.set_num_threads(before)
 
 

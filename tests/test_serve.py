@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TinySegmenter
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -616,26 +616,10 @@ EXPORT_PRE = Preprocessing(mean=(90.0, 110.0, 130.0), std=(40.0, 50.0, 60.0),
 EXPORT_PALETTE = ((200, 10, 10), (10, 200, 10), (10, 10, 200))
 
 
-class TinySegmenter(nn.Module):
-    """A few-parameter segmenter with adaptive pooling, as in PSPNet (quick to export)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-        self.pool = nn.AdaptiveAvgPool2d(3)
-        self.mix = nn.Conv2d(8, len(CLASSES), 1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self.conv(x)
-        p = F.interpolate(self.pool(f), f.shape[-2:], mode="bilinear", align_corners=False)
-        y = self.mix(torch.cat([f, p], 1))
-        return {"out": F.interpolate(y, x.shape[-2:], mode="bilinear", align_corners=False)}
-
-
 @pytest.fixture(scope="module")
 def tiny() -> nn.Module:
     torch.manual_seed(0)
-    net = TinySegmenter().eval()
+    net = TinySegmenter(len(CLASSES)).eval()
     net.meta = WeightsMeta(ModelConfig(arch="pspnet_r18", num_classes=len(CLASSES)),
                            classes=CLASSES, palette=EXPORT_PALETTE, preprocess=EXPORT_PRE)
     return net
@@ -744,7 +728,7 @@ def test_labels_export_is_served_exactly_or_refused(start, tiny, exports) -> Non
 def test_export_without_class_metadata_serves_class_indices(start, tmp_path) -> None:
     torch.manual_seed(1)
     path = tmp_path / "bare.ts"
-    export_torchscript(TinySegmenter().eval(), path, height=20, width=30, timing_runs=0)
+    export_torchscript(TinySegmenter(len(CLASSES)).eval(), path, height=20, width=30, timing_runs=0)
     srv = start(load_for_serving(path))
     doc = json.loads(request(srv.port, "GET", "/health")[2])
     assert doc["classes"] == ["0", "1", "2"] and doc["model"] == "torchscript export bare.ts"

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_bench_script
 import torch
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "train_parity.py"
 
 
 @pytest.fixture(scope="module")
 def tp_mod():
-    spec = importlib.util.spec_from_file_location("bench_train_parity", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from load_bench_script("train_parity.py", "bench_train_parity")
 
 
 def test_moving_average_and_log_reading(tp_mod, tmp_path):
