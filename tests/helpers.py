@@ -45,3 +45,17 @@ class TinySegmenter(nn.Module):
         p = F.interpolate(self.pool(f), f.shape[-2:], mode="bilinear", align_corners=False)
         y = self.mix(torch.cat([f, p], 1))
         return {"out": F.interpolate(y, x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+def one_torch_thread() -> Iterator[None]:
+    """Run with one torch thread, then restore (a generator for module fixtures).
+
+    The tensors in these tests are tiny: thread start-up costs more than it saves, and on a busy
+    machine oversubscribed OpenMP threads make the tests many times slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

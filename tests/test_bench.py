@@ -6,20 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import one_torch_thread
 
 from pspnet import bench
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # Tiny tensors: on a busy machine oversubscribed OpenMP threads make these tests many
-    # times slower, and thread start-up costs more than it saves anyway.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    yield from one_torch_thread()
 
 
 def test_tiny_benchmark_reports_speedups_and_writes_files(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import load_bench_script
+from helpers import load_bench_script, one_torch_thread
 import torch
 from test_camvid_report import CLASSES, COLOURS, make_fake_camvid
 
@@ -19,10 +19,8 @@ from pspnet.models.zoo import create_model
 
 @pytest.fixture(scope="module")
 def fp_mod():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors; a busy host makes extra threads slower
-    yield from load_bench_script("fast_path.py", "bench_fast_path")
-    torch.set_num_threads(before)
+    for _ in one_torch_thread():
+        yield from load_bench_script("fast_path.py", "bench_fast_path")
 
 
 @pytest.fixture()

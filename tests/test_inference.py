@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import one_torch_thread
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,12 +30,7 @@ C = 5  # classes of the fake models
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # The tensors here are tiny: thread start-up costs more than it saves, and on a busy
-    # machine oversubscribed OpenMP threads make these tests many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    yield from one_torch_thread()
 
 
 def _eval(m: nn.Module, seed: int = 0) -> nn.Module:
