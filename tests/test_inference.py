@@ -529,15 +529,15 @@ def dataclasses_frozen_error() -> type[Exception]:
     return dataclasses.FrozenInstanceError
 
 
-@pytest.mark.parametrize("block_rows", [1, 3, 64])
-def test_row_blocks_do_not_change_results(monkeypatch, block_rows) -> None:
+@pytest.mark.parametrize("block_cols", [1, 3, 64])
+def test_column_blocks_do_not_change_results(monkeypatch, block_cols) -> None:
     import pspnet.inference as inference
 
     model = context_model(seed=2)
     x = images(1, 70, 12, seed=5)
     kw = dict(crop_size=(9, 8), stride=(4, 5), batch_size=3)
     ref = predict_sliding(model, x, **kw)
-    monkeypatch.setattr(inference, "_YIELD_ROWS", block_rows)
+    monkeypatch.setattr(inference, "_YIELD_COLS", block_cols)
     torch.testing.assert_close(predict_sliding(model, x, **kw), ref, atol=0, rtol=0)
     labels = predict_labels_tiled(model, x, flip=True, flip_mode="image", **kw)
     full = predict(model, x, mode="slide", flip=True, flip_mode="image", **kw)
@@ -554,3 +554,33 @@ def test_normalise_images_honours_channel_order():
     # RGB pixel (0, 100, 200): as given; BGR: (200, 100, 0) before the per-channel mean/std.
     assert normalise_images(images, rgb)[0, :, 0, 0].tolist() == [-5.0, 20.0, 34.0]
     assert normalise_images(images, bgr)[0, :, 0, 0].tolist() == [95.0, 20.0, -6.0]
+
+
+@pytest.mark.parametrize("pad_mode", ["center", "bottom_right", "none"])
+@pytest.mark.parametrize("size", [(29, 23), (5, 6), (12, 40)])
+def test_mirrored_view_equals_predicting_the_flipped_image(pad_mode, size) -> None:
+    """The flip view is run on the mirrored grid without a flipped copy of the image; it must
+    equal predicting the flipped image (its own padding and tiles) and flipping back."""
+    import pspnet.inference as inference
+
+    model = context_model(seed=6)
+    x = images(1, *size, seed=7)
+    kw = dict(crop_size=(8, 7), stride=(5, 3), batch_size=3, pad_mode=pad_mode, average="logit")
+    ref = predict_sliding(model, x.flip(-1), **kw).flip(-1)
+    spec = inference._make_spec(
+        **kw, pad_value=0.0, flip=False, align_corners=False, precision="fp32",
+        accumulate_device=None, num_classes=None,
+    )  # fmt: skip
+    got = inference._sliding(model, x, spec, accumulate_dtype=torch.float32, mirrored=True)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_last_tile_row_joins_the_previous_strip() -> None:
+    from pspnet.inference import _strips
+
+    # Regular rows stay apart: the carry between them is crop - stride rows.
+    assert _strips([0, 5, 10], crop_h=8, stride_h=5) == [[0], [5], [10]]
+    # A last row aligned to the border less than a stride below the previous one would carry
+    # up to crop - 1 rows; it joins the previous strip instead.
+    assert _strips([0, 5, 7], crop_h=8, stride_h=5) == [[0], [5, 7]]
+    assert _strips([0], crop_h=8, stride_h=5) == [[0]]

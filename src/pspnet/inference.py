@@ -15,8 +15,8 @@ inference can start from the same tensor.
 Main entry points:
 
 * :func:`predict_whole` - one forward pass per image batch.
-* :func:`predict_sliding` - tiles with overlap averaged by a count map, memory bounded by a band
-  of tile rows plus the (C, H, W) result.
+* :func:`predict_sliding` - tiles with overlap averaged by a count map, memory bounded by the
+  rows where tile rows overlap (C x (crop_h - stride_h) x W) plus the (C, H, W) result.
 * :func:`predict_labels_tiled` - the same, but returns only the (H, W) argmax label map and never
   holds a (C, H, W) score tensor (for very large images).
 * :func:`predict` - multi-scale and flip test-time augmentation; returns probabilities.
@@ -65,8 +65,9 @@ MULTI_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-#: Rows per block handed out by the sliding-window band (bounds temporaries to 64 x W x C).
-_YIELD_ROWS = 64
+#: Widest block the sliding window hands out (bounds the consumer's temporaries to
+#: C x (crop_h + stride_h) x 64).
+_YIELD_COLS = 64
 
 
 # -------------------------------------------------------------------------------------------
@@ -399,6 +400,18 @@ def _pad_image(image: Tensor, pads: tuple[int, int, int, int], pad_value: Tensor
     return out
 
 
+def _softmax_(x: Tensor) -> Tensor:
+    """Softmax over dim 1 of a float tensor, in place.
+
+    A batch of full-resolution tile scores is the largest temporary of a sliding window
+    (4 x 150 classes x 473 x 473 floats = 537 MB); ``Tensor.softmax`` would hold a second one.
+    """
+    x -= x.amax(dim=1, keepdim=True)
+    x.exp_()
+    x /= x.sum(dim=1, keepdim=True)
+    return x
+
+
 def _tile_scores(
     model: nn.Module,
     crops: Tensor,
@@ -417,7 +430,7 @@ def _tile_scores(
     x = torch.cat([crops, crops.flip(-1)], dim=0) if flip else crops  # (B or 2B, 3, ch, cw)
     out = _forward(model, x, precision=precision, align_corners=align_corners)
     if average == "prob":
-        out = out.softmax(dim=1)
+        out = _softmax_(out)
     if flip:
         out = (out[:b] + out[b:].flip(-1)) / 2
     return out
@@ -536,24 +549,84 @@ def _make_spec(
     )
 
 
-def _slide_rows(
-    model: nn.Module, image: Tensor, spec: _SlideSpec
-) -> Iterator[tuple[int, int, Tensor]]:
-    """Sliding-window scores of one image, yielded top to bottom in finished row blocks.
+def _strips(ys: list[int], crop_h: int, stride_h: int) -> list[list[int]]:
+    """Group tile rows into *strips* processed together, so the carry between strips stays small.
 
-    Tiles are visited in row-major order and summed into a *band*: a float32 buffer
-    (C, rows, W_padded) spanning from the first unfinished row to the bottom of the last tile
-    run so far. Once every tile touching a row has been added (i.e. the row lies above the next
-    tile's top), the row is divided by its count and handed out. The band therefore never
-    exceeds ``crop_h + (tile rows per batch) * stride_h`` rows, and the summation order (hence
-    the floating-point result) does not depend on ``batch_size`` grouping.
+    Every tile row is its own strip, except that the last row (aligned to the bottom border, so
+    it may start less than a stride below the previous one and overlap it by up to
+    ``crop_h - 1`` rows) joins the previous strip. The rows carried from one strip to the next
+    are then never more than the regular overlap, ``crop_h - stride_h``.
+    """
+    strips = [[y] for y in ys]
+    if len(ys) > 1 and ys[-1] - ys[-2] < stride_h:
+        strips[-2:] = [[ys[-2], ys[-1]]]
+    return strips
+
+
+def _scored_tiles(
+    model: nn.Module, padded: Tensor, tiles: list[tuple[int, int]], spec: _SlideSpec,
+    crop: tuple[int, int], mirrored: bool,
+) -> Iterator[Tensor]:
+    """Scores (C, ch, cw) float32 of ``tiles`` of ``padded``, in order, ``batch_size`` per pass.
+
+    With ``mirrored`` every crop is run mirrored and its scores mirrored back: the tile of the
+    mirrored image at the mirrored position, seen the right way round.
+    """
+    ch, cw = crop
+    acc_device = spec.acc_device or padded.device
+    for start in range(0, len(tiles), spec.batch_size):
+        batch = tiles[start : start + spec.batch_size]
+        crops = torch.cat([padded[:, :, y : y + ch, x : x + cw] for y, x in batch])  # (B,3,ch,cw)
+        if mirrored:
+            crops = crops.flip(-1)
+        scores = _tile_scores(
+            model,
+            crops,
+            flip=spec.flip,
+            average=spec.average,
+            precision=spec.precision,
+            align_corners=spec.align_corners,
+        ).to(acc_device)  # (B, C, ch, cw)
+        del crops
+        if mirrored:
+            scores = scores.flip(-1)
+        c = scores.shape[1]
+        if spec.num_classes is not None and c != spec.num_classes:
+            raise ValueError(f"num_classes={spec.num_classes} but the model returned {c} channels")
+        yield from scores
+        del scores
+
+
+def _slide_blocks(
+    model: nn.Module, image: Tensor, spec: _SlideSpec, *, mirrored: bool = False
+) -> Iterator[tuple[int, int, int, int, Tensor]]:
+    """Sliding-window scores of one image, yielded as finished blocks, strip by strip.
+
+    Memory is bounded by the crop, not by the image: tiles are visited strip by strip
+    (:func:`_strips`: a strip is one row of tiles) and, inside a strip, column by column. The
+    tiles of one column are summed into a column buffer (C, strip height, crop_w); the part of
+    the previous column that overlaps it is added; the columns left of the next tile column are
+    then final *for this strip*. Their top rows receive what the strip above carried down,
+    their rows above the next strip are divided by the tile count and handed out, and the rows
+    the next strip will overlap are kept in the *carry* (C, crop_h - stride_h, W). So besides
+    one batch of tiles, only the carry, one column buffer and the block being handed out are
+    held; never a (C, H, W) or (C, crop_h, W) tensor.
+
+    Every pixel's sum is formed in the same order whatever ``batch_size`` is, so the result
+    does not depend on how tiles are grouped into forward passes.
 
     Args:
         image: (1, 3, H, W) on the model's device.
+        mirrored: Predict the horizontally mirrored image and return its scores mirrored back,
+            without copying the image: the mirrored image's padding and tile grid, mirrored,
+            with every crop run mirrored (this is what a flip test-time view needs).
 
     Yields:
-        ``(r0, r1, scores)``: rows ``[r0, r1)`` of the unpadded image, scores (C, r1 - r0, W)
-        float32 averaged over overlapping tiles (probabilities or logits per ``spec.average``).
+        ``(r0, r1, c0, c1, scores)``: scores (C, r1 - r0, c1 - c0) float32 of rows ``[r0, r1)``
+        and columns ``[c0, c1)`` of the unpadded image, averaged over overlapping tiles
+        (probabilities or logits per ``spec.average``). Each strip's blocks cover its rows for
+        the full width, left to right, at most ``_YIELD_COLS`` columns each; strips come top
+        to bottom.
     """
     _, _, h, w = image.shape
     ch, cw = spec.crop
@@ -563,11 +636,15 @@ def _slide_rows(
     sh, sw = spec.stride if spec.stride is not None else default_stride((ch, cw))
     sh, sw = min(sh, ch), min(sw, cw)  # a crop shrunk by pad_mode='none' keeps full coverage
     top, left, pad_h, pad_w = _tile_pads(h, w, (ch, cw), spec.pad_mode)
+    if mirrored:
+        left = pad_w - left  # the mirrored image's left padding is on the right
     padded = _pad_image(image, (top, pad_h - top, left, pad_w - left), spec.pad_value)
     hp, wp = padded.shape[-2:]
 
     ys = tile_starts(hp, ch, sh)
     xs = tile_starts(wp, cw, sw)
+    if mirrored:
+        xs = [wp - cw - x for x in reversed(xs)]
     # The count map is separable (every tile row holds the same columns), so keep two vectors
     # instead of an (H, W) map: count[y, x] = rows_cover[y] * cols_cover[x].
     acc_device = spec.acc_device or image.device
@@ -578,50 +655,96 @@ def _slide_rows(
     for x in xs:
         cols_cover[x : x + cw] += 1
 
-    tiles = [(y, x) for y in ys for x in xs]  # row-major
-    band: Tensor | None = None  # (C, band_rows, wp) float32
-    band_top = 0
-    for start in range(0, len(tiles), spec.batch_size):
-        batch = tiles[start : start + spec.batch_size]
-        crops = torch.cat([padded[:, :, y : y + ch, x : x + cw] for y, x in batch])  # (B,3,ch,cw)
-        scores = _tile_scores(
-            model,
-            crops,
-            flip=spec.flip,
-            average=spec.average,
-            precision=spec.precision,
-            align_corners=spec.align_corners,
-        ).to(acc_device)  # (B, C, ch, cw)
-        del crops
-        c = scores.shape[1]
-        if spec.num_classes is not None and c != spec.num_classes:
-            raise ValueError(f"num_classes={spec.num_classes} but the model returned {c} channels")
-        # Grow the band down to the lowest tile of this batch.
-        bottom = max(y for y, _ in batch) + ch
-        rows = bottom - band_top
-        if band is None or band.shape[1] < rows:
-            grown = torch.zeros((c, rows, wp), dtype=torch.float32, device=acc_device)
-            if band is not None:
-                grown[:, : band.shape[1]] = band
-            band = grown
-        for (y, x), s in zip(batch, scores):
-            band[:, y - band_top : y - band_top + ch, x : x + cw] += s
-        del scores
+    strips = _strips(ys, ch, sh)
+    tiles = [(y, x) for strip in strips for x in xs for y in strip]
+    scores = _scored_tiles(model, padded, tiles, spec, (ch, cw), mirrored)
+    carry: Tensor | None = None  # (C, rows, wp): sums carried down to the next strip
+    carry_rows = 0
+    for k, strip in enumerate(strips):
+        s_top, s_bottom = strip[0], strip[-1] + ch
+        next_top = strips[k + 1][0] if k + 1 < len(strips) else hp
+        done_rows, new_carry_rows = next_top - s_top, s_bottom - next_top
+        # Image rows finished by this strip, relative to the strip's top (padding dropped).
+        out_r0, out_r1 = max(s_top, top) - s_top, min(next_top, top + h) - s_top
+        leftover: Tensor | None = None  # (C, strip rows, n): columns [x, x + n) already summed
+        for j, x in enumerate(xs):
+            col: Tensor | None = None  # (C, s_bottom - s_top, cw)
+            for y in strip:
+                s = next(scores)
+                if col is None:
+                    col = s.new_zeros((s.shape[0], s_bottom - s_top, cw))
+                col[:, y - s_top : y - s_top + ch] += s
+                del s  # the last tile of a batch would keep the whole batch alive
+            assert col is not None  # a strip holds at least one tile row
+            if leftover is not None:
+                col[:, :, : leftover.shape[-1]] += leftover
+            end = xs[j + 1] if j + 1 < len(xs) else wp  # columns left of the next tile column
+            leftover = col[:, :, end - x :].clone()
+            block = col[:, :, : end - x]  # (C, strip rows, end - x): final for this strip
+            if carry_rows:
+                block[:, :carry_rows] += carry[:, :carry_rows, x:end]  # type: ignore[index]
+            if new_carry_rows:
+                if carry is None or carry.shape[1] < new_carry_rows:
+                    # Allocated once in practice: every strip but the last carries the same rows.
+                    grown = block.new_zeros((block.shape[0], new_carry_rows, wp))
+                    if carry is not None:
+                        grown[:, : carry.shape[1]] = carry
+                    carry = grown
+                carry[:, :new_carry_rows, x:end] = block[:, done_rows:]
+            c0, c1 = max(x, left), min(end, left + w)
+            if out_r1 > out_r0 and c1 > c0:
+                # Small column blocks keep the consumer's softmax / argmax temporaries small.
+                for b0 in range(c0, c1, _YIELD_COLS):
+                    b1 = min(b0 + _YIELD_COLS, c1)
+                    count = (
+                        rows_cover[s_top + out_r0 : s_top + out_r1, None]
+                        * cols_cover[None, b0:b1]
+                    )  # (rows, cols)
+                    part = block[:, out_r0:out_r1, b0 - x : b1 - x] / count
+                    yield s_top + out_r0 - top, s_top + out_r1 - top, b0 - left, b1 - left, part
+            del col, block
+        carry_rows = new_carry_rows
 
-        # Rows above the next tile's top will receive nothing more: average and release them.
-        next_top = tiles[start + spec.batch_size][0] if start + spec.batch_size < len(tiles) else hp
-        if next_top > band_top:
-            # Finished rows, in image (unpadded) coordinates; padding rows are simply dropped.
-            first, last = max(band_top, top), min(next_top, top + h)
-            # Hand them out in small blocks so the averaged copy (and the consumer's softmax /
-            # argmax temporaries) stay at _YIELD_ROWS x W, not stride x W.
-            for r in range(first, last, _YIELD_ROWS):
-                r_end = min(r + _YIELD_ROWS, last)
-                count = rows_cover[r:r_end, None] * cols_cover[None, left : left + w]  # (n, W)
-                rows = band[:, r - band_top : r_end - band_top, left : left + w]  # (C, n, W)
-                yield r - top, r_end - top, rows / count
-            band = band[:, next_top - band_top :]
-            band_top = next_top
+
+def _sum_views(
+    streams: Sequence[Iterator[tuple[int, int, int, int, Tensor]]],
+) -> Iterator[tuple[int, int, int, int, Tensor]]:
+    """Blocks of several :func:`_slide_blocks` streams of one image, summed pixel by pixel.
+
+    The streams cover the same strips in the same order but may cut columns differently (a
+    mirrored view has a mirrored tile grid); each yielded block is the overlap of the streams'
+    current blocks, so only one block per stream is ever pending.
+    """
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    pending: list[tuple[int, int, int, int, Tensor] | None] = [None] * len(streams)
+    while True:
+        for k, stream in enumerate(streams):
+            if pending[k] is None:
+                pending[k] = next(stream, None)
+        if all(p is None for p in pending):
+            return
+        parts = [p for p in pending if p is not None]
+        r0, r1, c0 = parts[0][:3]
+        if len(parts) != len(streams) or any(p[:3] != (r0, r1, c0) for p in parts):
+            raise RuntimeError("sliding-window views finished different blocks")  # a bug
+        c1 = min(p[3] for p in parts)
+        total = parts[0][4][..., : c1 - c0].clone()
+        for p in parts[1:]:
+            total += p[4][..., : c1 - c0]
+        yield r0, r1, c0, c1, total
+        pending = [
+            None if p[3] == c1 else (r0, r1, c1, p[3], p[4][..., c1 - c0 :]) for p in parts
+        ]
+
+
+def _as_probs(
+    blocks: Iterator[tuple[int, int, int, int, Tensor]], average: str
+) -> Iterator[tuple[int, int, int, int, Tensor]]:
+    """Blocks of averaged scores as probabilities (softmax over classes for averaged logits)."""
+    for r0, r1, c0, c1, scores in blocks:
+        yield r0, r1, c0, c1, scores.softmax(dim=0) if average == "logit" else scores
 
 
 def predict_sliding(
@@ -648,11 +771,12 @@ def predict_sliding(
     ``batch_size`` at a time, their softmax (or logits) summed and divided by how many tiles
     cover each pixel, and the padding is cropped away.
 
-    Memory: besides the padded image and one batch of crop activations, only a float32 band of
-    at most ``crop_h + ceil(batch_size / tiles_per_row) * stride_h`` rows is held, plus the
-    (N, C, H, W) result in ``accumulate_dtype``. For a 6000x4000 image with 11 classes the fp32
-    result is ~1 GB; ``accumulate_dtype=torch.float16`` halves it (overlaps are still summed in
-    float32, only the finished average is rounded), and :func:`predict_labels_tiled` avoids it.
+    Memory: besides the padded image and one batch of crop activations, only float32 sums of
+    the ``crop_h - stride_h`` rows where tile rows overlap (C x that x W) and one column of
+    tiles are held, plus the (N, C, H, W) result in ``accumulate_dtype``. For a 6000x4000 image
+    with 11 classes the fp32 result is ~1 GB; ``accumulate_dtype=torch.float16`` halves it
+    (overlaps are still summed in float32, only the finished average is rounded), and
+    :func:`predict_labels_tiled` avoids it.
 
     Args:
         model: Segmentation model in eval mode.
@@ -669,7 +793,7 @@ def predict_sliding(
         flip: Also run each crop mirrored and average it back in (semseg's per-crop flip).
         align_corners: Convention for resizing low-resolution model outputs to the crop size.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the forward passes.
-        accumulate_device: Where the band and result live (e.g. ``"cpu"`` to bound GPU memory);
+        accumulate_device: Where the sums and result live (e.g. ``"cpu"`` to bound GPU memory);
             default the model's device.
         accumulate_dtype: dtype of the returned (N, C, H, W) tensor.
 
@@ -697,6 +821,14 @@ def predict_sliding(
         accumulate_device=accumulate_device,
         num_classes=num_classes,
     )
+    return _sliding(model, images, spec, accumulate_dtype=accumulate_dtype)
+
+
+def _sliding(
+    model: nn.Module, images: Tensor, spec: _SlideSpec, *, accumulate_dtype: torch.dtype,
+    mirrored: bool = False,
+) -> Tensor:
+    """:func:`predict_sliding` for a validated spec; ``mirrored``: see :func:`_slide_blocks`."""
     device, dtype = _model_device_dtype(model, images.device)
     n_img = images.shape[0]
     out: Tensor | None = None
@@ -704,12 +836,12 @@ def predict_sliding(
         for n in range(n_img):
             image = images[n : n + 1].to(device=device, dtype=dtype or images.dtype)  # (1,3,H,W)
             h, w = image.shape[-2:]
-            for r0, r1, scores in _slide_rows(model, image, spec):
+            for r0, r1, c0, c1, scores in _slide_blocks(model, image, spec, mirrored=mirrored):
                 if out is None:
                     out = torch.empty(
                         (n_img, scores.shape[0], h, w), dtype=accumulate_dtype, device=scores.device
                     )
-                out[n, :, r0:r1] = scores
+                out[n, :, r0:r1, c0:c1] = scores
     if out is None:  # only reachable with N == 0
         raise ValueError("images is an empty batch")
     return out
@@ -737,12 +869,13 @@ def predict_labels_tiled(
     accumulate_device: torch.device | str | None = None,
     label_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Sliding-window label map, computed band by band without a (C, H, W) score tensor.
+    """Sliding-window label map, computed block by block without a (C, H, W) score tensor.
 
-    Tiles are processed row by row; as soon as a band of rows has received every overlapping
-    tile it is averaged, turned into probabilities, combined over flips and reduced by argmax,
-    so memory stays at one batch of crop activations plus a band of about ``crop_h + stride_h``
-    rows of (C, W) float32 scores. The result equals
+    Tiles are visited strip by strip (:func:`_slide_blocks`); as soon as a block of pixels has
+    received every overlapping tile it is averaged, turned into probabilities, combined over
+    flips and reduced by argmax. Memory therefore stays at one batch of crop activations, the
+    float32 sums of the rows where tile rows overlap (C x (crop_h - stride_h) x W), one column
+    of tiles and the label map, whatever the image height. The result equals
     ``predict(model, images, mode="slide", scales=(1.0,), flip=flip, flip_mode=flip_mode,
     ...).argmax(1)`` for the same options (single scale, no resizing).
 
@@ -753,7 +886,7 @@ def predict_labels_tiled(
             precision, accumulate_device: As in :func:`predict_sliding`.
         flip: Horizontal-flip test-time augmentation.
         flip_mode: ``"crop"`` mirrors each tile (semseg), ``"image"`` runs the mirrored image
-            as a second sliding pass (mmseg); both are processed band by band.
+            as a second sliding pass (mmseg); both are processed block by block.
         label_dtype: dtype of the labels; default uint8 for up to 256 classes, else int64.
 
     Returns:
@@ -798,31 +931,23 @@ def predict_labels_tiled(
     with torch.no_grad():
         for n in range(n_img):
             image = images[n : n + 1].to(device=device, dtype=dtype or images.dtype)
-            streams = [_slide_rows(model, image, spec)]
-            if image_flip:
-                # Flipping is horizontal, so both passes finish the same rows at the same time.
-                streams.append(_slide_rows(model, image.flip(-1), spec))
-            for parts in zip(*streams, strict=True):
-                r0, r1, _ = parts[0]
-                # Same arithmetic as predict(): sum each view's probabilities, then divide.
-                total: Tensor | None = None
-                for view, (v0, v1, scores) in enumerate(parts):
-                    if (v0, v1) != (r0, r1):  # pragma: no cover - guarded by construction
-                        raise RuntimeError("flipped pass finished different rows")
-                    probs = scores.softmax(dim=0) if spec.average == "logit" else scores
-                    if view == 1:
-                        probs = probs.flip(-1)
-                    total = probs.clone() if total is None else total.add_(probs)
-                assert total is not None
-                if len(parts) > 1:
-                    total = total / len(parts)
+            # Same arithmetic as predict(): each view's probabilities, summed, then divided.
+            # The mirrored view runs on the mirrored grid without copying the image, and
+            # finishes the same rows as the plain one, so the sum stays block by block.
+            streams = [
+                _as_probs(_slide_blocks(model, image, spec, mirrored=mirrored), spec.average)
+                for mirrored in ((False, True) if image_flip else (False,))
+            ]
+            for r0, r1, c0, c1, total in _sum_views(streams):
+                if len(streams) > 1:
+                    total = total / len(streams)
                 if labels is None:
                     c = total.shape[0]
                     ldt = label_dtype or _default_label_dtype(c)
                     if ldt == torch.uint8 and c > 256:
                         raise ValueError(f"label_dtype uint8 cannot hold {c} classes")
                     labels = torch.empty((n_img, h, w), dtype=ldt, device=total.device)
-                labels[n, r0:r1] = total.argmax(dim=0).to(labels.dtype)
+                labels[n, r0:r1, c0:c1] = total.argmax(dim=0).to(labels.dtype)
     if labels is None:
         raise ValueError("images is an empty batch")
     return labels
@@ -951,19 +1076,11 @@ def predict(
     crop_flip = flip and mode == "slide" and flip_mode == "crop"
     image_flip = flip and not crop_flip
 
-    def one_view(x: Tensor) -> Tensor:
-        """Scores of one resized (and possibly mirrored) batch, in the ``average`` space."""
-        if mode == "whole":
-            out = predict_whole(
-                model, x, output=average, align_corners=align_corners, precision=precision
-            )
-            return out.to(acc_device)
-        return predict_sliding(
-            model,
-            x,
+    spec = None
+    if mode == "slide":
+        spec = _make_spec(
             crop_size=crop_size,  # type: ignore[arg-type]
             stride=stride,
-            num_classes=num_classes,
             batch_size=batch_size,
             pad_value=pad_value,
             pad_mode=pad_mode,
@@ -972,8 +1089,20 @@ def predict(
             align_corners=align_corners,
             precision=precision,
             accumulate_device=acc_device,
-            accumulate_dtype=accumulate_dtype,
+            num_classes=num_classes,
         )
+
+    def one_view(x: Tensor, mirrored: bool) -> Tensor:
+        """Scores of one resized batch (of its mirror image, mirrored back), ``average`` space."""
+        if spec is not None:
+            # The mirrored view without a flipped copy of the image, and with the same
+            # arithmetic as predict_labels_tiled's (so its argmax equals ours exactly).
+            return _sliding(model, x, spec, accumulate_dtype=accumulate_dtype, mirrored=mirrored)
+        out = predict_whole(
+            model, x.flip(-1) if mirrored else x, output=average, align_corners=align_corners,
+            precision=precision,
+        )
+        return (out.flip(-1) if mirrored else out).to(acc_device)
 
     total: Tensor | None = None
     views = 0
@@ -983,12 +1112,9 @@ def predict(
             # Image resizing always uses the half-pixel convention (cv2 / PIL / mmcv).
             x = _resize(images, size, align_corners=False)
             for mirrored in (False, True) if image_flip else (False,):
-                xv = x.flip(-1) if mirrored else x
-                scores = one_view(xv).float()  # (N, C, h_s, w_s)
+                scores = one_view(x, mirrored).float()  # (N, C, h_s, w_s)
                 scores = _resize(scores, (h, w), restore_align_corners)
                 probs = scores.softmax(dim=1) if average == "logit" else scores
-                if mirrored:
-                    probs = probs.flip(-1)
                 if num_classes is not None and probs.shape[1] != num_classes:
                     got = probs.shape[1]
                     raise ValueError(

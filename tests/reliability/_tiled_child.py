@@ -73,7 +73,7 @@ def main() -> None:
     h, w, c = int(opt["height"]), int(opt["width"]), int(opt["num_classes"])
     # A real (tiny) PSPNet behind an average pool: the network sees each crop at 1/pool of its
     # size, so its cost is small, while everything the tiling does - full-crop-size logits,
-    # softmax, the overlap band, argmax - happens at full resolution as with any model.
+    # softmax, the overlap sums, argmax - happens at full resolution as with any model.
     net = create_model(
         "pspnet_r18", c, head_channels=16, ppm_channels=16, aux=False, output_stride=32
     )

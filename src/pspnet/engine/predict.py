@@ -116,7 +116,7 @@ def predict_array(
     x = to_tensor(image, pre).to(_device(model))
     align = bool(getattr(getattr(model, "config", None), "align_corners", False))
     if opts.mode == "slide" and tuple(opts.scales) == (1.0,):
-        # Single-scale sliding window: reduce to labels band by band, so a huge image never
+        # Single-scale sliding window: reduce to labels block by block, so a huge image never
         # needs a (C, H, W) score tensor (memory stays bounded by the crop and the width).
         labels = predict_labels_tiled(
             model, x, crop_size=opts.crop_size, stride=opts.stride, num_classes=num_classes,
