@@ -211,7 +211,7 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
 
 def _chart(per_row: dict[str, list[float]], path: Path) -> Path:
     """Bars: mean mIoU per row; dots: the seeds; whiskers: +- one standard deviation."""
-    font, small = _camvid._font(15), _camvid._font(12)
+    font, small = _camvid.font(15), _camvid.font(12)
     names = list(per_row)
     w, h, left, bottom, top = 140 * len(names) + 100, 420, 70, 90, 30
     img = Image.new("RGB", (w, h), "white")
@@ -262,7 +262,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if setup["data"] == "scenes":  # boat (4) and car (5): the classes context decides
             per_row_ctx.setdefault(row, []).append(50 * (r["iou"][4] + r["iou"][5]))
     chart = _chart(per_row, out / "ablation_miou.png")
-    machine = _camvid._format_machine(_camvid.machine_info())
+    machine = _camvid.format_machine(_camvid.machine_info())
     lines = [
         "# The paper's Table 1 ablation, re-run on a CPU",
         "",
@@ -295,7 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             cm, cs = _stats(per_row_ctx[row])
             cells.append("n/a" if math.isnan(cm) else f"{cm:.2f} ± {cs:.2f}")
         table.append(cells)
-    lines += _camvid._md_table(header, table) + [""]
+    lines += _camvid.md_table(header, table) + [""]
     lines += ["## Does the paper's ordering hold?", ""]
     checks = []
     for desc, better, worse in ORDERINGS:
@@ -313,7 +313,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             verdict += " (beyond the seed spread)" if abs(mean) > sd else " (within the seed spread)"
         checks.append([desc, f"`{better}` − `{worse}`", f"{mean:+.2f} ± {sd:.2f}",
                        f"{wins} of {len(diffs)}", verdict])
-    lines += _camvid._md_table(
+    lines += _camvid.md_table(
         ["paper's claim", "rows", "paired difference (mIoU points)", "seeds where it holds",
          "here"], checks)
     lines += ["", "Paired difference: mean ± sd over the seeds of (better row − worse row) with "
@@ -321,7 +321,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     lines += ["## Every run", ""]
     runs = [[f"`{row}`", str(seed), f"{100 * r['mIoU']:.2f}", str(r["iterations"]),
              f"{r['train_s'] / 60:.1f}"] for (row, seed), r in sorted(done.items())]
-    lines += _camvid._md_table(["row", "seed", "val mIoU", "iterations", "train min"], runs)
+    lines += _camvid.md_table(["row", "seed", "val mIoU", "iterations", "train min"], runs)
     md = out.parent / f"{out.name}.md"
     md.write_text("\n".join(lines) + "\n")
     print(f"wrote {md}")

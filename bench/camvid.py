@@ -48,12 +48,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pspnet.bench import CAMVID_ENV, DEFAULT_CAMVID_ROOT, camvid_missing
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "camvid_cpu.yaml"
 DEFAULT_WORK_DIR = REPO / "work_dirs" / "camvid_cpu"
 DEFAULT_OUT = REPO / "docs" / "results"
-DEFAULT_CAMVID = REPO.parent / "shared" / "data" / "camvid"
-ENV_VAR = "PSPNET_CAMVID"
+DEFAULT_CAMVID = DEFAULT_CAMVID_ROOT  # the location rule lives in pspnet.bench (one place)
+ENV_VAR = CAMVID_ENV
 RUNS_FILE = "bench_runs.jsonl"
 TARGET_MIOU = 60.0  # percent; SegNet's published CamVid test mIoU, the bar this page checks
 
@@ -89,10 +91,8 @@ def find_camvid(splits: Sequence[str] = ("test",)) -> Path:
         BenchError: The folder, its ``classes.txt`` or a split list is missing; the message
             names both places looked at.
     """
+    root, missing = camvid_missing(tuple(splits))
     env = os.environ.get(ENV_VAR)
-    root = Path(env).expanduser() if env else DEFAULT_CAMVID
-    needed = ["classes.txt", *(f"{s}.txt" for s in splits), "images", "labels"]
-    missing = [n for n in needed if not (root / n).exists()]
     if missing:
         where = (
             f"{ENV_VAR}={env} (from the environment)" if env
@@ -106,7 +106,7 @@ def find_camvid(splits: Sequence[str] = ("test",)) -> Path:
     return root.resolve()
 
 
-def _display_path(path: Path) -> str:
+def display_path(path: Path) -> str:
     """``path`` relative to the repository when it is inside it, else absolute."""
     path = Path(path).resolve()
     try:
@@ -172,7 +172,7 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def _format_machine(m: dict[str, Any]) -> str:
+def format_machine(m: dict[str, Any]) -> str:
     bf16 = {True: "native bf16", False: "no native bf16 (fp32)", None: "bf16 unknown"}
     return (
         f"{m.get('cpu', '?')}, {m.get('usable_cpus', '?')} usable of "
@@ -395,7 +395,7 @@ def read_log(path: str | Path) -> TrainLog:
 # Plots (Pillow only)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """Pillow's built-in font at ``size`` px (a bitmap font where FreeType is missing)."""
     try:
         return ImageFont.load_default(size=size)
@@ -484,7 +484,7 @@ def line_plot(
     w, h = size
     img = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    f_title, f_label, f_tick = _font(17), _font(14), _font(12)
+    f_title, f_label, f_tick = font(17), font(14), font(12)
     left, right, top, bottom = 78, 24, 44, 62
     x0, y0, x1, y1 = left, top, w - right, h - bottom  # plot area
 
@@ -674,7 +674,7 @@ def overlay_grid(
     """
     from pspnet.data.palette import draw_legend, overlay
 
-    f_head, f_cap = _font(15), _font(12)
+    f_head, f_cap = font(15), font(12)
     head_h, cap_h, gap = 26, 18, 6
     rows = []
     for sample, gt, pred in zip(samples, labels, preds):
@@ -790,7 +790,7 @@ def evaluate_test(
         "split": "test",
         "images": len(samples),
         "split_images": total,
-        "weights": _display_path(weights),
+        "weights": display_path(weights),
         "weights_source": meta.source,
         "protocol": "whole image at original size, single scale, no flip; void (255) ignored",
         "precision": precision,
@@ -944,7 +944,7 @@ def budget_section(points: Sequence[BudgetPoint], plot_rel: str) -> list[str]:
         rows.append([
             f"{p.budget:g}" if p.budget else "?", f"{p.log.minutes:.1f}",
             f"{p.log.iterations:,}{planned}", f"{p.log.epochs:.1f}", p.weights,
-            _pct(p.test_miou, 2), gain, per_hour, f"`{_display_path(p.work_dir)}`",
+            _pct(p.test_miou, 2), gain, per_hour, f"`{display_path(p.work_dir)}`",
         ])  # fmt: skip
         prev = p
     lines = [
@@ -955,7 +955,7 @@ def budget_section(points: Sequence[BudgetPoint], plot_rel: str) -> list[str]:
         "`iterations` is what the machine delivered; the budget plans its steps from the "
         "pace of the first ones and re-plans when steps slow down (a shared machine).",
         "",
-        *_md_table(["budget (min)", "trained (min)", "iterations", "epochs", "weights",
+        *md_table(["budget (min)", "trained (min)", "iterations", "epochs", "weights",
                     "test mIoU (%)", "change", "change per extra hour", "work dir"], rows,
                    "rrrrlrrrl"),
         "",
@@ -964,7 +964,7 @@ def budget_section(points: Sequence[BudgetPoint], plot_rel: str) -> list[str]:
     ]  # fmt: skip
     diffs = [p for p in pts if p.recipe_diff]
     for p in diffs:
-        lines.append(f"Note: `{_display_path(p.work_dir)}` differs from the main run in "
+        lines.append(f"Note: `{display_path(p.work_dir)}` differs from the main run in "
                      + ", ".join(f"`{k}`" for k in p.recipe_diff) + ".")  # fmt: skip
     if diffs:
         lines.append("")
@@ -1054,7 +1054,7 @@ def _recipe(cfg: dict[str, Any]) -> list[str]:
     ]
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
     align = align or "l" + "r" * (len(header) - 1)
     sep = ["---:" if a == "r" else "---" for a in align]
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
@@ -1130,7 +1130,7 @@ def render_markdown(
     else:
         budget = (cfg.get("train") or {}).get("time_budget")
         lines.append(f"python bench/camvid.py train --minutes {budget if budget else 'M'} "
-                     f"--work-dir {_display_path(work_dir)}  # (reconstructed)")  # fmt: skip
+                     f"--work-dir {display_path(work_dir)}  # (reconstructed)")  # fmt: skip
     lines += [report_command, "```", ""]
     pspnet_cmds = list(dict.fromkeys(r["pspnet_command"] for r in runs if r.get("pspnet_command")))
     if pspnet_cmds:
@@ -1144,11 +1144,11 @@ def render_markdown(
         "",
         f"- Commit: `{commit}`",
     ]
-    train_machines = list(dict.fromkeys(_format_machine(r["machine"]) for r in runs
+    train_machines = list(dict.fromkeys(format_machine(r["machine"]) for r in runs
                                         if isinstance(r.get("machine"), dict)))  # fmt: skip
     for tm in train_machines:
         lines.append(f"- Training machine: {tm}")
-    lines.append(f"- Report machine (test evaluation): {_format_machine(machine)}")
+    lines.append(f"- Report machine (test evaluation): {format_machine(machine)}")
     lines.append("- Recipe (`configs/camvid_cpu.yaml`, as saved in the work dir):")
     lines += [f"  - {r}" for r in _recipe(cfg)]
     lines += [
@@ -1175,7 +1175,7 @@ def render_markdown(
         ("best val mIoU", f"{_pct(best.miou, 2)} at iteration {best.iter} "
          f"({best.minutes:.1f} min)" if best else "n/a"),
     ]  # fmt: skip
-    lines += _md_table(["quantity", "value"], rows, "ll")
+    lines += md_table(["quantity", "value"], rows, "ll")
     if notes.strip():
         lines += ["", "### Conditions and observations (written by hand, not by the script)", "",
                   notes.strip()]  # fmt: skip
@@ -1187,7 +1187,7 @@ def render_markdown(
         "",
         "## Test set",
         "",
-        f"Weights: `{_display_path(test.weights)}` ({test.weights_source or 'no source recorded'}"
+        f"Weights: `{display_path(test.weights)}` ({test.weights_source or 'no source recorded'}"
         + ("; the best validation mIoU of the run, chosen on the validation set, never on test"
            if test.weights.name == "best" else "; the last weights: no validation saved best/")
         + "). Protocol: whole image at the original "
@@ -1196,11 +1196,11 @@ def render_markdown(
         f"{test.num_images} images evaluated in {_duration(test.seconds)}.",
         "",
     ]
-    lines += _md_table(["mIoU", "mAcc", "allAcc"],
+    lines += md_table(["mIoU", "mAcc", "allAcc"],
                        [[_pct(s["mIoU"], 2), _pct(s["mAcc"], 2), _pct(s["allAcc"], 2)]], "rrr")
     lines += [""]
     total_px = sum(c["gt_pixels"] for c in s["per_class"]) or 1
-    lines += _md_table(
+    lines += md_table(
         ["class", "IoU (%)", "accuracy (%)", "share of test pixels (%)"],
         [[c["name"], _pct(c["iou"]), _pct(c["acc"]), f"{100 * c['gt_pixels'] / total_px:.2f}"]
          for c in s["per_class"]],
@@ -1223,7 +1223,7 @@ def render_markdown(
         + ")**"
     )
     pre = "ImageNet (train.backbone_weights)" if pretrained else "none, from scratch"
-    lines += _md_table(
+    lines += md_table(
         ["method", "pretraining", "test mIoU"],
         [*PUBLISHED, (ours, pre, f"**{miou_pct:.1f}**")],
         "llr",
@@ -1258,7 +1258,7 @@ def render_markdown(
                 vrows.append([f"{v.minutes:.1f}", f"{v.minutes / 60:.2f}", f"{v.iter:,}",
                               f"{v.epoch:.1f}", _pct(v.miou, 2), delta])  # fmt: skip
                 prev = v
-            lines += _md_table(
+            lines += md_table(
                 ["training minutes", "hours", "iteration", "epoch", "val mIoU (%)",
                  "change since previous point"], vrows)  # fmt: skip
         else:
@@ -1345,18 +1345,18 @@ def build_report(
         if len(budgets) >= 2:  # a curve needs two points; the page shows it only then
             files["budget_curve"] = plot_budget_curve(budgets, out_dir / "budget_curve.png")
     if report_command is None:
-        parts = ["python", "bench/camvid.py", "report", "--work-dir", _display_path(work_dir),
-                 "--out", _display_path(out_dir)]  # fmt: skip
+        parts = ["python", "bench/camvid.py", "report", "--work-dir", display_path(work_dir),
+                 "--out", display_path(out_dir)]  # fmt: skip
         if markdown:
-            parts += ["--markdown", _display_path(md_path)]
+            parts += ["--markdown", display_path(md_path)]
         if precision != "fp32":
             parts += ["--precision", precision]
         if limit is not None:
             parts += ["--limit", str(limit)]
         if budget_runs:
-            parts += ["--budget-runs", *(_display_path(Path(d).resolve()) for d in budget_runs)]
+            parts += ["--budget-runs", *(display_path(Path(d).resolve()) for d in budget_runs)]
         if notes is not None:
-            parts += ["--notes", _display_path(Path(notes).resolve())]
+            parts += ["--notes", display_path(Path(notes).resolve())]
         report_command = shlex.join(parts)
     text = render_markdown(
         test=test, log=log, cfg=cfg, runs=_read_runs(work_dir),
@@ -1395,7 +1395,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cmd = train_command(args.minutes, work_dir, data_root, config, args.set)
     full = [sys.executable, "-m", "pspnet", *cmd]
     shown_bench = shlex.join(["python", "bench/camvid.py", *argv])
-    shown_pspnet = shlex.join(["pspnet", *[_display_path(Path(c)) if c == str(config) else c
+    shown_pspnet = shlex.join(["pspnet", *[display_path(Path(c)) if c == str(config) else c
                                            for c in cmd]])  # fmt: skip
     print(f"running: {shown_pspnet}", flush=True)
     if args.dry_run:
@@ -1414,7 +1414,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f.write(json.dumps({"event": "exit", "time": _dt.datetime.now().isoformat(
             timespec="seconds"), "returncode": rc, "loadavg": _loadavg()}) + "\n")  # fmt: skip
     if rc == 0:
-        print(f"done; now: python bench/camvid.py report --work-dir {_display_path(work_dir)}")
+        print(f"done; now: python bench/camvid.py report --work-dir {display_path(work_dir)}")
     return rc
 
 
@@ -1429,7 +1429,7 @@ def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     metrics = json.loads(files["metrics"].read_text())
     print(f"test mIoU {_pct(metrics['mIoU'], 2)} on {metrics['images']} images")
     for name, path in files.items():
-        print(f"  {name}: {_display_path(path)}")
+        print(f"  {name}: {display_path(path)}")
     return 0
 
 

@@ -191,7 +191,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         doc["command"],
         "```",
         "",
-        f"Commit `{doc['commit']}`; machine: {_camvid._format_machine(doc['machine'])}.",
+        f"Commit `{doc['commit']}`; machine: {_camvid.format_machine(doc['machine'])}.",
         "",
         f"| variant | what | mIoU (%) | Δ vs fp32 (points) | pixels with fp32's label | "
         f"s / image (median) | compile s | target: abs(Δ) <= {TARGET_POINTS} |",
@@ -256,7 +256,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                            if not r["meets_target"])
         verdict = f"target missed: {missed} points (more than {TARGET_POINTS} from fp32)"
     doc = {
-        "weights": _camvid._display_path(weights), "data": where, "images": res["images"],
+        "weights": _camvid.display_path(weights), "data": where, "images": res["images"],
         "split_images": total, "limit": args.limit, "num_classes": res["num_classes"],
         "class_names": res["class_names"], "weights_source": res["weights_source"],
         "protocol": "whole image at original size, single scale, no flip; ignore label skipped",

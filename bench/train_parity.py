@@ -217,7 +217,7 @@ def render_markdown(doc: dict[str, Any], png_name: str) -> str:
         doc["command"],
         "```",
         "",
-        f"Commit `{doc['commit']}`; machine: {_camvid._format_machine(doc['machine'])}.",
+        f"Commit `{doc['commit']}`; machine: {_camvid.format_machine(doc['machine'])}.",
         "",
         f"![smoothed loss curves]({png_name})",
         "",
@@ -231,7 +231,7 @@ def render_markdown(doc: dict[str, Any], png_name: str) -> str:
                      "yes" if x["channels_last"] else "no", str(x["seed"]),
                      f"{x['first_loss']:.4f}", f"{x['final_smoothed_loss']:.4f}",
                      "0 (reference)" if run == "fp32_s0" else f"{x['mad_vs_fp32_s0']:.4f}", sec])
-    lines += _camvid._md_table(
+    lines += _camvid.md_table(
         ["run", "what", "precision", "channels-last", "seed", "loss at step 1",
          f"final loss (mean of last {r['window']})", "mean abs. difference to fp32 seed 0",
          "s / step (median)"], rows)
@@ -300,7 +300,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "setup": asdict(setup), "result": result,
         "command": shlex.join(["python", "bench/train_parity.py", *argv]),
         "commit": _camvid.git_commit(), "machine": _camvid.machine_info(),
-        "date": time.strftime("%Y-%m-%d %H:%M"), "work_dir": _camvid._display_path(work),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "work_dir": _camvid.display_path(work),
     }
     Path(f"{out}.json").write_text(json.dumps(doc, indent=2) + "\n")
     Path(f"{out}.md").write_text(render_markdown(doc, png.name))

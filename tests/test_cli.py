@@ -71,6 +71,30 @@ def test_predict_writes_index_pngs_and_overlays_at_original_size(tmp_path: Path,
                  "--precision", "bf16", "-q"]) == 0
 
 
+def test_tile_batch_reaches_the_sliding_window(tmp_path: Path, weights: Path, monkeypatch,
+                                                capsys) -> None:
+    import pspnet.engine.predict as predict_mod
+
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "im.png")
+    seen = []
+    real = predict_mod.predict_labels_tiled
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["batch_size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "predict_labels_tiled", spy)
+    argv = ["predict", "--weights", str(weights), str(tmp_path / "im.png"), "--out",
+            str(tmp_path / "o"), "--mode", "slide", "--crop-size", "32", "-q"]
+    assert main([*argv, "--tile-batch", "1"]) == 0
+    assert main(argv) == 0
+    assert seen == [1, 4]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--tile-batch", "0"])
+    assert e.value.code == 2
+    assert "--tile-batch" in capsys.readouterr().err
+
+
 def test_predict_skip_bad_reports_and_keeps_going(tmp_path: Path, weights: Path) -> None:
     imgs = tmp_path / "imgs"
     imgs.mkdir()

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from pspnet.engine.train import cpu_has_native_bf16
 from pspnet.inference import predict_sliding
@@ -260,33 +259,43 @@ SCENES_SIZE = 256
 DATA_SOURCES = ("auto", "camvid", "scenes")
 
 
-def find_camvid_root() -> Path | None:
-    """The prepared CamVid copy, as ``bench/camvid.py`` finds it, or None.
+#: Environment variable naming the prepared CamVid copy.
+CAMVID_ENV = "PSPNET_CAMVID"
+#: Where CamVid is looked for when ``$PSPNET_CAMVID`` is not set: beside the checkout.
+DEFAULT_CAMVID_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
 
-    ``$PSPNET_CAMVID`` when set, else ``<repo>/../shared/data/camvid`` (the repository being
-    the checkout this module runs from); it must hold ``train.txt``, ``classes.txt``,
-    ``images/`` and ``labels/``.
+
+def camvid_missing(splits: tuple[str, ...] = ("train",)) -> tuple[Path, list[str]]:
+    """Where CamVid is looked for and what it lacks (empty when usable).
+
+    The place is ``$PSPNET_CAMVID`` when set, else :data:`DEFAULT_CAMVID_ROOT`; a usable copy
+    holds ``classes.txt``, ``<split>.txt`` for each of ``splits``, ``images/`` and ``labels/``.
+    ``bench/*.py`` and the data pipeline case share this rule.
     """
-    env = os.environ.get("PSPNET_CAMVID")
-    root = Path(env).expanduser() if env else Path(__file__).resolve().parents[3] / "shared" / \
-        "data" / "camvid"
-    needed = ("train.txt", "classes.txt", "images", "labels")
-    return root if all((root / n).exists() for n in needed) else None
+    env = os.environ.get(CAMVID_ENV)
+    root = Path(env).expanduser() if env else DEFAULT_CAMVID_ROOT
+    needed = ["classes.txt", *(f"{s}.txt" for s in splits), "images", "labels"]
+    return root, [n for n in needed if not (root / n).exists()]
+
+
+def find_camvid_root(splits: tuple[str, ...] = ("train",)) -> Path | None:
+    """The prepared CamVid copy holding ``splits`` (see :func:`camvid_missing`), or None."""
+    root, missing = camvid_missing(splits)
+    return None if missing else root
 
 
 def _train_pipeline(
     source: str, crop: tuple[int, int] | None, scenes_size: int, scenes_dir: Path | None,
     n_images: int,
-) -> tuple[Any, str, Path, tuple[int, int], int]:
-    """``(train set, source, root, crop, num_classes)``: what ``pspnet train`` would load.
+) -> tuple[Any, Any, str, Path, tuple[int, int], int]:
+    """``(config, train set, source, root, crop, num_classes)``: what ``pspnet train`` loads.
 
-    The data set and the augmentation are the objects the training loop builds (the paper's
-    random scale 0.5-2, rotation +-10 degrees, blur, flip, crop and normalisation, with the
-    config's defaults), keyed by ``(epoch, index)`` as the training sampler asks for them.
+    The config is ``pspnet train``'s defaults for that data (the paper's random scale 0.5-2,
+    rotation +-10 degrees, blur, flip, crop and normalisation), the set is the one the training
+    loop builds from it; :func:`pspnet.engine.train.training_loader` reads it as training does.
     """
     from pspnet.config import Config
-    from pspnet.data.transforms import train_transform
-    from pspnet.engine.train import _build_data, _TrainSet  # the training loop's own objects
+    from pspnet.engine.train import build_data
 
     if source not in DATA_SOURCES:
         raise ValueError(f"data source {source!r} is not one of {', '.join(DATA_SOURCES)} "
@@ -312,13 +321,7 @@ def _train_pipeline(
                                n_val=0, size=(scenes_size, scenes_size), progress=False)
         data = {"root": str(root), "train_list": str(root / "train.txt")}
     cfg = Config.from_dict({"model": {"num_classes": k}, "data": {**data, "crop_size": list(crop)}})
-    dc = cfg.data
-    augment = train_transform(
-        (int(crop[0]), int(crop[1])), scale=dc.scale, rotate=dc.rotate, blur=dc.blur,
-        flip=dc.flip, mean=cfg.preprocess.mean, std=cfg.preprocess.std,
-        ignore_index=dc.ignore_index,
-    )
-    return _TrainSet(_build_data(cfg).train, augment, cfg.train.seed), source, root, crop, k
+    return cfg, build_data(cfg).train, source, root, crop, k
 
 
 def bench_data_pipeline(
@@ -374,9 +377,10 @@ def bench_data_pipeline(
         raise ValueError(f"need batches >= 1, warmup_batches >= 0 and at least one worker count "
                          f">= 0, got {batches}, {warmup_batches}, {tuple(workers)}")
     from pspnet.engine.distributed import TrainBatchSampler
+    from pspnet.engine.train import training_loader
 
     n_needed = (batches + warmup_batches) * batch
-    train_set, source, root, crop, k = _train_pipeline(
+    cfg, train_set, source, root, crop, k = _train_pipeline(
         source, crop, scenes_size, Path(scenes_dir) if scenes_dir else None, n_needed)
     crop = (int(crop[0]), int(crop[1]))
     case = f"data pipeline {source} {crop[0]}x{crop[1]} b{batch}"
@@ -384,8 +388,7 @@ def bench_data_pipeline(
     loader_stats = []
     for w in workers:
         sampler = TrainBatchSampler(len(train_set), batch, seed=0)
-        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=w,
-                            generator=torch.Generator())
+        loader = training_loader(cfg, train_set, sampler, num_workers=w)
         per_batch: list[float] = []
         epoch = 0
         _reset_peak_rss()

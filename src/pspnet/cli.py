@@ -111,6 +111,21 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
 
+def _tile_batch(text: str) -> int:
+    """argparse type of --tile-batch: a positive number of crops."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of crops, got {text!r}")
+    return value
+
+
+TILE_BATCH_HELP = ("crops per forward pass with --mode slide (default 4); fewer lower the peak "
+                   "memory, more can be faster on a GPU")
+
+
 def _read_names(path: str | None) -> tuple[str, ...] | None:
     """Class names from a file: one name a line, or CamVid's ``index<TAB>name<TAB>R G B``
     (where ``255 void`` style entries are not classes); see
@@ -260,7 +275,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
     opts = PredictOptions(mode=args.mode, crop_size=crop, scales=tuple(args.scales),
                           flip=args.flip, precision=args.precision, overlays=not args.no_overlay,
-                          alpha=args.alpha)
+                          alpha=args.alpha, batch_size=args.tile_batch)
     summary = predict_files(
         model, inputs, args.out,
         preprocess=meta.preprocess if meta else Preprocessing(),
@@ -394,7 +409,7 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
     metrics = evaluate_model(
         model, data, num_classes=num_classes, ignore_index=args.ignore_index,
         protocol=protocol, mode=args.mode, scales=tuple(args.scales), flip=args.flip,
-        crop_size=crop, precision=args.precision,
+        crop_size=crop, precision=args.precision, tile_batch_size=args.tile_batch,
         save_predictions_dir=out / "predictions" if args.save_predictions else None,
         class_names=names, palette=meta.palette if meta else None,
         preprocess=meta.preprocess if meta else None, progress=not args.quiet,
@@ -590,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-map", help="reduce_zero_label (ADE20K), cityscapes_label_ids")
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision (default fp32)")
+    s.add_argument("--tile-batch", type=_tile_batch, default=4, metavar="N", help=TILE_BATCH_HELP)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_evaluate)
@@ -623,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flip", action="store_true", help="average with the flipped image")
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision (default fp32)")
+    s.add_argument("--tile-batch", type=_tile_batch, default=4, metavar="N", help=TILE_BATCH_HELP)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     s.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1 (default 0.5)")
     s.add_argument("--no-overlay", action="store_true", help="write only the masks")

@@ -847,8 +847,12 @@ def _sliding(
     return out
 
 
-def _default_label_dtype(num_classes: int) -> torch.dtype:
-    return torch.uint8 if num_classes <= 256 else torch.int64
+def _label_dtype(asked: torch.dtype | None, num_classes: int) -> torch.dtype:
+    """``asked``, or uint8 for up to 256 classes and int64 above; refuses a too-small uint8."""
+    dtype = asked or (torch.uint8 if num_classes <= 256 else torch.int64)
+    if dtype == torch.uint8 and num_classes > 256:
+        raise ValueError(f"label_dtype uint8 cannot hold {num_classes} classes")
+    return dtype
 
 
 def predict_labels_tiled(
@@ -907,10 +911,7 @@ def predict_labels_tiled(
             model, images.to(device), crop_size=crop_size, pad_value=pad_value,
             pad_mode=pad_mode, num_classes=num_classes,
         )
-        ldt = label_dtype or _default_label_dtype(c)
-        if ldt == torch.uint8 and c > 256:
-            raise ValueError(f"label_dtype uint8 cannot hold {c} classes")
-        return labels.to(accumulate_device or device, ldt)
+        return labels.to(accumulate_device or device, _label_dtype(label_dtype, c))
     spec = _make_spec(
         crop_size=crop_size,
         stride=stride,
@@ -942,10 +943,7 @@ def predict_labels_tiled(
                 if len(streams) > 1:
                     total = total / len(streams)
                 if labels is None:
-                    c = total.shape[0]
-                    ldt = label_dtype or _default_label_dtype(c)
-                    if ldt == torch.uint8 and c > 256:
-                        raise ValueError(f"label_dtype uint8 cannot hold {c} classes")
+                    ldt = _label_dtype(label_dtype, total.shape[0])
                     labels = torch.empty((n_img, h, w), dtype=ldt, device=total.device)
                 labels[n, r0:r1, c0:c1] = total.argmax(dim=0).to(labels.dtype)
     if labels is None:

@@ -123,6 +123,9 @@ __all__ = [
     "TrainResult",
     "train",
     "train_from_args",
+    "TrainData",
+    "build_data",
+    "training_loader",
     "main_torchrun",
     "find_checkpoint",
     "load_checkpoint",
@@ -323,14 +326,21 @@ class _TrainSet(Dataset):
 
 
 @dataclass
-class _Data:
+class TrainData:
+    """The data sets and class metadata a config names (:func:`build_data`)."""
+
     train: SegmentationDataset
     val: SegmentationDataset | None
     class_names: tuple[str, ...] | None
     palette: tuple[tuple[int, int, int], ...] | None
 
 
-def _build_data(cfg: Config) -> _Data:
+def build_data(cfg: Config) -> TrainData:
+    """The training and validation sets of ``cfg.data``, with class names and palette.
+
+    Raises:
+        ConfigError: No training list or data set is configured, or the class counts disagree.
+    """
     dc: DataConfig = cfg.data
     k = cfg.model.num_classes
     spec = get_dataset_spec(dc.dataset) if dc.dataset else None
@@ -375,7 +385,41 @@ def _build_data(cfg: Config) -> _Data:
         names = tuple(spec.class_names)
     if palette is None:
         palette = tuple(tuple(int(v) for v in c) for c in default_palette(k))
-    return _Data(train, val, names, palette)  # type: ignore[arg-type]
+    return TrainData(train, val, names, palette)  # type: ignore[arg-type]
+
+
+def training_loader(
+    cfg: Config, train: SegmentationDataset, sampler: Any, *, num_workers: int | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The DataLoader ``pspnet train`` reads: ``train`` with the config's augmentation.
+
+    Samples are keyed by ``(epoch, index)`` (what ``sampler``, a
+    :class:`~pspnet.engine.distributed.TrainBatchSampler`, yields) and augmented with
+    ``sample_rng(seed, epoch, index)``, so a batch does not depend on worker count or timing.
+
+    Args:
+        cfg: The run's config (crop, augmentation, preprocessing, seed, workers).
+        train: The training set (:func:`build_data`).
+        sampler: Batch sampler of ``(epoch, index)`` keys.
+        num_workers: Loader workers; default ``cfg.data.num_workers``.
+        pin_memory: Pin batches (for a CUDA device).
+    """
+    dc = cfg.data
+    workers = int(dc.num_workers or 0) if num_workers is None else int(num_workers)
+    augment = train_transform(
+        dc.crop_size,  # type: ignore[arg-type]
+        scale=dc.scale, rotate=dc.rotate, blur=dc.blur, flip=dc.flip,
+        mean=cfg.preprocess.mean, std=cfg.preprocess.std, ignore_index=dc.ignore_index,
+    )  # fmt: skip
+    return DataLoader(
+        _TrainSet(train, augment, cfg.train.seed),
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0 and dc.persistent_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator(),  # the loader never draws from the global RNG
+    )
 
 
 def _auto_crop(train: SegmentationDataset) -> tuple[int, int]:
@@ -804,7 +848,7 @@ def train(config: Config, *, progress: bool = True) -> TrainResult:
 class _Loop:
     """What the training loop reads and updates, in one place instead of a dozen locals."""
 
-    data: _Data
+    data: TrainData
     net: nn.Module
     """The network: its weights are checkpointed, validated and saved."""
     model: nn.Module
@@ -925,7 +969,7 @@ class _Run:
         cfg = self.cfg
         if resumed is not None:
             cfg = _check_resume(cfg, resumed[1], resumed[0], info.world_size)
-        data = _build_data(cfg)
+        data = build_data(cfg)
         # Fill in what the config left to the data and the machine, so config.yaml and the
         # checkpoints say what actually ran.
         crop = cfg.data.crop_size or _auto_crop(data.train)
@@ -993,7 +1037,7 @@ class _Run:
                             unit="it", dynamic_ncols=True)  # fmt: skip
         return loop
 
-    def _check_data(self, data: _Data) -> tuple[float, ...] | None:
+    def _check_data(self, data: TrainData) -> tuple[float, ...] | None:
         """Scan every label (and, with ``data.skip_bad``, decode every image); drop the bad
         samples within the limit; return the class weights of the loss."""
         cfg, info = self.cfg, self.info
@@ -1095,27 +1139,8 @@ class _Run:
         if loop.resumed_from:
             self.say(f"resumed from {loop.resumed_from} at iteration {loop.it}")
 
-    def _loader(self, data: _Data, sampler: TrainBatchSampler) -> DataLoader:
-        cfg = self.cfg
-        workers = int(cfg.data.num_workers or 0)
-        train_set = _TrainSet(
-            data.train,
-            train_transform(
-                cfg.data.crop_size,  # type: ignore[arg-type]
-                scale=cfg.data.scale, rotate=cfg.data.rotate, blur=cfg.data.blur,
-                flip=cfg.data.flip, mean=cfg.preprocess.mean, std=cfg.preprocess.std,
-                ignore_index=cfg.data.ignore_index,
-            ),
-            cfg.train.seed,
-        )  # fmt: skip
-        return DataLoader(
-            train_set,
-            batch_sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0 and cfg.data.persistent_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator(),  # the loader never draws from the global RNG
-        )
+    def _loader(self, data: TrainData, sampler: TrainBatchSampler) -> DataLoader:
+        return training_loader(self.cfg, data.train, sampler, pin_memory=self.device.type == "cuda")
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -1310,7 +1335,7 @@ class _Run:
     # -- pieces of the loop -----------------------------------------------------------------
 
     def _report_skipped(
-        self, data: _Data, bad_train: list[tuple[int, str]], bad_val: list[tuple[int, str]]
+        self, data: TrainData, bad_train: list[tuple[int, str]], bad_val: list[tuple[int, str]]
     ) -> None:
         """Write ``skipped.json`` and say what is left out (rank 0), before any limit check."""
         report = {
@@ -1514,7 +1539,7 @@ class _Run:
                    checkpoint=str(ck) if ck else None)  # fmt: skip
         raise TrainingDiverged(msg, it + 1, main, aux, ck)
 
-    def _meta(self, data: _Data, what: str) -> WeightsMeta:
+    def _meta(self, data: TrainData, what: str) -> WeightsMeta:
         return WeightsMeta(
             model=self.cfg.model,
             classes=data.class_names,
