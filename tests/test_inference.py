@@ -584,3 +584,29 @@ def test_last_tile_row_joins_the_previous_strip() -> None:
     # up to crop - 1 rows; it joins the previous strip instead.
     assert _strips([0, 5, 7], crop_h=8, stride_h=5) == [[0], [5, 7]]
     assert _strips([0], crop_h=8, stride_h=5) == [[0]]
+
+
+def test_sliding_window_never_writes_into_a_models_kept_output() -> None:
+    """The tiling works in place on the model's output; a model that returns a view of memory
+    it keeps (here a broadcast buffer) must find it unchanged and get the same result as one
+    that returns fresh tensors."""
+
+    class Kept(nn.Module):
+        def __init__(self, fresh: bool) -> None:
+            super().__init__()
+            self.fresh = fresh
+            gen = torch.Generator().manual_seed(0)
+            self.register_buffer("logits", torch.randn(1, C, 6, 6, generator=gen))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.logits.expand(x.shape[0], -1, -1, -1)
+            return out.clone() if self.fresh else out
+
+    kept, fresh = Kept(False).eval(), Kept(True).eval()
+    before = kept.logits.clone()
+    x = images(1, 10, 13)
+    for average in ("prob", "logit"):
+        got = predict_sliding(kept, x, crop_size=6, stride=4, average=average)
+        ref = predict_sliding(fresh, x, crop_size=6, stride=4, average=average)
+        assert torch.equal(got, ref)
+        assert torch.equal(kept.logits, before)

@@ -425,10 +425,16 @@ def _tile_scores(
 
     With ``flip`` the horizontally mirrored crops run in the same batch and their scores,
     mirrored back, are averaged in the ``average`` space (semseg's ``net_process``).
+
+    The result may be the model's own output tensor: the sliding window softmaxes and sums
+    into it in place (a second copy would be the largest temporary). A view or a broadcast
+    tensor, which could be memory the model keeps, is copied first.
     """
     b = crops.shape[0]
     x = torch.cat([crops, crops.flip(-1)], dim=0) if flip else crops  # (B or 2B, 3, ch, cw)
     out = _forward(model, x, precision=precision, align_corners=align_corners)
+    if out._base is not None or 0 in out.stride():
+        out = out.clone()
     if average == "prob":
         out = _softmax_(out)
     if flip:
