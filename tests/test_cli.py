@@ -95,6 +95,37 @@ def test_tile_batch_reaches_the_sliding_window(tmp_path: Path, weights: Path, mo
     assert "--tile-batch" in capsys.readouterr().err
 
 
+def test_fast_and_compile_flags_predict_like_the_eager_model(tmp_path: Path, weights: Path,
+                                                            capsys) -> None:
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (40, 52, 3), np.uint8)).save(tmp_path / "im.png")
+    masks = {}
+    for name, extra in (("eager", []), ("fast", ["--fast"]), ("compile", ["--compile"])):
+        out = tmp_path / name
+        assert main(["predict", "--weights", str(weights), str(tmp_path / "im.png"), "--out",
+                     str(out), "--no-overlay", "-q", *extra]) == 0
+        masks[name] = np.asarray(Image.open(out / "im.png"))
+        err = capsys.readouterr().err
+        # The compile time is reported (once per input shape), and only when compiling.
+        assert ("torch.compile:" in err) == (name == "compile"), err
+    # Folding BatchNorm changes float rounding only: (nearly) every pixel keeps its class.
+    assert (masks["fast"] == masks["eager"]).mean() > 0.99
+    assert (masks["compile"] == masks["eager"]).mean() > 0.99
+
+
+def test_fast_flag_refuses_an_exported_model(tmp_path: Path, tiny, capsys) -> None:
+    from pspnet.export import export_torchscript
+
+    path = tmp_path / "m.ts"
+    export_torchscript(tiny, path, height=32, width=48, timing_runs=0)
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "im.png")
+    for flag in ("--fast", "--compile"):
+        assert main(["predict", "--weights", str(path), str(tmp_path / "im.png"), "--out",
+                     str(tmp_path / "o"), flag]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and "exported" in err and "leave the flag out" in err
+
+
 def test_predict_skip_bad_reports_and_keeps_going(tmp_path: Path, weights: Path) -> None:
     imgs = tmp_path / "imgs"
     imgs.mkdir()

@@ -126,6 +126,12 @@ TILE_BATCH_HELP = ("crops per forward pass with --mode slide (default 4); fewer 
                    "memory, more can be faster on a GPU")
 
 
+FAST_HELP = ("fold BatchNorm into the convolutions; with --precision bf16/fp16 also "
+             "channels-last weights in that dtype (PyTorch weights only)")
+COMPILE_HELP = ("--fast, then torch.compile with frozen weights (~1.15-1.2x on CPU; compiles "
+                "once per input shape, the time is reported)")
+
+
 def _read_names(path: str | None) -> tuple[str, ...] | None:
     """Class names from a file: one name a line, or CamVid's ``index<TAB>name<TAB>R G B``
     (where ``255 void`` style entries are not classes); see
@@ -248,6 +254,35 @@ def _load_any(weights: str, device: str) -> Any:
         raise ValueError(f"cannot run {weights}: {e}") from None
 
 
+def _fast_path(model: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    """``--fast`` / ``--compile``: the optimised model and the autocast precision left to use.
+
+    The optimised model (:func:`pspnet.models.fuse.optimize_for_inference`: BatchNorm folded
+    into the convolutions; channels-last bf16/fp16 weights with ``--precision bf16/fp16``;
+    ``torch.compile`` with frozen weights) casts its inputs itself, so inference runs it with
+    ``precision="fp32"``.
+    """
+    if not (args.fast or args.compile):
+        return model, args.precision
+    from pspnet.export import OnnxSegmenter, TorchScriptSegmenter
+    from pspnet.models.fuse import optimize_for_inference
+
+    if isinstance(model, (OnnxSegmenter, TorchScriptSegmenter)):
+        flags = " and ".join(f for f, on in (("--fast", args.fast), ("--compile", args.compile))
+                             if on)
+        raise ValueError(f"{flags} optimise PyTorch weights, but {args.weights} is an exported "
+                         "model that runs in its own runtime; leave the flag out")
+    fast = optimize_for_inference(model, precision=args.precision, compile=args.compile)
+    return fast, "fp32"
+
+
+def _report_compile(model: Any) -> None:
+    seconds = getattr(model, "compile_seconds", 0.0)
+    if seconds:
+        print(f"torch.compile: {seconds:.1f} s spent compiling (once per input shape)",
+              file=sys.stderr)
+
+
 def _resolve_device(name: str) -> str:
     import torch
 
@@ -264,6 +299,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     inputs = expand_inputs(args.inputs)
     model = _load_any(args.weights, args.device)
+    model, precision = _fast_path(model, args)
     meta = getattr(model, "meta", None)
     crop = (args.crop_size, args.crop_size) if args.crop_size else None
     fixed = getattr(model, "input_size", None)  # a fixed-size export runs only at that size
@@ -274,7 +310,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.mode == "slide" and crop is None:
         raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
     opts = PredictOptions(mode=args.mode, crop_size=crop, scales=tuple(args.scales),
-                          flip=args.flip, precision=args.precision, overlays=not args.no_overlay,
+                          flip=args.flip, precision=precision, overlays=not args.no_overlay,
                           alpha=args.alpha, batch_size=args.tile_batch)
     summary = predict_files(
         model, inputs, args.out,
@@ -286,6 +322,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         progress=not args.quiet,
     )
+    _report_compile(model)
     print(f"wrote {len(summary.written)} result(s) to {args.out}"
           + (f"; {len(summary.failed)} input(s) skipped (see summary.json)" if summary.failed else ""))
     return 0 if not summary.failed else 1
@@ -386,6 +423,7 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
     from pspnet.engine.metrics import save_confusion_png
 
     model = _load_any(args.weights, device)
+    model, precision = _fast_path(model, args)
     meta = getattr(model, "meta", None)
     num_classes = args.num_classes or (meta.model.num_classes if meta else None)
     if num_classes is None:
@@ -409,7 +447,7 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
     metrics = evaluate_model(
         model, data, num_classes=num_classes, ignore_index=args.ignore_index,
         protocol=protocol, mode=args.mode, scales=tuple(args.scales), flip=args.flip,
-        crop_size=crop, precision=args.precision, tile_batch_size=args.tile_batch,
+        crop_size=crop, precision=precision, tile_batch_size=args.tile_batch,
         save_predictions_dir=out / "predictions" if args.save_predictions else None,
         class_names=names, palette=meta.palette if meta else None,
         preprocess=meta.preprocess if meta else None, progress=not args.quiet,
@@ -419,10 +457,12 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
                  "protocol_settings": protocol.predict_kwargs() if protocol else None,
                  "mode": args.mode,
                  "scales": list(args.scales), "flip": args.flip, "crop_size": args.crop_size,
-                 "precision": args.precision, "images": len(data)}
+                 "precision": args.precision, "fast": args.fast, "compile": args.compile,
+                 "images": len(data)}
         write_metrics(out / "metrics.json", metrics, names, extra={"setup": setup})
         save_confusion_png(metrics.confusion, names or [str(i) for i in range(num_classes)],
                            out / "confusion.png")
+        _report_compile(model)
         print(f"mIoU {metrics.miou:.4f}  mAcc {metrics.macc:.4f}  allAcc {metrics.all_acc:.4f}"
               f"  ({len(data)} images) -> {out / 'metrics.json'}")
     return 0
@@ -606,6 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision (default fp32)")
     s.add_argument("--tile-batch", type=_tile_batch, default=4, metavar="N", help=TILE_BATCH_HELP)
+    s.add_argument("--fast", action="store_true", help=FAST_HELP)
+    s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_evaluate)
@@ -640,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision (default fp32)")
     s.add_argument("--tile-batch", type=_tile_batch, default=4, metavar="N", help=TILE_BATCH_HELP)
+    s.add_argument("--fast", action="store_true", help=FAST_HELP)
+    s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     s.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1 (default 0.5)")
     s.add_argument("--no-overlay", action="store_true", help="write only the masks")

@@ -11,9 +11,10 @@ Everything here works on a *copy* of the model: the trained module is never modi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +65,22 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def _freezing(compiled: bool) -> contextlib.AbstractContextManager[Any]:
+    """Inductor's weight freezing while a compiled forward runs (it compiles on first calls).
+
+    The weights of an :class:`InferenceModel` never change, so inductor may treat them as
+    constants: fold them into prepacked oneDNN convolutions. Measured on two AVX2 cores,
+    pspnet50 at 473x473, fp32 batch 1: 1936 ms frozen vs 2095-2112 ms compiled without
+    freezing and 2234-2265 ms eager. ``torch.compile(options={"freezing": True})`` did not
+    take effect in torch 2.13 (same time as without), hence the config patch around the call.
+    """
+    if not compiled:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
 class InferenceModel(nn.Module):
     """An eval-only model that takes float32 NCHW images and returns float32 logits.
 
@@ -101,7 +118,7 @@ class InferenceModel(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         first = self.compiled and tuple(x.shape) not in self._warm_shapes
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), _freezing(self.compiled):
             out = self._forward(x)["out"]
         if first:
             self._warm_shapes.add(tuple(x.shape))
