@@ -232,3 +232,23 @@ def test_corrupt_image_found_while_training_names_the_file(tmp_path: Path) -> No
         train(cfg, progress=False)
     msg = str(err.value)
     assert "train_001.png" in msg and "Traceback" not in msg and "--skip-bad" in msg
+
+
+def test_channels_last_auto_is_resolved_and_recorded(tiny_data: dict, tmp_path: Path) -> None:
+    """auto: off for an fp32 step on a CPU (slower there), on for CUDA and bf16/fp16 steps;
+    the checkpoint's config says what ran."""
+    from pspnet.engine.train import resolve_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_channels_last("auto", cpu, "fp32") is False
+    assert resolve_channels_last("auto", cpu, "bf16") is True
+    assert resolve_channels_last("auto", cuda, "fp32") is True
+    assert resolve_channels_last(True, cpu, "fp32") is True
+    assert resolve_channels_last(False, cuda, "bf16") is False
+    work = tmp_path / "auto"
+    cfg = tiny_config(tiny_data, work, max_iter=1, val_interval=0, channels_last="auto")
+    train(cfg, progress=False)
+    state = torch.load(work / "checkpoints" / "last.pt", weights_only=True)
+    assert state["config"]["train"]["channels_last"] is False
+    with pytest.raises(ConfigError, match="channels_last"):
+        cfg.with_overrides(["train.channels_last=sometimes"])

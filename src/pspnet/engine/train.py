@@ -265,6 +265,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def resolve_channels_last(value: bool | str, device: torch.device, precision: str) -> bool:
+    """``train.channels_last``: an explicit bool as given; ``auto`` -> on for CUDA and for
+    bf16/fp16 steps, off for fp32 on a CPU (slower there; see the config field)."""
+    if isinstance(value, bool):
+        return value
+    return device.type == "cuda" or precision != "fp32"
+
+
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -978,7 +986,10 @@ class _Run:
         cfg = self.cfg = dataclasses.replace(
             cfg,
             data=dataclasses.replace(cfg.data, crop_size=tuple(crop), num_workers=workers),
-            train=dataclasses.replace(cfg.train, precision=precision),  # type: ignore[arg-type]
+            train=dataclasses.replace(
+                cfg.train, precision=precision,  # type: ignore[arg-type]
+                channels_last=resolve_channels_last(cfg.train.channels_last, self.device, precision),
+            ),
         )
         tc = cfg.train
         per_pass = tc.batch_size // (tc.accum_steps * info.world_size)
