@@ -122,14 +122,19 @@ def _tile_batch(text: str) -> int:
     return value
 
 
-TILE_BATCH_HELP = ("crops per forward pass with --mode slide (default 4); fewer lower the peak "
-                   "memory, more can be faster on a GPU")
-
-
-FAST_HELP = ("fold BatchNorm into the convolutions; with --precision bf16/fp16 also "
-             "channels-last weights in that dtype (PyTorch weights only)")
-COMPILE_HELP = ("--fast, then torch.compile with frozen weights (~1.15-1.2x on CPU; compiles "
-                "once per input shape, the time is reported)")
+def _add_speed_flags(s: argparse.ArgumentParser) -> None:
+    """--precision, --tile-batch, --fast, --compile: the same for predict and evaluate."""
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision (default fp32)")
+    s.add_argument("--tile-batch", type=_tile_batch, default=4, metavar="N",
+                   help="crops per forward pass with --mode slide (default 4); fewer lower the "
+                        "peak memory, more can be faster on a GPU")
+    s.add_argument("--fast", action="store_true",
+                   help="fold BatchNorm into the convolutions; with --precision bf16/fp16 also "
+                        "channels-last weights in that dtype (PyTorch weights only)")
+    s.add_argument("--compile", action="store_true",
+                   help="--fast, then torch.compile with frozen weights (~1.15-1.2x on CPU; "
+                        "compiles once per input shape, the time is reported)")
 
 
 def _read_names(path: str | None) -> tuple[str, ...] | None:
@@ -643,11 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-index", type=int, default=255,
                    help="label value left out of the metrics (default 255)")
     s.add_argument("--label-map", help="reduce_zero_label (ADE20K), cityscapes_label_ids")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision (default fp32)")
-    s.add_argument("--tile-batch", type=_tile_batch, default=4, metavar="N", help=TILE_BATCH_HELP)
-    s.add_argument("--fast", action="store_true", help=FAST_HELP)
-    s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    _add_speed_flags(s)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_evaluate)
@@ -679,11 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scales", type=float, nargs="+", default=[1.0],
                    help="test scales, averaged (default 1.0)")
     s.add_argument("--flip", action="store_true", help="average with the flipped image")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision (default fp32)")
-    s.add_argument("--tile-batch", type=_tile_batch, default=4, metavar="N", help=TILE_BATCH_HELP)
-    s.add_argument("--fast", action="store_true", help=FAST_HELP)
-    s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    _add_speed_flags(s)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     s.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1 (default 0.5)")
     s.add_argument("--no-overlay", action="store_true", help="write only the masks")
