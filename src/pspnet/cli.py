@@ -269,10 +269,10 @@ def _fast_path(model: Any, args: argparse.Namespace) -> tuple[Any, str]:
     """
     if not (args.fast or args.compile):
         return model, args.precision
-    from pspnet.export import OnnxSegmenter, TorchScriptSegmenter
+    from pspnet.export import is_exported
     from pspnet.models.fuse import optimize_for_inference
 
-    if isinstance(model, (OnnxSegmenter, TorchScriptSegmenter)):
+    if is_exported(model):
         flags = " and ".join(f for f, on in (("--fast", args.fast), ("--compile", args.compile))
                              if on)
         raise ValueError(f"{flags} optimise PyTorch weights, but {args.weights} is an exported "

@@ -80,6 +80,7 @@ __all__ = [
     "OnnxSegmenter",
     "TorchScriptSegmenter",
     "load_exported",
+    "is_exported",
     "read_metadata",
     "METADATA_KEY",
 ]
@@ -1075,6 +1076,12 @@ def load_exported(path: str | Path, **kwargs: Any) -> OnnxSegmenter | TorchScrip
     if suffix in _TS_SUFFIXES or zipfile.is_zipfile(p):
         return TorchScriptSegmenter(p, **kwargs)
     return OnnxSegmenter(p, **kwargs)
+
+
+def is_exported(model: object) -> bool:
+    """Whether ``model`` is an exported file's runtime (ONNX Runtime or TorchScript), not an
+    eager PyTorch model: it brings its own metadata and cannot be folded or compiled."""
+    return isinstance(model, (OnnxSegmenter, TorchScriptSegmenter))
 
 
 def load_model_or_export(path: str | Path, device: str = "cpu") -> nn.Module:

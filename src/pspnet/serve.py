@@ -87,7 +87,7 @@ from pspnet.config import Preprocessing
 from pspnet.data.io import DataError, image_to_rgb, is_complete
 from pspnet.data.palette import colorize, default_palette
 from pspnet.engine.predict import PredictOptions, predict_array
-from pspnet.export import OnnxSegmenter, TorchScriptSegmenter, load_model_or_export
+from pspnet.export import is_exported, load_model_or_export
 
 try:  # the `serve` extra; module level so that FastAPI can resolve the routes' annotations
     from fastapi import FastAPI, Request
@@ -441,7 +441,6 @@ class _Slots:
 # --------------------------------------------------------------------------------------------
 # What is served
 
-_EXPORTED = (OnnxSegmenter, TorchScriptSegmenter)
 
 
 @dataclass(frozen=True)
@@ -473,7 +472,7 @@ def _model_info(model: nn.Module, meta: WeightsMeta | None,
     meta = meta if meta is not None else getattr(model, "meta", None)
     if meta is not None and not isinstance(meta, WeightsMeta):
         raise ServeError(f"meta must be a WeightsMeta, got {type(meta).__name__}")
-    if not isinstance(model, _EXPORTED):
+    if not is_exported(model):
         if meta is None:
             raise ServeError("the model carries no `.meta` (WeightsMeta); load it with "
                              "pspnet.checkpoint.load_model or pass meta=")

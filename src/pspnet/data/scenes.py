@@ -43,10 +43,6 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-
-class ScenesMismatchError(FileExistsError):
-    """The output folder holds scenes generated with other parameters (size, counts, seed)."""
-
 from pspnet.data.palette import save_mask_png
 
 __all__ = [
@@ -62,6 +58,10 @@ __all__ = [
     "generate_scenes",
     "MANIFEST_VERSION",
 ]
+
+
+class ScenesMismatchError(FileExistsError):
+    """The output folder holds scenes generated with other parameters (size, counts, seed)."""
 
 #: Class names, indexed by label value.
 SCENES_CLASSES: tuple[str, ...] = ("sky", "water", "road", "grass", "boat", "car")
