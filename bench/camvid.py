@@ -148,7 +148,7 @@ def machine_info() -> dict[str, Any]:
     except AttributeError:  # pragma: no cover - not Linux
         usable = os.cpu_count() or 1
     try:
-        from pspnet.engine.train import cpu_has_native_bf16
+        from pspnet.precision import cpu_has_native_bf16
 
         bf16 = cpu_has_native_bf16()
     except ImportError:  # pragma: no cover

@@ -14,8 +14,8 @@ import torch
 import pspnet
 from golden import deterministic_images, fill_deterministic, to_semseg_layout
 from layouts import to_mit, to_mmseg, to_torchvision_backbone
+from pspnet.checkpoint.training import TRAIN_CHECKPOINT_FORMAT
 from pspnet.checkpoint import (
-    TRAIN_CHECKPOINT_FORMAT,
     CheckpointError,
     WeightsMeta,
     detect_file_kind,
@@ -219,9 +219,8 @@ def _trained(cfg: Config) -> torch.nn.Module:
 
 
 def test_training_checkpoint_is_rebuilt_from_its_stored_config(tmp_path: Path) -> None:
-    from pspnet.engine.train import CHECKPOINT_FORMAT, load_checkpoint
+    from pspnet.checkpoint.training import load_checkpoint
 
-    assert CHECKPOINT_FORMAT == TRAIN_CHECKPOINT_FORMAT
     cfg = Config.from_dict({
         "model": {"arch": "pspnet_r18", "num_classes": 3, "output_stride": 16,
                   "head_channels": 48, "aux_channels": 40},

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pspnet.engine.train import cpu_has_native_bf16
+from pspnet.precision import cpu_has_native_bf16
 from pspnet.inference import predict_sliding
 from pspnet.models import create_model
 from pspnet.models.fuse import optimize_for_inference

@@ -9,19 +9,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from pspnet.engine import train as train_mod
+from pspnet.checkpoint import training as train_mod
+from pspnet.checkpoint.training import (
+    TRAIN_CHECKPOINT_FORMAT,
+    TRAIN_CHECKPOINT_VERSION,
+    find_checkpoint,
+    write_checkpoint,
+)
 
 
 def _state(iteration: int) -> dict:
     """The fields load_checkpoint checks, with a tensor that tells the iterations apart."""
-    return {"format": train_mod.CHECKPOINT_FORMAT, "version": train_mod.CHECKPOINT_VERSION,
+    return {"format": TRAIN_CHECKPOINT_FORMAT, "version": TRAIN_CHECKPOINT_VERSION,
             "iteration": iteration, "model": {"w": torch.full((4,), float(iteration))},
             "optimizer": {}, "schedule": {}, "rng": {}, "config": {}}
 
 
 def test_crash_during_save_keeps_last_and_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    train_mod._write_checkpoint(tmp_path, _state(1))
-    train_mod._write_checkpoint(tmp_path, _state(2))
+    write_checkpoint(tmp_path, _state(1))
+    write_checkpoint(tmp_path, _state(2))
     d = tmp_path / "checkpoints"
     before = {p.name: p.read_bytes() for p in d.iterdir()}
 
@@ -34,19 +40,19 @@ def test_crash_during_save_keeps_last_and_latest(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        train_mod._write_checkpoint(tmp_path, _state(3))
+        write_checkpoint(tmp_path, _state(3))
     monkeypatch.undo()
 
     after = {p.name: p.read_bytes() for p in d.iterdir()}
     assert after == before  # last.pt, prev.pt and the latest pointer untouched, no temp left
-    path, state = train_mod.find_checkpoint(tmp_path)
+    path, state = find_checkpoint(tmp_path)
     assert path.name == "last.pt" and state["iteration"] == 2
     assert json.loads((d / "latest").read_text())["iteration"] == 2
 
 
 def test_crash_between_renames_resumes_from_prev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    train_mod._write_checkpoint(tmp_path, _state(1))
-    train_mod._write_checkpoint(tmp_path, _state(2))
+    write_checkpoint(tmp_path, _state(1))
+    write_checkpoint(tmp_path, _state(2))
     real_replace = os.replace
     calls = {"n": 0}
 
@@ -58,7 +64,7 @@ def test_crash_between_renames_resumes_from_prev(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(train_mod.os, "replace", dying_replace)
     with pytest.raises(KeyboardInterrupt):
-        train_mod._write_checkpoint(tmp_path, _state(3))
+        write_checkpoint(tmp_path, _state(3))
     monkeypatch.undo()
-    path, state = train_mod.find_checkpoint(tmp_path)
+    path, state = find_checkpoint(tmp_path)
     assert path.name == "prev.pt" and state["iteration"] == 2  # the newest good one survives

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from _engine_tiny import tiny_config
 from pspnet.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
-from pspnet.engine.train import load_checkpoint
+from pspnet.checkpoint.training import load_checkpoint
 
 
 def _syncbn_worker(rank: int, store: str, data: torch.Tensor, coef: torch.Tensor) -> None:

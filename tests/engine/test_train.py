@@ -16,7 +16,8 @@ from pspnet.checkpoint import load_model
 from pspnet.config import ConfigError
 from pspnet.data.io import DataError
 from pspnet.engine import losses
-from pspnet.engine.train import TrainingDiverged, load_checkpoint, train
+from pspnet.checkpoint.training import load_checkpoint
+from pspnet.engine.train import TrainingDiverged, train
 
 
 def _events(work: Path, kind: str) -> list[dict]:
@@ -237,7 +238,7 @@ def test_corrupt_image_found_while_training_names_the_file(tmp_path: Path) -> No
 def test_channels_last_auto_is_resolved_and_recorded(tiny_data: dict, tmp_path: Path) -> None:
     """auto: off for an fp32 step on a CPU (slower there), on for CUDA and bf16/fp16 steps;
     the checkpoint's config says what ran."""
-    from pspnet.engine.train import resolve_channels_last
+    from pspnet.precision import resolve_channels_last
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_channels_last("auto", cpu, "fp32") is False

@@ -51,14 +51,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import json
 import logging
 import math
 import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -72,14 +70,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from pspnet.checkpoint import (
-    TRAIN_CHECKPOINT_FORMAT,
-    TRAIN_CHECKPOINT_VERSION,
     CheckpointError,
     WeightsMeta,
     atomic_write_bytes,
     load_backbone_weights,
-    read_torch_file,
     save_weights,
+)
+from pspnet.checkpoint.training import (
+    TRAIN_CHECKPOINT_FORMAT,
+    TRAIN_CHECKPOINT_VERSION,
+    find_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    to_cpu,
+    write_checkpoint,
 )
 from pspnet.config import (
     Config,
@@ -117,6 +122,7 @@ from pspnet.engine.losses import PSPLoss, class_weights_from_counts
 from pspnet.engine.metrics import SegMetrics
 from pspnet.engine.optim import PolySchedule, build_optimizer
 from pspnet.models import build_model
+from pspnet.precision import autocast, resolve_channels_last, resolve_precision
 
 __all__ = [
     "TrainingDiverged",
@@ -127,16 +133,10 @@ __all__ = [
     "build_data",
     "training_loader",
     "main_torchrun",
-    "find_checkpoint",
-    "load_checkpoint",
-    "CHECKPOINT_FORMAT",
 ]
 
 log = logging.getLogger("pspnet.train")
 
-# Defined with the loader (checkpoint.py sits below the engine and reads these files too).
-CHECKPOINT_FORMAT = TRAIN_CHECKPOINT_FORMAT
-CHECKPOINT_VERSION = TRAIN_CHECKPOINT_VERSION
 DEFAULT_EPOCHS = 50
 #: Longest side of the training crop chosen from the data when none is configured.
 AUTO_CROP_MAX = 320
@@ -228,56 +228,6 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); else it is emulated."""
-    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(torch.cpu, name, None)
-        try:
-            if fn is not None and fn():
-                return True
-        except Exception:  # noqa: BLE001 - private probes; treat failures as "no"
-            pass
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where it is fast (native CPU bf16, or CUDA with bf16), fp16 on older
-    GPUs, else fp32. Explicit choices are checked against the device."""
-    if device.type == "cuda":
-        if precision == "auto":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return precision
-    if precision == "auto":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    if precision == "fp16":
-        raise ConfigError(
-            "`train.precision` fp16 needs a CUDA device (it relies on a GradScaler); use bf16 "
-            "or fp32 on the CPU"
-        )
-    if precision == "bf16" and not cpu_has_native_bf16():
-        warnings.warn(
-            "train.precision is bf16 but this CPU has no native bf16 (AVX512-BF16/AMX): it is "
-            "emulated and usually slower than fp32",
-            stacklevel=3,
-        )
-    return precision
-
-
-def resolve_channels_last(value: bool | str, device: torch.device, precision: str) -> bool:
-    """``train.channels_last``: an explicit bool as given; ``auto`` -> on for CUDA and for
-    bf16/fp16 steps, off for fp32 on a CPU (slower there; see the config field)."""
-    if isinstance(value, bool):
-        return value
-    return device.type == "cuda" or precision != "fp32"
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _read_class_names(path: str | Path, num_classes: int) -> tuple[tuple[str, ...], Any]:
@@ -524,157 +474,6 @@ def _drop_bad(
         kept, ds.num_classes, ignore_index=ds.ignore_index, label_map=ds.label_map,
         transform=ds.transform, max_pixels=ds.max_pixels,
     )  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# RNG state (weights_only-compatible)
-
-
-def _rng_state() -> dict[str, Any]:
-    py = random.getstate()
-    key, arr, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    state: dict[str, Any] = {
-        "python": {"version": int(py[0]), "state": [int(v) for v in py[1]], "gauss": py[2]},
-        "numpy": {
-            "key": str(key),
-            "state": torch.from_numpy(np.asarray(arr, dtype=np.int64).copy()),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-    npst = state["numpy"]
-    np.random.set_state(
-        (
-            npst["key"],
-            npst["state"].numpy().astype(np.uint32),
-            npst["pos"],
-            npst["has_gauss"],
-            npst["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoint files
-
-
-def _ckpt_dir(work_dir: Path) -> Path:
-    return work_dir / "checkpoints"
-
-
-def _write_checkpoint(work_dir: Path, state: dict[str, Any]) -> Path:
-    """torch.save to a temp file, fsync, last.pt -> prev.pt, temp -> last.pt, update `latest`."""
-    d = _ckpt_dir(work_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".last.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        last, prev = d / "last.pt", d / "prev.pt"
-        if last.exists():
-            os.replace(last, prev)
-        os.replace(tmp, last)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    pointer = {"file": "last.pt", "iteration": int(state["iteration"]),
-               "time": datetime.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
-    atomic_write_bytes(d / "latest", (json.dumps(pointer) + "\n").encode())
-    with contextlib.suppress(OSError):  # make the renames durable too
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return last
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and check a training checkpoint (safely: tensors and plain data only).
-
-    Raises:
-        CheckpointError: Missing, truncated, corrupt, or not a training checkpoint.
-    """
-    p = Path(path)
-    state = read_torch_file(p)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{p} is not a pspnet training checkpoint (it has no format {CHECKPOINT_FORMAT!r}); "
-            "to start from weights use train.backbone_weights"
-        )
-    if int(state.get("version", 0)) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{p} was written by a newer pspnet (version {state['version']})")
-    missing = [k for k in ("model", "optimizer", "iteration", "schedule", "rng", "config")
-               if k not in state]  # fmt: skip
-    if missing:
-        raise CheckpointError(f"{p} is incomplete: missing {', '.join(missing)}")
-    return state
-
-
-def find_checkpoint(work_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint in ``work_dir/checkpoints`` (None if there is none).
-
-    Tries the file named by ``latest``, then ``last.pt``, then ``prev.pt``; a file that
-    cannot be read (truncated, corrupt) gives a warning naming it and the next one is tried.
-
-    Raises:
-        CheckpointError: Checkpoints exist but none can be read.
-    """
-    d = _ckpt_dir(Path(work_dir))
-    order: list[Path] = []
-    pointer = d / "latest"
-    if pointer.is_file():
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            order.append(d / str(json.loads(pointer.read_text())["file"]))
-    for name in ("last.pt", "prev.pt"):
-        if d / name not in order:
-            order.append(d / name)
-    existing = [p for p in order if p.is_file()]
-    if not existing:
-        return None
-    errors = []
-    for i, p in enumerate(existing):
-        try:
-            return p, load_checkpoint(p)
-        except CheckpointError as e:
-            errors.append(f"{p}: {e}")
-            nxt = existing[i + 1] if i + 1 < len(existing) else None
-            warnings.warn(
-                f"checkpoint {p} cannot be read and is skipped ({e})"
-                + (f"; falling back to the previous checkpoint {nxt}" if nxt else ""),
-                stacklevel=2,
-            )
-    raise CheckpointError(
-        f"no usable checkpoint in {d}: " + "; ".join(errors)
-        + ". Start afresh (without --resume) or restore a checkpoint."
-    )
 
 
 def _check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int) -> Config:
@@ -1121,7 +920,7 @@ class _Run:
                 stacklevel=2,
             )
         rng = state["rng"]
-        _restore_rng(rng[self.info.rank] if isinstance(rng, list) else rng)
+        restore_rng(rng[self.info.rank] if isinstance(rng, list) else rng)
         self.last_ckpt_path = path
         self.last_ckpt_iter = loop.it
 
@@ -1235,7 +1034,7 @@ class _Run:
                 and not last_micro else contextlib.nullcontext()
             )  # fmt: skip
             with sync:
-                with _autocast(self.device, loop.precision):
+                with autocast(self.device, loop.precision):
                     outputs = model(images)
                 loss, parts = loop.criterion(outputs, labels)
                 if last_micro and info.is_main:
@@ -1503,17 +1302,17 @@ class _Run:
         it, spe, budget = loop.it, loop.spe, loop.budget
         next_replan, val_every = loop.next_replan, loop.val_every
         t0 = time.perf_counter()
-        rng = all_gather_object(_rng_state())
+        rng = all_gather_object(rng_state())
         if self.info.is_main:
             state = {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
+                "format": TRAIN_CHECKPOINT_FORMAT,
+                "version": TRAIN_CHECKPOINT_VERSION,
                 "iteration": it,
                 "epoch": it // spe,
                 "epoch_step": it % spe,
                 "steps_per_epoch": spe,
                 "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "optimizer": _to_cpu(optimizer.state_dict()),
+                "optimizer": to_cpu(optimizer.state_dict()),
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "schedule": schedule.state_dict(),
                 "plan": {"next_replan": int(next_replan),
@@ -1526,7 +1325,7 @@ class _Run:
                 "world_size": self.info.world_size,
                 "config": self.cfg.to_dict(),
             }
-            path = _write_checkpoint(self.work_dir, state)
+            path = write_checkpoint(self.work_dir, state)
             self.last_ckpt_path = path
             seconds = time.perf_counter() - t0
             if budget is not None:
