@@ -12,7 +12,7 @@ from helpers import load_bench_script
 from PIL import Image
 
 from pspnet.checkpoint import WeightsMeta, save_weights
-from pspnet.models.zoo import create_model
+from pspnet.models.registry import create_model
 
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
            "Pedestrian", "Bicyclist")  # fmt: skip

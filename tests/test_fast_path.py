@@ -13,7 +13,7 @@ from test_camvid_report import CLASSES, COLOURS, make_fake_camvid
 from pspnet.checkpoint import WeightsMeta, load_model, save_weights
 from pspnet.data.datasets import SegmentationDataset, camvid_samples
 from pspnet.engine.evaluate import evaluate_model
-from pspnet.models.zoo import create_model
+from pspnet.models.registry import create_model
 
 
 

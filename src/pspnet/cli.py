@@ -153,7 +153,7 @@ def _read_names(path: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_list_models(args: argparse.Namespace) -> int:
-    from pspnet.models.zoo import MODELS
+    from pspnet.models.registry import MODELS
 
     for name, spec in MODELS.items():
         print(f"{name:<12} {spec.description}")

@@ -69,7 +69,7 @@ from pspnet.checkpoint.files import (
 from pspnet.checkpoint.training import TRAIN_CHECKPOINT_FORMAT, TRAIN_CHECKPOINT_VERSION
 from pspnet.models import PSPNet, build_model
 from pspnet.models.fuse import optimize_for_inference
-from pspnet.models.zoo import MODELS, model_config
+from pspnet.models.registry import MODELS, model_config
 
 __all__ = [
     "CheckpointError",
