@@ -11,32 +11,30 @@ import torch
 from PIL import Image
 
 from pspnet.config import ConfigError
-from pspnet.data.datasets import (
-    ADE20K_CLASSES,
-    CAMVID_CLASSES,
-    CITYSCAPES_CLASSES,
+from pspnet.data.datasets import SegmentationDataset, make_dataset, read_classes_file
+from pspnet.data.io import DataError, MissingDataFileError, Sample, read_label
+from pspnet.data.label_maps import (
     CITYSCAPES_LABEL_TO_TRAIN_ID,
-    DATASETS,
-    VOC_CLASSES,
     CityscapesLabelIds,
     ColorToIndex,
     IdentityMap,
     ReduceZeroLabel,
-    Sample,
-    SegmentationDataset,
+    make_label_map,
+)
+from pspnet.data.layouts import (
+    ADE20K_CLASSES,
+    CAMVID_CLASSES,
+    CITYSCAPES_CLASSES,
+    DATASETS,
+    VOC_CLASSES,
     ade20k_samples,
     camvid_samples,
     cityscapes_samples,
-    folder_samples,
     get_dataset_spec,
-    make_dataset,
-    make_label_map,
-    read_classes_file,
-    scan_labels,
-    validate_labels,
     voc_samples,
 )
-from pspnet.data.io import DataError, MissingDataFileError, read_label
+from pspnet.data.samples import folder_samples
+from pspnet.data.validation import scan_labels, validate_labels
 
 # ------------------------------------------------------------------------------ the dataset
 

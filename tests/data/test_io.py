@@ -19,8 +19,8 @@ from pspnet.data.io import (
     image_size,
     read_image,
     read_label,
-    read_list_file,
 )
+from pspnet.data.samples import read_list_file
 
 # ------------------------------------------------------------------------------ labels
 

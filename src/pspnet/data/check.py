@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pspnet.data.datasets import LabelMap, _progress, validate_labels
 from pspnet.data.io import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -30,6 +29,8 @@ from pspnet.data.io import (
     exif_orientation,
     open_image,
 )
+from pspnet.data.label_maps import LabelMap
+from pspnet.data.validation import progress_bar, validate_labels
 
 __all__ = ["Problem", "DatasetReport", "check_dataset", "WARNING_KINDS"]
 
@@ -350,7 +351,7 @@ def check_dataset(
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(one, samples)
         if progress:
-            results = _progress(results, len(samples), "checking")
+            results = progress_bar(results, len(samples), "checking")
         for res in results:
             report.problems.extend(res.problems)
             if res.counts is not None:
