@@ -65,37 +65,18 @@ from pspnet.data.layouts import (
 from pspnet.data.samples import folder_samples, list_file_samples
 from pspnet.data.validation import LabelScan, check_same_size, scan_labels, validate_labels
 
+# Defined here, then the data-set API that callers and docs import from this module, by home.
 __all__ = [
-    "DataError",
-    "Sample",
-    "LabelMap",
-    "IdentityMap",
-    "ReduceZeroLabel",
-    "CityscapesLabelIds",
-    "ColorToIndex",
-    "LABEL_MAPS",
-    "make_label_map",
-    "validate_labels",
-    "SegmentationDataset",
-    "LabelScan",
-    "scan_labels",
-    "list_file_samples",
-    "folder_samples",
-    "read_classes_file",
-    "camvid_samples",
-    "ade20k_samples",
-    "voc_samples",
-    "cityscapes_samples",
-    "DatasetSpec",
-    "DATASETS",
-    "get_dataset_spec",
-    "make_dataset",
-    "CAMVID_CLASSES",
-    "ADE20K_CLASSES",
-    "VOC_CLASSES",
-    "CITYSCAPES_CLASSES",
-    "CITYSCAPES_LABEL_TO_TRAIN_ID",
-]
+    "SegmentationDataset", "Transform", "read_classes_file", "make_dataset",
+    "DataError", "Sample",  # io
+    "LabelMap", "IdentityMap", "ReduceZeroLabel", "CityscapesLabelIds", "ColorToIndex",
+    "LABEL_MAPS", "make_label_map", "CITYSCAPES_LABEL_TO_TRAIN_ID",  # label_maps
+    "validate_labels", "LabelScan", "scan_labels",  # validation
+    "list_file_samples", "folder_samples",  # samples
+    "camvid_samples", "ade20k_samples", "voc_samples", "cityscapes_samples", "DatasetSpec",
+    "DATASETS", "get_dataset_spec", "CAMVID_CLASSES", "ADE20K_CLASSES", "VOC_CLASSES",
+    "CITYSCAPES_CLASSES",  # layouts
+]  # fmt: skip
 
 # --------------------------------------------------------------------------------------------
 # The dataset.

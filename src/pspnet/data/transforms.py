@@ -67,21 +67,13 @@ from pspnet.data.steps import (
     scaled_size,
 )
 
+# Defined here, then the step-by-step classes (home: pspnet.data.steps) that callers import from
+# this module.
 __all__ = [
-    "JointTransform",
-    "Compose",
-    "RandScale",
-    "RandRotate",
-    "RandomGaussianBlur",
-    "RandomHorizontalFlip",
-    "Crop",
-    "ToTensorNormalize",
-    "TrainAugment",
-    "train_transform",
-    "eval_transform",
-    "sample_rng",
-    "gaussian_blur5",
-]
+    "TrainAugment", "train_transform", "eval_transform", "sample_rng",
+    "JointTransform", "Compose", "RandScale", "RandRotate", "RandomGaussianBlur",
+    "RandomHorizontalFlip", "Crop", "ToTensorNormalize", "gaussian_blur5",
+]  # fmt: skip
 
 # Labels go through float32 in the fused path; integers up to 2**24 are exact in float32.
 _FLOAT_EXACT = 1 << 24
