@@ -12,7 +12,6 @@ This module imports only the standard library, numpy and :mod:`pspnet.config`.
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import ClassVar, Literal
@@ -184,18 +183,6 @@ class ColorToIndex(LabelMap):
         self.colors: dict[int, tuple[int, int, int]] = {
             int(i): tuple(int(c) for c in rgb) for i, rgb in items  # type: ignore[misc]
         }
-
-    @classmethod
-    def from_classes_file(
-        cls, path: str | os.PathLike[str], ignore_index: int = 255
-    ) -> ColorToIndex:
-        """Build the map from a ``classes.txt`` (see
-        :func:`~pspnet.data.datasets.read_classes_file`)."""
-        # Imported here: the datasets module imports this one.
-        from pspnet.data.datasets import read_classes_file
-
-        _, palette = read_classes_file(path)
-        return cls(palette, ignore_index=ignore_index)
 
     def _match(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if rgb.ndim != 3 or rgb.shape[2] != 3:

@@ -12,8 +12,8 @@ The training recipe follows the authors' code (``hszhao/semseg``, ``tool/train.p
 Two implementations are provided:
 
 * The individual classes (:class:`RandScale`, :class:`RandRotate`, ... composed with
-  :class:`Compose`; they live in :mod:`pspnet.data.steps`) work step by step on numpy arrays with PIL. They are the readable reference,
-  handy for custom pipelines and visual checks.
+  :class:`Compose`; their home is :mod:`pspnet.data.steps`) work step by step on numpy arrays
+  with PIL. They are the readable reference, handy for custom pipelines and visual checks.
 * :class:`TrainAugment` (what :func:`train_transform` returns by default) draws *the same random
   numbers in the same order* but folds scale, rotation, flip, padding and cropping into one affine
   map and samples only the output window once with :func:`torch.nn.functional.grid_sample`. That

@@ -98,8 +98,8 @@ class LabelScan:
         n_files: Label files read.
         class_pixel_counts: Pixels per class, shape (num_classes,).
         ignore_pixels: Pixels equal to ``ignore_index`` (after the label map).
-        unknown_color_pixels: Pixels of colours a :class:`~pspnet.data.label_maps.ColorToIndex` did not know (these
-            are counted in ``ignore_pixels`` too).
+        unknown_color_pixels: Pixels of colours a :class:`~pspnet.data.label_maps.ColorToIndex`
+            did not know (these are counted in ``ignore_pixels`` too).
     """
 
     n_files: int
