@@ -210,12 +210,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from pspnet.data.check import check_dataset
-    from pspnet.data.datasets import (
-        folder_samples,
-        get_dataset_spec,
-        list_file_samples,
-        make_label_map,
-    )
+    from pspnet.data.label_maps import make_label_map
+    from pspnet.data.layouts import get_dataset_spec
+    from pspnet.data.samples import folder_samples, list_file_samples
 
     spec = get_dataset_spec(args.dataset) if args.dataset else None
     if args.list:

@@ -282,8 +282,8 @@ def list_file_samples(
     A relative ``list_file`` that does not exist from the working directory is also looked for
     under ``root``. Without ``resolver``, names are found under ``root`` in the conventional
     layouts (``images/<list stem>/<name>.<ext>``, then ``images/<name>.<ext>``, labels in
-    ``labels/`` or ``annotations/``; see :class:`~pspnet.data.io.LayoutResolver`). See
-    :func:`~pspnet.data.io.read_list_file` for the format.
+    ``labels/`` or ``annotations/``; see :class:`LayoutResolver`). See
+    :func:`read_list_file` for the format.
     """
     lf = Path(list_file)
     if not lf.is_absolute() and not lf.exists() and (Path(root) / lf).exists():
