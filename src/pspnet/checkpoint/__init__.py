@@ -63,7 +63,6 @@ from pspnet.checkpoint.load import (
     load_backbone_weights,
     load_foreign,
     load_model,
-    read_class_names,
 )
 from pspnet.checkpoint.weights import (
     CONFIG_FILE,
@@ -83,7 +82,6 @@ __all__ = [
     "LoadReport",
     "read_torch_file",
     "detect_file_kind",
-    "read_class_names",
     "detect_layout",
     "convert_state_dict",
     "load_state_dict_checked",

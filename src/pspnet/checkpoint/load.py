@@ -213,50 +213,16 @@ def load_backbone_weights(model: PSPNet, path: str | Path) -> LoadReport:
     return report
 
 
-def read_class_names(
-    path: str | Path,
-) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...] | None]:
-    """Class names, and colours when the file has them, from a classes file.
+def _read_classes_file(path: str | Path) -> tuple[tuple[str, ...], Any]:
+    """Names and palette from a classes file (:func:`pspnet.data.classes.read_class_file`)."""
+    from pspnet.data.classes import read_class_file  # lazy: keeps `import pspnet` light
+    from pspnet.data.io import DataError
 
-    Two forms: one name a line (``index<TAB>name`` lines give the name), or CamVid's
-    ``index<TAB>name<TAB>R G B`` on every line, read with
-    :func:`pspnet.data.datasets.read_classes_file` (the colours become the palette; entries with
-    index 255 or above, such as ``void``, are not classes). Blank and ``#`` lines are skipped.
-
-    Returns:
-        (names in class order, one RGB triple per class or None when the file has no colours).
-
-    Raises:
-        CheckpointError: A missing, non-text or empty file, or a malformed CamVid line.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"classes file {p} does not exist; check the path")
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise CheckpointError(
-            f"classes file {p} is not UTF-8 text; it must list one name a line or "
-            "`index<TAB>name<TAB>R G B` lines"
-        ) from None
-    lines = [ln.rstrip("\r\n") for ln in text.splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]  # fmt: skip
-    if not lines:
-        raise CheckpointError(f"classes file {p} lists no class names")
-    if all(len(ln.split("\t")) == 3 for ln in lines):
-        from pspnet.data.datasets import DataError, read_classes_file  # lazy, as above
-
-        try:
-            names, colours = read_classes_file(p)
-        except DataError as e:
-            raise CheckpointError(str(e)) from None
-        return names, tuple(colours[i] for i in range(len(names)))
-    names = []
-    for ln in lines:
-        parts = ln.split("\t")
-        indexed = len(parts) >= 2 and parts[0].strip().isdigit()
-        names.append(parts[1].strip() if indexed else ln.strip())
-    return tuple(names), None
+        found = read_class_file(path)
+    except DataError as e:
+        raise CheckpointError(str(e)) from None
+    return found.names, found.palette
 
 
 def convert(
@@ -283,9 +249,10 @@ def convert(
         num_classes: Number of classes; checked against the file.
         classes: Class names (index order), replacing any the file records.
         palette: One RGB triple per class, replacing any the file records.
-        classes_file: A classes file (:func:`read_class_names`): its names, and its colours
-            when it has them (CamVid's ``index<TAB>name<TAB>R G B``), as ``classes`` and
-            ``palette``. Not together with ``classes``.
+        classes_file: A classes file (:func:`pspnet.data.classes.read_class_file`): its names,
+            and its colours when it gives every class one (CamVid's
+            ``index<TAB>name<TAB>R G B``), as ``classes`` and ``palette``. Not together with
+            ``classes``.
         **options: Model options overriding what the file implies (foreign files only).
 
     Returns:
@@ -300,7 +267,7 @@ def convert(
     if classes_file is not None:
         if classes is not None:
             raise CheckpointError("give the class names as classes or classes_file, not both")
-        classes, file_palette = read_class_names(classes_file)
+        classes, file_palette = _read_classes_file(classes_file)
         palette = palette or file_palette
     model, meta, _ = load_foreign(s, arch, num_classes, **options)
     n = meta.model.num_classes
