@@ -24,7 +24,7 @@ from pspnet.models.zoo import MODELS
 TRAIN_LAYOUT = "pspnet-train"
 
 
-def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Find the state dict inside a loaded checkpoint object; also return its metadata."""
     meta: dict[str, Any] = {}
     if isinstance(obj, Mapping):
@@ -235,7 +235,7 @@ def _mit_pair(path: Path) -> tuple[Path, Path]:
     raise CheckpointError(f"{path}: a mit-semseg model needs both encoder and decoder files")
 
 
-def _dir_not_loadable(p: Path) -> str:
+def why_not_loadable(p: Path) -> str:
     """Why directory ``p`` cannot be read as weights, and what to pass instead."""
     if is_weight_dir(p):
         return (
@@ -270,9 +270,9 @@ def read_foreign(path: str | Path) -> tuple[dict[str, Tensor], str, dict[str, An
     if not p.exists():
         raise CheckpointError(f"{p} does not exist ({EXPECTED_WEIGHTS})")
     if p.is_dir() and not any(p.glob("encoder*.pth")):
-        raise CheckpointError(_dir_not_loadable(p))
+        raise CheckpointError(why_not_loadable(p))
     if p.suffix == ".safetensors" and is_weight_dir(p.parent):
-        raise CheckpointError(_dir_not_loadable(p.parent))
+        raise CheckpointError(why_not_loadable(p.parent))
     if p.is_dir() or (p.suffix == ".pth" and ("encoder" in p.name or "decoder" in p.name)):
         enc, dec = _mit_pair(p)
         for f in (enc, dec):
@@ -281,8 +281,8 @@ def read_foreign(path: str | Path) -> tuple[dict[str, Tensor], str, dict[str, An
                     f"{f} does not exist: a mit-semseg model needs both {enc.name} and "
                     f"{dec.name} in {f.parent}"
                 )
-        sd_e, _ = _unwrap(read_torch_file(enc), enc)
-        sd_d, _ = _unwrap(read_torch_file(dec), dec)
+        sd_e, _ = unwrap_state_dict(read_torch_file(enc), enc)
+        sd_d, _ = unwrap_state_dict(read_torch_file(dec), dec)
         if detect_layout(sd_e) != "mit-encoder" or detect_layout(sd_d) != "mit-decoder":
             raise CheckpointError(f"{enc} / {dec} are not a mit-semseg encoder/decoder pair")
         sd = {**convert_state_dict(sd_e, "mit-encoder"), **convert_state_dict(sd_d, "mit-decoder")}
@@ -293,7 +293,7 @@ def read_foreign(path: str | Path) -> tuple[dict[str, Tensor], str, dict[str, An
         sd = state["model"]
         return ({str(k): v for k, v in sd.items() if isinstance(v, Tensor)}, TRAIN_LAYOUT,
                 train_checkpoint_info(state, p))
-    sd, meta = _unwrap(obj, p)
+    sd, meta = unwrap_state_dict(obj, p)
     layout = detect_layout(sd)
     info: dict[str, Any] = {}
     m = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}

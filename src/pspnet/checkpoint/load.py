@@ -15,12 +15,12 @@ from pspnet.checkpoint.files import EXPECTED_WEIGHTS, CheckpointError, read_torc
 from pspnet.checkpoint.foreign import (
     LAYOUT_OPTIONS,
     TRAIN_LAYOUT,
-    _dir_not_loadable,
-    _unwrap,
     convert_state_dict,
     detect_layout,
     infer_options,
     read_foreign,
+    unwrap_state_dict,
+    why_not_loadable,
 )
 from pspnet.checkpoint.weights import (
     LoadReport,
@@ -188,7 +188,7 @@ def load_backbone_weights(model: PSPNet, path: str | Path) -> LoadReport:
         CheckpointError: When the file's stem or blocks do not match the model's backbone.
     """
     p = Path(path)
-    sd, _ = _unwrap(read_torch_file(p), p)
+    sd, _ = unwrap_state_dict(read_torch_file(p), p)
     sd = convert_state_dict(sd, "resnet" if detect_layout(sd) in ("resnet", "mit-encoder")
                             else detect_layout(sd))
     sd = {k: v for k, v in sd.items() if k.startswith("backbone.")}
@@ -263,7 +263,7 @@ def convert(
     """
     s = Path(src)
     if is_weight_dir(s) or (s.suffix == ".safetensors" and is_weight_dir(s.parent)):
-        raise CheckpointError(_dir_not_loadable(s if s.is_dir() else s.parent))
+        raise CheckpointError(why_not_loadable(s if s.is_dir() else s.parent))
     if classes_file is not None:
         if classes is not None:
             raise CheckpointError("give the class names as classes or classes_file, not both")
