@@ -213,7 +213,7 @@ def load_backbone_weights(model: PSPNet, path: str | Path) -> LoadReport:
     return report
 
 
-def _read_classes_file(path: str | Path) -> tuple[tuple[str, ...], Any]:
+def _classes_from_file(path: str | Path) -> tuple[tuple[str, ...], Any]:
     """Names and palette from a classes file (:func:`pspnet.data.classes.read_class_file`)."""
     from pspnet.data.classes import read_class_file  # lazy: keeps `import pspnet` light
     from pspnet.data.io import DataError
@@ -267,7 +267,7 @@ def convert(
     if classes_file is not None:
         if classes is not None:
             raise CheckpointError("give the class names as classes or classes_file, not both")
-        classes, file_palette = _read_classes_file(classes_file)
+        classes, file_palette = _classes_from_file(classes_file)
         palette = palette or file_palette
     model, meta, _ = load_foreign(s, arch, num_classes, **options)
     n = meta.model.num_classes
