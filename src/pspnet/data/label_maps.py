@@ -6,12 +6,14 @@ As a second guard, the maps refuse ``int64`` input: raw labels are never ``int64
 (:func:`~pspnet.data.io.read_label` gives uint8/uint16/int32) and mapped labels always are, so a
 second application fails loudly instead of silently shifting every class.
 
-This module imports only the standard library, numpy and :mod:`pspnet.config`.
+This module imports only the standard library, numpy, :mod:`pspnet.config` and
+:mod:`pspnet.data`.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import ClassVar, Literal
@@ -19,6 +21,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from pspnet.config import ConfigError
+from pspnet.data.classes import read_classes_file
 from pspnet.data.io import DataError
 
 __all__ = [
@@ -183,6 +186,14 @@ class ColorToIndex(LabelMap):
         self.colors: dict[int, tuple[int, int, int]] = {
             int(i): tuple(int(c) for c in rgb) for i, rgb in items  # type: ignore[misc]
         }
+
+    @classmethod
+    def from_classes_file(
+        cls, path: str | os.PathLike[str], ignore_index: int = 255
+    ) -> ColorToIndex:
+        """Build the map from a ``classes.txt`` (:func:`~pspnet.data.classes.read_classes_file`)."""
+        _, palette = read_classes_file(path)
+        return cls(palette, ignore_index=ignore_index)
 
     def _match(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if rgb.ndim != 3 or rgb.shape[2] != 3:
