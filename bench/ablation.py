@@ -202,6 +202,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 # Report
 
 
+def _ordering_checks(done: dict[tuple[str, int], dict[str, Any]], seeds: dict[str, list[int]],
+                     per_row: dict[str, list[float]]) -> list[list[str]]:
+    """One table row per paper's claim: the paired difference over the common seeds."""
+    checks: list[list[str]] = []
+    for desc, better, worse in ORDERINGS:
+        if better not in per_row or worse not in per_row:
+            checks.append([desc, "not run", "", "", ""])
+            continue
+        # Paired by seed: the same seed gives both rows the same data order and augmentations.
+        a = {(row, s): r for (row, s), r in done.items()}
+        common = sorted(set(seeds[better]) & set(seeds[worse]))
+        diffs = [100 * (a[(better, s)]["mIoU"] - a[(worse, s)]["mIoU"]) for s in common]
+        mean, sd = mean_sd(diffs)
+        wins = sum(d > 0 for d in diffs)
+        verdict = "holds" if mean > 0 else "does not hold"
+        if not math.isnan(sd):
+            verdict += " (beyond the seed spread)" if abs(mean) > sd else " (within the seed spread)"
+        checks.append([desc, f"`{better}` − `{worse}`", f"{mean:+.2f} ± {sd:.2f}",
+                       f"{wins} of {len(diffs)}", verdict])
+    return checks
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     work = Path(args.work_dir)
     done = _done(work / "results.jsonl")
@@ -255,22 +277,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         table.append(cells)
     lines += md_table(header, table) + [""]
     lines += ["## Does the paper's ordering hold?", ""]
-    checks = []
-    for desc, better, worse in ORDERINGS:
-        if better not in per_row or worse not in per_row:
-            checks.append([desc, "not run", "", "", ""])
-            continue
-        # Paired by seed: the same seed gives both rows the same data order and augmentations.
-        a = {(row, s): r for (row, s), r in done.items()}
-        common = sorted(set(seeds[better]) & set(seeds[worse]))
-        diffs = [100 * (a[(better, s)]["mIoU"] - a[(worse, s)]["mIoU"]) for s in common]
-        mean, sd = mean_sd(diffs)
-        wins = sum(d > 0 for d in diffs)
-        verdict = "holds" if mean > 0 else "does not hold"
-        if not math.isnan(sd):
-            verdict += " (beyond the seed spread)" if abs(mean) > sd else " (within the seed spread)"
-        checks.append([desc, f"`{better}` − `{worse}`", f"{mean:+.2f} ± {sd:.2f}",
-                       f"{wins} of {len(diffs)}", verdict])
+    checks = _ordering_checks(done, seeds, per_row)
     lines += md_table(
         ["paper's claim", "rows", "paired difference (mIoU points)", "seeds where it holds",
          "here"], checks)

@@ -221,7 +221,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Evaluate, write ``<out>.json`` and ``<out>.md``; returns the JSON document."""
-    from pspnet.bench import cpu_has_native_bf16
+    from pspnet.precision import cpu_has_native_bf16
 
     weights = Path(args.weights)
     if not (weights / "config.json").is_file():

@@ -27,6 +27,7 @@ from pspnet.benchmark.timing import (
     reset_peak_rss,
 )
 from pspnet.precision import cpu_has_native_bf16
+from pspnet.report.machine import usable_cpus
 
 __all__ = ["CAMVID_ENV", "camvid_location", "camvid_missing", "find_camvid_root", "require_camvid",
            "CamVidNotFoundError", "bench_data_pipeline", "CPU_RECIPE_MODEL", "CAMVID_CROP", "CPU_RECIPE_BATCH",
@@ -208,11 +209,7 @@ def _verdict(loader_stats: list[dict[str, Any]], rows: list[BenchResult], step: 
             st["keeps_up"] = st["images_per_s"] >= step_ips
         st["x_step"] = st["images_per_s"] / step_ips
         row.extra["x_step"] = round(st["x_step"], 1)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    default_w = min(2, cores)  # what `pspnet train` uses when data.num_workers is not set
+    default_w = min(2, usable_cpus())  # what `pspnet train` uses when data.num_workers is not set
     parallel = [s for s in loader_stats if s["workers"] >= 1]
     # Judged at the timed worker count nearest to what training uses on this machine.
     chosen = min(parallel, key=lambda s: (abs(s["workers"] - default_w), -s["workers"]),
