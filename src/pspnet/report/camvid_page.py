@@ -241,34 +241,42 @@ class _Page:
 
     @property
     def s(self) -> dict[str, Any]:
+        """The test summary (``SegMetrics.to_dict``)."""
         return self.test.summary
 
     @property
     def miou(self) -> float | None:
+        """Test mIoU as a fraction (None when undefined)."""
         return self.s["mIoU"]
 
     @property
     def miou_pct(self) -> float:
+        """Test mIoU in percent (NaN when undefined)."""
         return 100 * self.miou if self.miou is not None else math.nan
 
     @property
     def reached(self) -> bool:
+        """Whether the test mIoU reaches :data:`TARGET_MIOU`."""
         return math.isfinite(self.miou_pct) and self.miou_pct >= TARGET_MIOU
 
     @property
     def minutes(self) -> float:
+        """Measured training minutes."""
         return self.log.minutes
 
     @property
     def pretrained(self) -> bool:
+        """Whether the backbone started from ImageNet weights."""
         return bool((self.cfg.get("train") or {}).get("backbone_weights"))
 
     @property
     def arch(self) -> str:
+        """The architecture trained."""
         return (self.cfg.get("model") or {}).get("arch") or "pspnet"
 
     @property
     def partial(self) -> bool:
+        """Whether only part of the test split was evaluated (``--limit``)."""
         return self.test.num_images < self.test.total_images
 
 
