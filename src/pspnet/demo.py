@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pspnet.checkpoint import load_model
 from pspnet.config import Config, ConfigError
@@ -36,7 +36,7 @@ from pspnet.engine.evaluate import evaluate_model, write_metrics
 from pspnet.engine.metrics import SegMetrics
 from pspnet.engine.predict import PredictOptions, predict_array
 from pspnet.engine.train import train
-from pspnet.report.charts import grouped_bars
+from pspnet.report.charts import grouped_bars, tile_row
 
 __all__ = ["run_demo", "DEMO_MODELS"]
 
@@ -140,15 +140,8 @@ def _comparison(rows: list[_Row], data: Path, names: list[str], out: Path) -> li
         for m in models:
             pred = predict_array(m, image, m.meta.preprocess, PredictOptions(), len(SCENES_CLASSES))
             tiles.append(overlay(image, pred, SCENES_PALETTE, 0.6, SCENES_CLASSES, legend=False))
-        h, w = image.shape[:2]
-        canvas = Image.new("RGB", (len(tiles) * (w + 4), h + 16), "white")
-        d = ImageDraw.Draw(canvas)
-        for i, (t, title) in enumerate(zip(tiles, ["image", "truth"] + [r.name.split(" ")[0] for r in rows])):
-            canvas.paste(t, (i * (w + 4), 16))
-            d.text((i * (w + 4) + 2, 2), title, fill="black")
-        p = out / f"compare_{name}.png"
-        canvas.save(p)
-        paths.append(p)
+        titles = ["image", "truth"] + [r.name.split(" ")[0] for r in rows]
+        paths.append(tile_row(tiles, titles, out / f"compare_{name}.png"))
     return paths
 
 

@@ -16,6 +16,7 @@ from pspnet.report.charts import (
     nice_ticks,
     save_confusion_png,
     spread_bars,
+    tile_row,
 )
 
 
@@ -47,3 +48,11 @@ def test_every_chart_kind_writes_a_png(tmp_path):
     assert Image.open(spread).size == (140 * 2 + 100, 420)
     conf = save_confusion_png(np.eye(3) * 5, ["a", "b", "c"], tmp_path / "c.png", title="t")
     assert np.asarray(Image.open(conf).convert("RGB")).std() > 0
+
+
+def test_tile_row_puts_pictures_side_by_side_under_titles(tmp_path):
+    tiles = [Image.new("RGB", (20, 10), c) for c in ((255, 0, 0), (0, 0, 255))]
+    p = tile_row(tiles, ["a", "b"], tmp_path / "row.png")
+    img = np.asarray(Image.open(p).convert("RGB"))
+    assert img.shape == (10 + 16, 2 * (20 + 4), 3)
+    assert tuple(img[20, 5]) == (255, 0, 0) and tuple(img[20, 24 + 5]) == (0, 0, 255)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["font", "text_size", "rotated_text", "save_png", "nice_ticks", "Series", "line_plot",
-           "grouped_bars", "mean_sd", "spread_bars", "save_confusion_png"]
+           "grouped_bars", "mean_sd", "spread_bars", "save_confusion_png", "tile_row"]
 
 _BLACK = (0, 0, 0)
 _WHITE = (255, 255, 255)
@@ -372,6 +372,22 @@ def spread_bars(path: str | Path, per_bar: dict[str, list[float]], ylabel: str) 
         d.text((x0, h - bottom + 8), name, fill="black", font=big)
         d.text((x0, h - bottom + 28), f"{mean:.1f}", fill="black", font=small)
     return save_png(img, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures side by side
+
+
+def tile_row(tiles: Sequence[Image.Image], titles: Sequence[str], path: str | Path) -> Path:
+    """Same-size pictures in a row, 4 px apart, each under its title (e.g. image | truth |
+    each model's prediction); written as PNG."""
+    w, h = tiles[0].size
+    canvas = Image.new("RGB", (len(tiles) * (w + 4), h + 16), "white")
+    d = ImageDraw.Draw(canvas)
+    for i, (t, title) in enumerate(zip(tiles, titles)):
+        canvas.paste(t, (i * (w + 4), 16))
+        d.text((i * (w + 4) + 2, 2), title, fill="black")
+    return save_png(canvas, path)
 
 
 # --------------------------------------------------------------------------------------------
