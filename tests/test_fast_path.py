@@ -25,7 +25,7 @@ def fp_mod():
 
 @pytest.fixture()
 def setup(fp_mod, tmp_path, monkeypatch):
-    monkeypatch.setattr(fp_mod._camvid, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(fp_mod, "git_commit", lambda *_: "abc1234")
     data = make_fake_camvid(tmp_path / "camvid", n_test=3)
     monkeypatch.setenv("PSPNET_CAMVID", str(data))
     torch.manual_seed(0)
