@@ -18,6 +18,15 @@ from pspnet.data.scenes import (
     generate_scenes,
     render_scene,
 )
+from pspnet.data.context_scenes import (
+    CONTEXT_CLASSES,
+    CONTEXT_PALETTE,
+    FIELD,
+    ROCK,
+    check_gap,
+    max_gap,
+    render_context_scene,
+)
 
 SMALL = dict(n_train=6, n_val=3, size=(64, 80), seed=7, progress=False)
 
@@ -227,3 +236,152 @@ def test_generate_rejects_bad_parameters(tmp_path):
         generate_scenes(tmp_path, n_train=-1, progress=False)
     with pytest.raises(ValueError):
         generate_scenes(tmp_path, size=(8, 8), progress=False)
+
+
+# ------------------------------------------------------------------------------------------
+# context mode: the deciding context lies at least `gap` pixels from every vessel
+# ------------------------------------------------------------------------------------------
+
+GAP = 36
+
+
+@pytest.fixture(scope="module")
+def context_scenes():
+    """120 context scenes at 96x96 with a 36 px neutral band."""
+    return [render_context_scene(np.random.default_rng([5, i]), (96, 96), gap=GAP)
+            for i in range(120)]
+
+
+def chebyshev_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest Chebyshev distance between a pixel of mask ``a`` and one of disjoint ``b``.
+
+    Only the masks' edge pixels can be nearest (a step towards the other mask gets closer).
+    """
+    pa, pb = np.argwhere(a & grow(~a, 1)), np.argwhere(b & grow(~b, 1))
+    return float(np.abs(pa[:, None, :] - pb[None, :, :]).max(-1).min())
+
+
+def grow(mask: np.ndarray, r: int) -> np.ndarray:
+    """Dilation by a (2r+1)^2 square, outside the image counting as *not* in ``mask``
+    (separable: a max over 2r+1 rows, then over 2r+1 columns)."""
+    p = np.pad(mask, r, constant_values=False)
+    rows = np.lib.stride_tricks.sliding_window_view(p, 2 * r + 1, axis=0).any(-1)
+    return np.lib.stride_tricks.sliding_window_view(rows, 2 * r + 1, axis=1).any(-1)
+
+
+def test_context_render_shapes_and_labels(context_scenes):
+    seen = {BOAT: 0, CAR: 0}
+    for image, label in context_scenes:
+        assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+        assert label.shape == (96, 96) and label.dtype == np.uint8
+        present = set(np.unique(label).tolist())
+        assert present <= set(range(len(CONTEXT_CLASSES))) and FIELD in present
+        # Exactly one context, at least one vessel, and the vessels' class follows the context.
+        assert (WATER in present) != (ROAD in present)
+        assert (BOAT in present) != (CAR in present)
+        cls = BOAT if WATER in present else CAR
+        assert cls in present
+        seen[cls] += 1
+    assert seen[BOAT] > 40 and seen[CAR] > 40  # a fair coin
+    # Water, road, boat and car keep their indices of the surface scenes.
+    for name in ("water", "road", "boat", "car"):
+        assert CONTEXT_CLASSES.index(name) == SCENES_CLASSES.index(name)
+
+
+def test_context_lies_beyond_the_gap(context_scenes):
+    """Every vessel pixel is >= gap (Chebyshev, so also Euclidean) from every context pixel,
+    and the neutral band holds field and rocks only."""
+    nearest = []
+    for _, label in context_scenes:
+        context = (label == WATER) | (label == ROAD)
+        vessel = (label == BOAT) | (label == CAR)
+        d = chebyshev_distance(vessel, context)
+        assert d >= GAP
+        nearest.append(d)
+        band = grow(context, GAP - 1) & ~context
+        assert band.sum() > context.sum()  # a wide neutral band
+        assert set(np.unique(label[band]).tolist()) <= {FIELD, ROCK}
+    # The gap is tight (vessels do come close to it), so the band is as narrow as designed.
+    assert min(nearest) < GAP + 4
+
+
+def test_context_objects_identical_across_classes():
+    """One generator state, context forced: pixel-identical field, rocks and vessels, labelled
+    boat with water and car with road; only the context band differs."""
+    for seed in range(12):
+        img_w, lab_w = render_context_scene(np.random.default_rng(seed), (96, 96), gap=GAP,
+                                            context="water")
+        img_r, lab_r = render_context_scene(np.random.default_rng(seed), (96, 96), gap=GAP,
+                                            context="road")
+        band = lab_w == WATER
+        assert band.any() and np.array_equal(band, lab_r == ROAD)
+        assert np.array_equal(img_w[~band], img_r[~band])
+        assert not np.array_equal(img_w[band], img_r[band])
+        boat = lab_w == BOAT
+        assert boat.any() and np.array_equal(boat, lab_r == CAR)
+        same = ~band & ~boat
+        assert np.array_equal(lab_w[same], lab_r[same])
+
+
+def test_context_vessel_statistics_match(context_scenes):
+    """Free choice of context: boat and car vessels have the same colours, sizes, counts and
+    distances to the context (two-sample z tests at 4 sigma on fixed seeds)."""
+    feats = {BOAT: [], CAR: []}
+    for image, label in context_scenes:
+        for cls in (BOAT, CAR):
+            obj = label == cls
+            if obj.any():
+                context = (label == WATER) | (label == ROAD)
+                px = image[obj].astype(np.float64)
+                feats[cls].append([*px.mean(0), *px.std(0), obj.sum(),
+                                   chebyshev_distance(obj, context), (label == ROCK).sum()])
+    fb, fc = np.array(feats[BOAT]), np.array(feats[CAR])
+    se = np.sqrt(fb.var(0) / len(fb) + fc.var(0) / len(fc))
+    assert np.all(np.abs(fb.mean(0) - fc.mean(0)) < 4 * se + 1e-9)
+
+
+def test_context_is_deterministic_per_seed():
+    a = render_context_scene(np.random.default_rng(3), (64, 64))
+    b = render_context_scene(np.random.default_rng(3), (64, 64))
+    c = render_context_scene(np.random.default_rng(4), (64, 64))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_context_gap_limits():
+    assert check_gap(None, (128, 128)) == 38  # DEFAULT_GAP of the side
+    top = max_gap((64, 64))
+    for seed in range(20):  # the largest gap still leaves room for a vessel in every scene
+        _, label = render_context_scene(np.random.default_rng(seed), (64, 64), gap=top)
+        assert ((label == BOAT) | (label == CAR)).any()
+    for bad in (0, top + 1, 2.5, True):
+        with pytest.raises(ValueError, match="gap"):
+            render_context_scene(np.random.default_rng(0), (64, 64), gap=bad)
+    with pytest.raises(ValueError, match="context"):
+        render_context_scene(np.random.default_rng(0), context="lava")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        render_context_scene(0)  # type: ignore[arg-type]
+
+
+def test_generate_context_mode(tmp_path):
+    params = dict(n_train=3, n_val=2, size=(64, 72), seed=9, progress=False)
+    out = generate_scenes(tmp_path / "ctx", **params, mode="context", gap=20)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["mode"] == "context" and manifest["gap"] == 20
+    assert manifest["classes"] == list(CONTEXT_CLASSES)
+    classes = (out / "classes.txt").read_text().splitlines()
+    assert [c.split("\t")[1] for c in classes] == list(CONTEXT_CLASSES)
+    assert classes[0].split("\t")[2] == " ".join(map(str, CONTEXT_PALETTE[0].tolist()))
+    image, label = render_context_scene(np.random.default_rng([9, 0, 2]), (64, 72), gap=20)
+    assert np.array_equal(np.asarray(Image.open(out / "images/train/00002.png")), image)
+    assert np.array_equal(np.asarray(Image.open(out / "labels/train/00002.png")), label)
+    # Another gap is another data set.
+    with pytest.raises(FileExistsError):
+        generate_scenes(out, **params, mode="context", gap=21)
+    # The surface manifest is unchanged by the new mode (old data sets stay up to date).
+    surface = json.loads((generate_scenes(tmp_path / "s", **params) / "manifest.json").read_text())
+    assert "mode" not in surface and "gap" not in surface
+    with pytest.raises(ValueError, match="gap"):
+        generate_scenes(tmp_path / "x", **params, gap=20)
+    with pytest.raises(ValueError, match="mode"):
+        generate_scenes(tmp_path / "x", **params, mode="lava")  # type: ignore[arg-type]

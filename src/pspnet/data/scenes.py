@@ -35,7 +35,8 @@ from __future__ import annotations
 import colorsys
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -355,8 +356,11 @@ def render_scene(
 # --------------------------------------------------------------------------------------------
 
 
-def _manifest(n_train: int, n_val: int, size: tuple[int, int], seed: int) -> dict:
-    return {
+def _manifest(n_train: int, n_val: int, size: tuple[int, int], seed: int,
+              context_gap: int | None = None) -> dict:
+    """The generation parameters; the context mode adds its own keys (surface manifests are
+    unchanged, so existing data sets stay up to date)."""
+    manifest = {
         "dataset": "pspnet-scenes",
         "version": MANIFEST_VERSION,
         "n_train": n_train,
@@ -365,6 +369,11 @@ def _manifest(n_train: int, n_val: int, size: tuple[int, int], seed: int) -> dic
         "seed": seed,
         "classes": list(SCENES_CLASSES),
     }
+    if context_gap is not None:
+        from pspnet.data.context_scenes import CONTEXT_CLASSES
+
+        manifest.update(mode="context", gap=context_gap, classes=list(CONTEXT_CLASSES))
+    return manifest
 
 
 def _list_lines(split: str, n: int) -> list[str]:
@@ -413,6 +422,29 @@ def _progress(enabled: bool, split: str, done: int, total: int) -> None:
         print(f"\rscenes: {split} {done}/{total}", end=end, file=sys.stderr, flush=True)
 
 
+def _write_classes(path: Path, classes: Sequence[str], palette: np.ndarray) -> None:
+    """``index<TAB>name<TAB>R G B`` lines (as for CamVid)."""
+    lines = [f"{i}\t{name}\t{r} {g} {b}"
+             for i, (name, (r, g, b)) in enumerate(zip(classes, palette.tolist()))]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _renderer(mode: str, gap: int | None, hw: tuple[int, int]
+              ) -> tuple[Callable, tuple[str, ...], np.ndarray, int | None]:
+    """(render(rng, size), class names, palette, gap or None) of a generation ``mode``."""
+    if mode == "surface":
+        if gap is not None:
+            raise ValueError("generate_scenes: `gap` is an option of mode='context' only")
+        return render_scene, SCENES_CLASSES, SCENES_PALETTE, None
+    if mode != "context":
+        raise ValueError(f"generate_scenes: `mode` must be 'surface' or 'context', got {mode!r}")
+    from pspnet.data import context_scenes as ctx  # imports this module: not at the top
+
+    gap = ctx.check_gap(gap, hw)
+    return (partial(ctx.render_context_scene, gap=gap), ctx.CONTEXT_CLASSES, ctx.CONTEXT_PALETTE,
+            gap)
+
+
 def generate_scenes(
     out_dir: str | Path,
     *,
@@ -422,6 +454,8 @@ def generate_scenes(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    mode: Literal["surface", "context"] = "surface",
+    gap: int | None = None,
 ) -> Path:
     """Write the scenes data set to ``out_dir`` (see the module docstring for the layout).
 
@@ -440,6 +474,9 @@ def generate_scenes(
         progress: Print a progress line to stderr.
         overwrite: Replace a data set generated with *different* parameters (only files named
             in its lists are deleted). Without it that case raises.
+        mode: ``"surface"`` (:func:`render_scene`) or ``"context"`` (its own classes, the
+            context ``gap`` pixels away: :mod:`pspnet.data.context_scenes`).
+        gap: The context mode's neutral-band width in pixels; ``None``: its default.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -447,14 +484,15 @@ def generate_scenes(
     Raises:
         ScenesMismatchError: ``out_dir`` holds a scenes data set with other parameters
             (a :class:`FileExistsError`).
-        ValueError: Invalid counts, size or seed.
+        ValueError: Invalid counts, size, seed, mode or gap.
     """
     for name, v in (("n_train", n_train), ("n_val", n_val), ("seed", seed)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise ValueError(f"generate_scenes: `{name}` must be a non-negative integer, got {v!r}")
     hw = _check_size(size)
+    render, classes, palette, gap = _renderer(mode, gap, hw)
     out = Path(out_dir)
-    manifest = _manifest(int(n_train), int(n_val), hw, int(seed))
+    manifest = _manifest(int(n_train), int(n_val), hw, int(seed), gap)
     old = _read_manifest(out)
     if old == manifest and _is_complete(out):
         if progress:
@@ -476,18 +514,14 @@ def generate_scenes(
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], i])
-            image, label = render_scene(rng, hw)
+            image, label = render(rng, hw)
             # compress_level=1: ~1.5x faster than the default 6 on these noisy images, ~8 %
             # larger files.
             Image.fromarray(image).save(img_dir / f"{i:05d}.png", compress_level=1)
-            save_mask_png(out / "labels" / split / f"{i:05d}.png", label, SCENES_PALETTE)
+            save_mask_png(out / "labels" / split / f"{i:05d}.png", label, palette)
             _progress(progress, split, i + 1, n)
         (out / f"{split}.txt").write_text("".join(line + "\n" for line in _list_lines(split, n)))
 
-    classes = [
-        f"{i}\t{name}\t{r} {g} {b}"
-        for i, (name, (r, g, b)) in enumerate(zip(SCENES_CLASSES, SCENES_PALETTE.tolist()))
-    ]
-    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+    _write_classes(out / "classes.txt", classes, palette)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out
