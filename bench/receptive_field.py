@@ -19,7 +19,9 @@ Measured twice: for the freshly initialised network and after ``--train-steps`` 
 recipe (``pspnet_r18``, head 128 / aux 64, lr 0.02, batch ``--batch-size``, crop ``--train-size``)
 on demo scenes. Example (docs/receptive_field.md)::
 
-    python bench/receptive_field.py --size 256 --samples 4 --train-steps 40 --out rf.json
+    python bench/receptive_field.py --size 256 --samples 3 --train-steps 40 --out rf.jsonl
+    python bench/receptive_field.py --size 512 --samples 2 --train-steps 40 \
+        --weights work_dirs/receptive_field/fcn_s0_40/final --out rf.jsonl
 """
 
 from __future__ import annotations
@@ -72,15 +74,24 @@ def gradient_map(model: torch.nn.Module, image: torch.Tensor, y: int, x: int,
     return g / total if total > 0 else g
 
 
+#: Distances (px) at which the share of gradient mass lying farther away is reported.
+BEYOND = (24, 48, 64, 96, 128)
+
+
 def radii(mass: np.ndarray, y: int, x: int, quantiles=QUANTILES) -> dict[str, float]:
-    """Smallest Euclidean radius around (y, x) holding each quantile of ``mass`` (sums to 1)."""
+    """Smallest Euclidean radius around (y, x) holding each quantile of ``mass`` (sums to 1),
+    and the share of the mass farther than each of :data:`BEYOND` (``beyond48``...)."""
     h, w = mass.shape
     yy, xx = np.mgrid[0:h, 0:w]
     d = np.hypot(yy - y, xx - x).ravel()
     order = np.argsort(d, kind="stable")
     cum = np.cumsum(mass.ravel()[order])
-    return {f"r{round(q * 100)}": float(d[order][min(np.searchsorted(cum, q * cum[-1]), d.size - 1)])
-            for q in quantiles}
+    out = {f"r{round(q * 100)}": float(d[order][min(np.searchsorted(cum, q * cum[-1]), d.size - 1)])
+           for q in quantiles}
+    total = mass.sum()
+    for b in BEYOND:
+        out[f"beyond{b}"] = round(float(mass.ravel()[d > b].sum() / total), 4)
+    return out
 
 
 def _to_input(image: np.ndarray) -> torch.Tensor:
@@ -168,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-size", type=int, default=128, help="scene/crop size for training")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--weights", default=None,
+                   help="measure this trained model (a weights dir) instead of training one")
     p.add_argument("--work-dir", default="work_dirs/receptive_field")
     p.add_argument("--out", default=None, help="append the result as one JSON line here")
     args = p.parse_args(argv)
@@ -181,9 +194,15 @@ def main(argv: list[str] | None = None) -> int:
                          aux_channels=64)
     rec["fresh"] = measure(fresh, args.size, args.samples, args.seed)
     print("fresh:", json.dumps(rec["fresh"]), flush=True)
-    if args.train_steps > 0:
-        model = short_training(args.train_steps, args.train_size, args.batch_size, args.seed,
-                               Path(args.work_dir))
+    if args.weights or args.train_steps > 0:
+        if args.weights:
+            from pspnet.checkpoint import load_model
+
+            model = load_model(args.weights)
+            rec["weights"] = args.weights
+        else:
+            model = short_training(args.train_steps, args.train_size, args.batch_size,
+                                   args.seed, Path(args.work_dir))
         rec["trained"] = measure(model, args.size, args.samples, args.seed)
         print("trained:", json.dumps(rec["trained"]), flush=True)
     rec["wall_s"] = round(time.perf_counter() - t0, 1)
