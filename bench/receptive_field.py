@@ -139,6 +139,30 @@ def measure(model: torch.nn.Module, size: int, samples: int, seed: int) -> dict[
     return out
 
 
+def context_share(model: torch.nn.Module, size: int, gap: int, samples: int,
+                  seed: int) -> dict[str, float]:
+    """On context-mode scenes: where the boat-minus-car margin's gradient mass lies.
+
+    The output pixel is the vessel pixel nearest the vessels' centroid; the mass is split into
+    context band, vessels, rocks and field (the neutral region), averaged over ``samples``.
+    """
+    from pspnet.data.context_scenes import FIELD, ROCK, render_context_scene
+    from pspnet.data.scenes import ROAD, WATER
+
+    model.eval()
+    shares = []
+    for i in range(samples):
+        image, label = render_context_scene(np.random.default_rng([seed, 98, i]), (size, size),
+                                            gap=gap)
+        y, x = _object_point(label)  # every context scene holds a vessel
+        g = gradient_map(model, _to_input(image), y, x, "boat-car")
+        shares.append([g[(label == WATER) | (label == ROAD)].sum(),
+                       g[(label == BOAT) | (label == CAR)].sum(), g[label == ROCK].sum(),
+                       g[label == FIELD].sum()])
+    mean = np.mean(shares, 0)
+    return {k: round(float(v), 4) for k, v in zip(("context", "vessels", "rocks", "field"), mean)}
+
+
 def short_training(steps: int, size: int, batch: int, seed: int, work: Path) -> torch.nn.Module:
     """Train the demo's FCN for ``steps`` iterations on demo scenes; return the trained model."""
     from pspnet.checkpoint import load_model
@@ -170,6 +194,20 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _context_main(args: argparse.Namespace, rec: dict[str, Any], fresh: torch.nn.Module) -> int:
+    from pspnet.checkpoint import load_model
+
+    rec.update(mode="context_share", gap=args.context_gap)
+    models = {"fresh": fresh, **{w: load_model(w) for w in (args.weights or "").split(",") if w}}
+    for name, model in models.items():
+        rec[name] = context_share(model, args.size, args.context_gap, args.samples, args.seed)
+        print(name, json.dumps(rec[name]), flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256, help="input size of the measurement (px)")
@@ -180,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--weights", default=None,
-                   help="measure this trained model (a weights dir) instead of training one")
+                   help="measure this trained model (a weights dir) instead of training one; "
+                   "with --context-gap: a comma-separated list")
+    p.add_argument("--context-gap", type=int, default=None,
+                   help="instead: the share of the boat-car gradient on the context band of "
+                   "context-mode scenes with this gap (fresh network and --weights)")
     p.add_argument("--work-dir", default="work_dirs/receptive_field")
     p.add_argument("--out", default=None, help="append the result as one JSON line here")
     args = p.parse_args(argv)
@@ -192,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     fresh = create_model("pspnet_r18", len(SCENES_CLASSES), use_ppm=False, head_channels=128,
                          aux_channels=64)
+    if args.context_gap is not None:
+        return _context_main(args, rec, fresh)
     rec["fresh"] = measure(fresh, args.size, args.samples, args.seed)
     print("fresh:", json.dumps(rec["fresh"]), flush=True)
     if args.weights or args.train_steps > 0:
