@@ -292,10 +292,10 @@ def _train_pipeline(
 
     The config is ``pspnet train``'s defaults for that data (the paper's random scale 0.5-2,
     rotation +-10 degrees, blur, flip, crop and normalisation), the set is the one the training
-    loop builds from it; :func:`pspnet.engine.train.training_loader` reads it as training does.
+    loop builds from it; :func:`pspnet.data.training.training_loader` reads it as training does.
     """
     from pspnet.config import Config
-    from pspnet.engine.train import build_data
+    from pspnet.data.training import build_data
 
     if source not in DATA_SOURCES:
         raise ValueError(f"data source {source!r} is not one of {', '.join(DATA_SOURCES)} "
@@ -377,7 +377,7 @@ def bench_data_pipeline(
         raise ValueError(f"need batches >= 1, warmup_batches >= 0 and at least one worker count "
                          f">= 0, got {batches}, {warmup_batches}, {tuple(workers)}")
     from pspnet.engine.distributed import TrainBatchSampler
-    from pspnet.engine.train import training_loader
+    from pspnet.data.training import training_loader
 
     n_needed = (batches + warmup_batches) * batch
     cfg, train_set, source, root, crop, k = _train_pipeline(
