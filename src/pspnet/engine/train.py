@@ -78,6 +78,7 @@ from pspnet.engine.distributed import (
     DistInfo,
     TrainBatchSampler,
     all_gather_object,
+    barrier,
     broadcast_object,
     cleanup,
     init_distributed,
@@ -578,8 +579,7 @@ def _finish(run: Run, stop_reason: str) -> TrainResult:
         "end", iteration=it, reason=stop_reason, elapsed_s=run.elapsed(),
         best_mIoU=st.best_miou if best else None, best_iter=st.best_iter if best else None,
     )  # fmt: skip
-    if is_distributed():
-        torch.distributed.barrier()
+    barrier()
     return TrainResult(
         work_dir=run.work_dir,
         final_dir=final_dir,
