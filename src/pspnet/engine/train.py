@@ -12,7 +12,7 @@ Entry points: :func:`train` (a :class:`~pspnet.config.Config`) and :func:`train_
 ``pspnet train`` calls the latter, also under ``torchrun --nproc-per-node N -m pspnet train``.
 
 This module is the loop; it reads top to bottom: :func:`train` sets up the process,
-:func:`_setup` builds a :class:`Run` (the parts, fixed for the run, and the
+:func:`_setup` builds a :class:`~pspnet.engine.state.Run` (the parts, fixed for the run, and the
 :class:`TrainState` the loop changes), :func:`_loop` steps, logs, plans the time budget
 (:mod:`pspnet.engine.budget`), validates and checkpoints, and :func:`_finish` saves ``final/``.
 The data come from :mod:`pspnet.data.training`, the checks and the network from
