@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range.
 

@@ -16,7 +16,14 @@ from typing import Any, Literal
 
 import yaml
 
-from pspnet.config.core import ConfigError, _check, apply_overrides, from_dict, load_yaml, to_dict
+from pspnet.config.core import (
+    ConfigError,
+    _check,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
 from pspnet.config.model import ModelConfig, Preprocessing
 
 #: Model defaults of a training :class:`Config` (CPU friendly). ``head_channels`` follows the

@@ -19,16 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pspnet.config import Config, ConfigError, DataConfig
-from pspnet.data.datasets import (
-    DataError,
-    SegmentationDataset,
-    get_dataset_spec,
-    list_file_samples,
-    make_label_map,
-)
 from pspnet.data.classes import read_class_file
-from pspnet.data.io import MissingDataFileError, image_size, read_image
+from pspnet.data.datasets import SegmentationDataset
+from pspnet.data.io import DataError, MissingDataFileError, image_size, read_image
+from pspnet.data.label_maps import make_label_map
+from pspnet.data.layouts import get_dataset_spec
 from pspnet.data.palette import default_palette
+from pspnet.data.samples import list_file_samples
 from pspnet.data.transforms import eval_transform, sample_rng, train_transform
 
 __all__ = [

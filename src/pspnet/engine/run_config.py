@@ -17,7 +17,7 @@ import torch
 from pspnet.checkpoint.training import find_checkpoint, load_checkpoint
 from pspnet.config import Config, ConfigError, apply_overrides, load_yaml, merge
 from pspnet.config.flags import TRAIN_FLAGS, flags_tree
-from pspnet.data.datasets import get_dataset_spec
+from pspnet.data.layouts import get_dataset_spec
 from pspnet.data.training import TrainData, auto_crop
 from pspnet.engine.distributed import DistInfo, broadcast_object
 from pspnet.precision import resolve_channels_last, resolve_precision

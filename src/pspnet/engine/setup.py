@@ -16,8 +16,10 @@ from torch import nn
 
 from pspnet.checkpoint import atomic_write_bytes, load_backbone_weights
 from pspnet.config import Config
-from pspnet.data.datasets import DataError, SegmentationDataset, scan_labels
+from pspnet.data.datasets import SegmentationDataset
+from pspnet.data.io import DataError
 from pspnet.data.training import TrainData, drop_bad
+from pspnet.data.validation import scan_labels
 from pspnet.engine.distributed import (
     DistInfo,
     all_gather_object,
