@@ -9,7 +9,6 @@ enforces. Needs the ``onnx`` extra (``pip install 'pspnet[onnx]'``), imported on
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import time
@@ -37,7 +36,14 @@ from pspnet.export.common import (
     metadata_doc,
     prepare,
 )
-from pspnet.export.parity import ExportReport, SizeCheck, check_sizes_for, parity, write_checked
+from pspnet.export.parity import (
+    ExportReport,
+    SizeCheck,
+    check_sizes_for,
+    parity,
+    report_for,
+    write_checked,
+)
 from pspnet.export.pooling import exportable_copy
 
 __all__ = ["export_onnx"]
@@ -153,22 +159,9 @@ def export_onnx(
         return parity(ref, runtime, sizes, output=output, rtol=rtol, timing_runs=timing_runs,
                       seed=seed + 1)
 
-    report = functools.partial(
-        ExportReport,
-        path=path,
-        runtime="onnx",
-        input_size=(height, width),
-        dynamic=dynamic,
-        output=output,
-        num_classes=num_classes,
-        opset=doc["opset"],
-        rtol=rtol,
-        min_size=tuple(doc["min_size"]) if doc["min_size"] else None,
-        replaced_pools=sum(isinstance(m, _ADAPTIVE) for m in eager.modules()) if dynamic else 0,
-        metadata=doc,
-    )
+    replaced = sum(isinstance(m, _ADAPTIVE) for m in eager.modules()) if dynamic else 0
     return write_checked(path, ".onnx", t0, lambda tmp: program.save(tmp, external_data=False),
-                         run_checks if check else None, report)
+                         run_checks if check else None, report_for(path, doc, rtol, replaced))
 
 
 def _sizes_to_check(

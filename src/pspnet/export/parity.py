@@ -7,6 +7,7 @@ several sizes, compare with the eager model (:func:`parity`) and only then move 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from pspnet.checkpoint.exported import Output
 
 __all__ = ["SizeCheck", "ExportReport", "ExportCheckError", "parity", "write_checked",
-           "check_sizes_for"]
+           "check_sizes_for", "report_for"]
 
 
 @dataclass(frozen=True)
@@ -276,3 +277,24 @@ def write_checked(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def report_for(
+    path: Path, doc: Mapping[str, Any], rtol: float, replaced_pools: int = 0
+) -> Callable[..., ExportReport]:
+    """The report of the export described by its metadata ``doc``, less what writing it tells
+    (``checks``, ``export_seconds``, ``file_bytes``: :func:`write_checked` adds them)."""
+    return functools.partial(
+        ExportReport,
+        path=path,
+        runtime=doc["runtime"],
+        input_size=(int(doc["export_size"][0]), int(doc["export_size"][1])),
+        dynamic=bool(doc["dynamic"]),
+        output=doc["output"],
+        num_classes=int(doc["num_classes"]),
+        opset=doc["opset"],
+        rtol=rtol,
+        min_size=tuple(doc["min_size"]) if doc["min_size"] else None,
+        replaced_pools=replaced_pools,
+        metadata=doc,
+    )

@@ -7,7 +7,6 @@ scripted wrapper refuses other sizes with a message naming the fix, and
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 import warnings
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 from pspnet.checkpoint import WeightsMeta
 from pspnet.checkpoint.exported import TS_EXTRA, Output, TorchScriptSegmenter
 from pspnet.export.common import check_args, example_batch, meta_fields, metadata_doc, prepare
-from pspnet.export.parity import ExportReport, SizeCheck, parity, write_checked
+from pspnet.export.parity import ExportReport, SizeCheck, parity, report_for, write_checked
 
 __all__ = ["export_torchscript"]
 
@@ -115,16 +114,5 @@ def export_torchscript(
         return parity(ref, TorchScriptSegmenter(tmp), [(height, width, 2)], output=output,
                       rtol=rtol, timing_runs=timing_runs, seed=seed + 1)
 
-    report = functools.partial(
-        ExportReport,
-        path=path,
-        runtime="torchscript",
-        input_size=(height, width),
-        dynamic=False,
-        output=output,
-        num_classes=num_classes,
-        opset=None,
-        rtol=rtol,
-        metadata=doc,
-    )
-    return write_checked(path, ".pt", t0, save, run_checks if check else None, report)
+    return write_checked(path, ".pt", t0, save, run_checks if check else None,
+                         report_for(path, doc, rtol))
