@@ -199,9 +199,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from pspnet.checkpoint import load_model
+    from pspnet.checkpoint.exported import is_exported
     from pspnet.config import to_dict
 
     model = load_model(args.path, args.arch, args.num_classes, **_parse_overrides(args.set))
+    if is_exported(model):  # an ONNX / TorchScript export: its own metadata document
+        print(json.dumps(model.metadata, indent=2))
+        return 0
     n = sum(p.numel() for p in model.parameters())
     doc = {"parameters": n, **to_dict(model.meta)}
     print(json.dumps(doc, indent=2))

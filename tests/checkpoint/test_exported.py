@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -64,3 +65,12 @@ def test_missing_onnxruntime_is_one_error_naming_the_extra(monkeypatch, tmp_path
     path.write_bytes(b"\x08\x07\x12\x07pytorch")
     with pytest.raises(CheckpointError, match=rf"^cannot run {path}: .*pspnet\[onnx\]"):
         load_model(path)
+
+
+def test_info_prints_an_exports_metadata(ts_file: Path, capsys) -> None:
+    from pspnet.cli import main
+
+    assert main(["info", str(ts_file)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == "pspnet-export" and doc["runtime"] == "torchscript"
+    assert doc["classes"] == list(CLASSES) and doc["input_size"] == list(HW)
