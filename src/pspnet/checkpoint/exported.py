@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pspnet.checkpoint import WeightsMeta
 from pspnet.checkpoint.files import CheckpointError, detect_file_kind
+from pspnet.checkpoint.weights import WeightsMeta
 from pspnet.config import ConfigError, Preprocessing, from_dict
 
 __all__ = [
