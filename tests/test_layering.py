@@ -56,7 +56,7 @@ EDGES: dict[str, set[str]] = {
         "pspnet.inference", "pspnet.models", "pspnet.precision", "pspnet.report",
     },
     "pspnet.cli": {
-        "pspnet", "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.demo",
+        "pspnet.benchmark", "pspnet.checkpoint", "pspnet.hub", "pspnet.config", "pspnet.data", "pspnet.demo",
         "pspnet.engine.distributed", "pspnet.engine.evaluate", "pspnet.engine.metrics",
         "pspnet.engine.predict", "pspnet.engine.train", "pspnet.export", "pspnet.inference",
         "pspnet.models", "pspnet.serve",
@@ -90,10 +90,18 @@ def _imported(path: Path, module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against the importing package
                 base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                found.add(f"{base}.{node.module}" if node.module else base)
-            elif node.module:
-                found.add(node.module)
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            # `from pspnet import hub` imports the module pspnet.hub, not the package's API
+            found |= {f"{source}.{a.name}" if _is_module(f"{source}.{a.name}") else source
+                      for a in node.names}
     return {m for m in found if m == "pspnet" or m.startswith("pspnet.")}
+
+
+def _is_module(name: str) -> bool:
+    path = SRC.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def _real_edges() -> tuple[dict[str, set[str]], dict[tuple[str, str], str]]:
