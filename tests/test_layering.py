@@ -40,10 +40,26 @@ EDGES: dict[str, set[str]] = {
         "pspnet.config", "pspnet.data", "pspnet.engine.distributed", "pspnet.engine.metrics",
         "pspnet.engine.optim", "pspnet.inference",
     },
-    "pspnet.engine.train": {
+    "pspnet.engine.budget": set(),
+    "pspnet.engine.run_log": {"pspnet.checkpoint"},
+    "pspnet.engine.run_config": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.distributed",
-        "pspnet.engine.evaluate", "pspnet.engine.losses", "pspnet.engine.metrics",
-        "pspnet.engine.optim", "pspnet.models", "pspnet.precision",
+        "pspnet.precision",
+    },
+    "pspnet.engine.setup": {
+        "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.distributed",
+        "pspnet.engine.losses", "pspnet.engine.run_log", "pspnet.models",
+    },
+    "pspnet.engine.state": {
+        "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.budget",
+        "pspnet.engine.distributed", "pspnet.engine.losses", "pspnet.engine.metrics",
+        "pspnet.engine.optim", "pspnet.engine.run_log",
+    },
+    "pspnet.engine.train": {
+        "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.budget",
+        "pspnet.engine.distributed", "pspnet.engine.evaluate", "pspnet.engine.losses",
+        "pspnet.engine.optim", "pspnet.engine.run_config", "pspnet.engine.run_log",
+        "pspnet.engine.setup", "pspnet.engine.state", "pspnet.precision",
     },
     "pspnet.export": {"pspnet", "pspnet.checkpoint", "pspnet.config"},
     "pspnet.serve": {"pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.predict"},
@@ -52,8 +68,8 @@ EDGES: dict[str, set[str]] = {
         "pspnet.engine.metrics", "pspnet.engine.predict", "pspnet.engine.train", "pspnet.report",
     },
     "pspnet.benchmark": {
-        "pspnet.config", "pspnet.data", "pspnet.engine.distributed", "pspnet.engine.train",
-        "pspnet.inference", "pspnet.models", "pspnet.precision", "pspnet.report",
+        "pspnet.config", "pspnet.data", "pspnet.engine.distributed", "pspnet.inference",
+        "pspnet.models", "pspnet.precision", "pspnet.report",
     },
     "pspnet.cli": {
         "pspnet.benchmark", "pspnet.checkpoint", "pspnet.hub", "pspnet.config", "pspnet.data", "pspnet.demo",
