@@ -53,80 +53,69 @@ _MS_DOC = (
 )
 
 
+_SEMSEG = InferenceOptions(
+    name="semseg",
+    source="hszhao/semseg tool/test.py (test, scale_process, net_process)",
+    mode="slide",
+    scales=(1.0,),
+    flip=True,
+    flip_mode="crop",
+    pad_mode="center",
+    average="prob",
+    align_corners=True,
+    restore_align_corners=False,
+    description=_SEMSEG_DOC,
+)
+
+_MMSEG_WHOLE = InferenceOptions(
+    name="mmseg-whole",
+    source="open-mmlab/mmsegmentation mmseg/models/segmentors/encoder_decoder.py",
+    mode="whole",
+    average="logit",
+    align_corners=False,
+    restore_align_corners=False,
+    description=_MMSEG_WHOLE_DOC + _ONE_VIEW_DOC,
+)
+
+_MMSEG_SLIDE = InferenceOptions(
+    name="mmseg-slide",
+    source="open-mmlab/mmsegmentation mmseg/models/segmentors/encoder_decoder.py",
+    mode="slide",
+    pad_mode="none",
+    average="logit",
+    align_corners=True,
+    restore_align_corners=True,
+    description=_MMSEG_SLIDE_DOC + _ONE_VIEW_DOC,
+)
+
+
+def _mmseg_ms(single: InferenceOptions, doc: str) -> InferenceOptions:
+    """mmseg's multi-scale variant of a single-scale preset (aug_test: every scale, flipped)."""
+    return single.replace(
+        name=f"{single.name}-ms",
+        source="mmsegmentation encoder_decoder.py aug_test / MultiScaleFlipAug",
+        scales=MULTI_SCALES,
+        flip=True,
+        flip_mode="image",
+        description=doc + _MS_DOC,
+    )
+
+
 #: Evaluation presets named after their source. ``"<name>"`` is single-scale (scale 1.0 only;
 #: for ``semseg`` that still includes the flip the script always does), ``"<name>-ms"`` adds
 #: the scales in :data:`MULTI_SCALES` (and flip, for mmseg).
 PROTOCOLS: dict[str, InferenceOptions] = {
-    "semseg": InferenceOptions(
-        name="semseg",
-        source="hszhao/semseg tool/test.py (test, scale_process, net_process)",
-        mode="slide",
-        scales=(1.0,),
-        flip=True,
-        flip_mode="crop",
-        pad_mode="center",
-        average="prob",
-        align_corners=True,
-        restore_align_corners=False,
-        description=_SEMSEG_DOC,
-    ),
-    "semseg-ms": InferenceOptions(
+    "semseg": _SEMSEG,
+    "semseg-ms": _SEMSEG.replace(
         name="semseg-ms",
         source="hszhao/semseg tool/test.py with scales [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]",
-        mode="slide",
         scales=MULTI_SCALES,
-        flip=True,
-        flip_mode="crop",
-        pad_mode="center",
-        average="prob",
-        align_corners=True,
-        restore_align_corners=False,
         description=_SEMSEG_DOC + " Multi-scale: scales (0.5, 0.75, 1.0, 1.25, 1.5, 1.75).",
     ),
-    "mmseg-whole": InferenceOptions(
-        name="mmseg-whole",
-        source="open-mmlab/mmsegmentation mmseg/models/segmentors/encoder_decoder.py",
-        mode="whole",
-        average="logit",
-        align_corners=False,
-        restore_align_corners=False,
-        description=_MMSEG_WHOLE_DOC + _ONE_VIEW_DOC,
-    ),
-    "mmseg-whole-ms": InferenceOptions(
-        name="mmseg-whole-ms",
-        source="mmsegmentation encoder_decoder.py aug_test / MultiScaleFlipAug",
-        mode="whole",
-        scales=MULTI_SCALES,
-        flip=True,
-        flip_mode="image",
-        average="logit",
-        align_corners=False,
-        restore_align_corners=False,
-        description=_MMSEG_WHOLE_DOC + _MS_DOC,
-    ),
-    "mmseg-slide": InferenceOptions(
-        name="mmseg-slide",
-        source="open-mmlab/mmsegmentation mmseg/models/segmentors/encoder_decoder.py",
-        mode="slide",
-        pad_mode="none",
-        average="logit",
-        align_corners=True,
-        restore_align_corners=True,
-        description=_MMSEG_SLIDE_DOC + _ONE_VIEW_DOC,
-    ),
-    "mmseg-slide-ms": InferenceOptions(
-        name="mmseg-slide-ms",
-        source="mmsegmentation encoder_decoder.py aug_test / MultiScaleFlipAug",
-        mode="slide",
-        scales=MULTI_SCALES,
-        flip=True,
-        flip_mode="image",
-        pad_mode="none",
-        average="logit",
-        align_corners=True,
-        restore_align_corners=True,
-        description=_MMSEG_SLIDE_DOC + _MS_DOC,
-    ),
+    "mmseg-whole": _MMSEG_WHOLE,
+    "mmseg-whole-ms": _mmseg_ms(_MMSEG_WHOLE, _MMSEG_WHOLE_DOC),
+    "mmseg-slide": _MMSEG_SLIDE,
+    "mmseg-slide-ms": _mmseg_ms(_MMSEG_SLIDE, _MMSEG_SLIDE_DOC),
 }
 
 #: Published sizes per protocol family and data set, applied by :meth:`InferenceOptions.for_dataset`.
