@@ -290,6 +290,32 @@ def test_training_checkpoint_from_a_newer_pspnet_is_refused(tmp_path: Path) -> N
         load_model(path)
 
 
+@pytest.mark.parametrize("damage", ["no_optimizer", "no_rng", "newer", "empty_model"])
+def test_a_damaged_training_checkpoint_gives_one_error_through_resume_and_load_model(
+        tmp_path: Path, damage: str) -> None:
+    """Resume (load_checkpoint) and load_model share one validation: the same message."""
+    from pspnet.checkpoint.training import load_checkpoint
+
+    cfg = Config.from_dict({"model": {"arch": "pspnet_r18", "num_classes": 3}})
+    path = _train_checkpoint(tmp_path / "last.pt", cfg, _trained(cfg))
+    state = torch.load(path, weights_only=True)
+    if damage == "no_optimizer":
+        del state["optimizer"]
+    elif damage == "no_rng":
+        del state["rng"]
+    elif damage == "newer":
+        state["version"] = 99
+    else:
+        state["model"] = {}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as via_resume:
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError) as via_load:
+        load_model(path)
+    assert str(via_resume.value) == str(via_load.value)
+    assert str(path) in str(via_load.value)
+
+
 # --------------------------------------------------------------------------------------------
 # Paths and file kinds
 

@@ -138,14 +138,12 @@ def _add_speed_flags(s: argparse.ArgumentParser) -> None:
 
 
 def _read_names(path: str | None) -> tuple[str, ...] | None:
-    """Class names from a file: one name a line, or CamVid's ``index<TAB>name<TAB>R G B``
-    (where ``255 void`` style entries are not classes); see
-    :func:`pspnet.checkpoint.read_class_names`."""
+    """Class names from a file (any form :func:`pspnet.data.classes.read_class_file` reads)."""
     if path is None:
         return None
-    from pspnet.checkpoint import read_class_names
+    from pspnet.data.classes import read_class_file
 
-    return read_class_names(path)[0]
+    return read_class_file(path).names
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import os
 import random
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,13 @@ import torch
 from torch import Tensor
 
 from pspnet.checkpoint.files import CheckpointError, atomic_write_bytes, read_torch_file
+from pspnet.config import (
+    ConfigError,
+    ModelConfig,
+    Preprocessing,
+    default_head_channels,
+    from_dict,
+)
 
 #: ``format`` and newest ``version`` of the training checkpoints ``pspnet train`` writes.
 TRAIN_CHECKPOINT_FORMAT = "pspnet-train-checkpoint"
@@ -121,26 +129,101 @@ def write_checkpoint(work_dir: Path, state: dict[str, Any]) -> Path:
     return last
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and check a training checkpoint (safely: tensors and plain data only).
+#: What every training checkpoint holds (``pspnet train`` writes more: progress, plan, scaler).
+REQUIRED_FIELDS = ("model", "optimizer", "iteration", "schedule", "rng", "config")
+
+
+def validate_train_checkpoint(state: Any, path: str | Path) -> dict[str, Any]:
+    """Check format, version and required fields of a loaded training checkpoint.
+
+    The one check that both ``--resume`` (:func:`load_checkpoint`) and
+    :func:`pspnet.load_model` apply, so a damaged file gets the same error through either.
+
+    Returns:
+        ``state``, checked.
 
     Raises:
-        CheckpointError: Missing, truncated, corrupt, or not a training checkpoint.
+        CheckpointError: Not a training checkpoint, from a newer pspnet, or incomplete.
     """
     p = Path(path)
-    state = read_torch_file(p)
     if not isinstance(state, dict) or state.get("format") != TRAIN_CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{p} is not a pspnet training checkpoint (it has no format {TRAIN_CHECKPOINT_FORMAT!r}); "
             "to start from weights use train.backbone_weights"
         )
-    if int(state.get("version", 0)) > TRAIN_CHECKPOINT_VERSION:
-        raise CheckpointError(f"{p} was written by a newer pspnet (version {state['version']})")
-    missing = [k for k in ("model", "optimizer", "iteration", "schedule", "rng", "config")
-               if k not in state]  # fmt: skip
+    version = state.get("version", 0)
+    if not isinstance(version, int) or version > TRAIN_CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{p} is a training checkpoint of version {version!r}; this pspnet reads up to "
+            f"{TRAIN_CHECKPOINT_VERSION}. Upgrade pspnet."
+        )
+    missing = [k for k in REQUIRED_FIELDS if k not in state]
     if missing:
         raise CheckpointError(f"{p} is incomplete: missing {', '.join(missing)}")
+    if not isinstance(state["model"], Mapping) or not state["model"]:
+        raise CheckpointError(f"{p} is a training checkpoint without model weights")
     return state
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and check a training checkpoint (safely: tensors and plain data only).
+
+    Raises:
+        CheckpointError: Missing, truncated, corrupt, or not a training checkpoint
+            (:func:`validate_train_checkpoint`).
+    """
+    p = Path(path)
+    return validate_train_checkpoint(read_torch_file(p), p)
+
+
+def train_checkpoint_info(state: Mapping[str, Any], p: Path) -> dict[str, Any]:
+    """Model config, preprocessing, ignore index and any class names of a training checkpoint.
+
+    The model is described by ``state["config"]["model"]`` (ModelConfig fields). Class names
+    and colours are taken from ``state["classes"]`` / ``state["palette"]`` when present, else
+    from a registered data set named by ``config["data"]["dataset"]`` (what training labels its
+    weights with); a ``data.class_names`` file is only referenced by path, not stored, so it is
+    not read back (the names stay None). ``state`` has passed :func:`validate_train_checkpoint`.
+
+    Raises:
+        CheckpointError: The stored config has no model section or is invalid.
+    """
+    config = state.get("config")
+    if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
+        raise CheckpointError(
+            f"{p} is a training checkpoint without its config (no config[\"model\"] section), "
+            "so the model cannot be rebuilt; the file is damaged or was not written by "
+            "pspnet train"
+        )
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    fields = dict(config["model"])
+    if "head_channels" not in fields and isinstance(fields.get("arch"), str):
+        fields["head_channels"] = default_head_channels(fields["arch"])  # as training fills it
+    try:
+        model = from_dict(ModelConfig, fields, prefix="model")
+        preprocess = from_dict(Preprocessing, dict(config.get("preprocess") or {}),
+                               prefix="preprocess")
+    except ConfigError as e:
+        raise CheckpointError(f"{p}: the stored training config is invalid: {e}") from None
+    classes = state.get("classes")
+    palette = state.get("palette")
+    if classes is None and data.get("dataset") and not data.get("class_names"):
+        from pspnet.data.datasets import get_dataset_spec  # lazy: keeps `import pspnet` light
+
+        try:
+            classes = get_dataset_spec(str(data["dataset"])).class_names
+        except ConfigError:
+            classes = None  # a data set this pspnet does not know: no names
+    n = model.num_classes
+    return {
+        "model": model,
+        "preprocess": preprocess,
+        "ignore_index": int(data.get("ignore_index", 255)),
+        "classes": tuple(str(c) for c in classes) if classes and len(classes) == n else None,
+        "palette": (tuple(tuple(int(x) for x in c) for c in palette)
+                    if palette and len(palette) == n else None),
+        "iteration": state.get("iteration"),
+    }
 
 
 def find_checkpoint(work_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pspnet.config import ConfigError
+from pspnet.data.classes import read_classes_file
 from pspnet.data.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -280,7 +281,7 @@ class ColorToIndex(LabelMap):
     def from_classes_file(
         cls, path: str | os.PathLike[str], ignore_index: int = 255
     ) -> ColorToIndex:
-        """Build the map from a ``classes.txt`` (see :func:`read_classes_file`)."""
+        """Build the map from a ``classes.txt`` (:func:`~pspnet.data.classes.read_classes_file`)."""
         _, palette = read_classes_file(path)
         return cls(palette, ignore_index=ignore_index)
 
@@ -753,60 +754,6 @@ def folder_samples(
             stacklevel=2,
         )
     return [Sample(image=images[k], label=labels[k], name=k) for k in sorted(images)]
-
-
-def read_classes_file(
-    path: str | os.PathLike[str],
-) -> tuple[tuple[str, ...], dict[int, tuple[int, int, int]]]:
-    """Read a ``classes.txt``: lines ``index<TAB>name<TAB>R G B``.
-
-    Indices below 255 are the classes and must be exactly ``0 .. n-1``; entries with index 255
-    or above name non-class values (e.g. ``255 void 0 0 0``) and appear only in the palette.
-
-    Returns:
-        (class names in index order, palette index -> (R, G, B) including non-class entries).
-
-    Raises:
-        MissingDataFileError: The file does not exist.
-        DataError: A malformed line, a duplicate index, or missing class indices.
-    """
-    p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise MissingDataFileError(f"classes file {p} does not exist; check the path") from None
-    names: dict[int, str] = {}
-    palette: dict[int, tuple[int, int, int]] = {}
-    for line_no, raw in enumerate(lines, start=1):
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        parts = raw.rstrip("\r\n").split("\t")
-        try:
-            if len(parts) != 3:
-                raise ValueError
-            index = int(parts[0])
-            rgb = tuple(int(c) for c in parts[2].split())
-            if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb) or index < 0:
-                raise ValueError
-        except ValueError:
-            raise DataError(
-                f"{p}:{line_no}: expected `index<TAB>name<TAB>R G B` with R, G, B in 0..255, "
-                f"got {raw!r}"
-            ) from None
-        if index in palette:
-            raise DataError(f"{p}:{line_no}: index {index} appears twice; give each class one line")
-        palette[index] = rgb  # type: ignore[assignment]
-        if index < 255:
-            names[index] = parts[1].strip()
-    if not names:
-        raise DataError(f"{p}: lists no classes (indices below 255); is it the right file?")
-    gaps = sorted(set(range(max(names) + 1)) - set(names))
-    if gaps:
-        raise DataError(
-            f"{p}: class indices must be 0..n-1 without gaps, but {gaps[:10]} are missing; "
-            "number the classes consecutively (use 255 for void)"
-        )
-    return tuple(names[i] for i in range(len(names))), palette
 
 
 def _require_dir(path: Path, dataset: str, layout: str) -> None:

@@ -100,10 +100,10 @@ from pspnet.data.datasets import (
     get_dataset_spec,
     list_file_samples,
     make_label_map,
-    read_classes_file,
     scan_labels,
 )
-from pspnet.data.io import image_size, read_image
+from pspnet.data.classes import read_class_file
+from pspnet.data.io import MissingDataFileError, image_size, read_image
 from pspnet.data.palette import default_palette
 from pspnet.data.transforms import eval_transform, sample_rng, train_transform
 from pspnet.engine.distributed import (
@@ -232,26 +232,16 @@ def _cpu_count() -> int:
 
 def _read_class_names(path: str | Path, num_classes: int) -> tuple[tuple[str, ...], Any]:
     """Names (and a palette when the file has colours) from a class-names file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"`data.class_names`: file {p} does not exist")
-    lines = [
-        ln.strip("\r\n") for ln in p.read_text(encoding="utf-8-sig").splitlines()
-        if ln.strip() and not ln.lstrip().startswith("#")
-    ]  # fmt: skip
-    palette = None
-    if lines and all(len(ln.split("\t")) == 3 for ln in lines):
-        names, pal = read_classes_file(p)
-        if all(i in pal for i in range(len(names))):
-            palette = tuple(pal[i] for i in range(len(names)))
-    else:
-        names = tuple(ln.strip() for ln in lines)
-    if len(names) != num_classes:
+    try:
+        found = read_class_file(path)  # a malformed file raises its own DataError
+    except MissingDataFileError:
+        raise ConfigError(f"`data.class_names`: file {path} does not exist") from None
+    if len(found.names) != num_classes:
         raise ConfigError(
-            f"`data.class_names`: {p} lists {len(names)} classes but model.num_classes is "
-            f"{num_classes} (--num-classes)"
+            f"`data.class_names`: {path} lists {len(found.names)} classes but model.num_classes "
+            f"is {num_classes} (--num-classes)"
         )
-    return tuple(names), palette
+    return found.names, found.palette
 
 
 # --------------------------------------------------------------------------------------------
