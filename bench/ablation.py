@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -39,12 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import camvid as _camvid  # noqa: E402  (shared helpers: machine, commit, fonts, tables)
+from pspnet.benchmark.data_pipeline import CamVidNotFoundError, require_camvid
+from pspnet.report.charts import mean_sd, spread_bars
+from pspnet.report.machine import format_machine, git_commit, machine_info
+from pspnet.report.tables import md_table
 
 REPO = Path(__file__).resolve().parents[1]
+#: Where the scripts of this checkout look for CamVid when $PSPNET_CAMVID is not set.
+DEFAULT_CAMVID = REPO.parent / "shared" / "data" / "camvid"
 DEFAULT_WORK = REPO / "work_dirs" / "ablation"
 DEFAULT_OUT = REPO / "docs" / "ablation"
 
@@ -104,8 +105,8 @@ def _data(setup: Setup, work: Path, n_train: int, n_val: int) -> dict[str, Any]:
                 "crop_size": setup.size, "scale": [0.75, 1.25]}
     if setup.data == "camvid":
         try:
-            root = _camvid.find_camvid(("train", "val"))
-        except _camvid.BenchError as e:
+            root = require_camvid(("train", "val"), default=DEFAULT_CAMVID)
+        except CamVidNotFoundError as e:
             raise AblationError(str(e)) from None
         return {"dataset": "camvid", "root": str(root), "class_names": str(root / "classes.txt"),
                 "crop_size": [setup.size * 3 // 4, setup.size]}
@@ -201,48 +202,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 # Report
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation of the finite values (NaN: a class never present)."""
-    vals = [float(v) for v in values if math.isfinite(v)]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else math.nan
-
-
-def _chart(per_row: dict[str, list[float]], path: Path) -> Path:
-    """Bars: mean mIoU per row; dots: the seeds; whiskers: +- one standard deviation."""
-    font, small = _camvid.font(15), _camvid.font(12)
-    names = list(per_row)
-    w, h, left, bottom, top = 140 * len(names) + 100, 420, 70, 90, 30
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    vals = [v for vs in per_row.values() for v in vs]
-    tops = [m + sd for m, sd in map(_stats, per_row.values()) if math.isfinite(m + sd)]
-    lo = max(0.0, math.floor(min(vals) / 5) * 5 - 5)
-    hi = math.ceil(max(vals + tops) / 5) * 5 + 2
-
-    def py(v: float) -> float:
-        return top + (hi - v) / (hi - lo) * (h - top - bottom)
-
-    for t in [t for t in _camvid.nice_ticks(lo, hi, 6) if lo <= t <= hi]:
-        y = py(t)
-        d.line([(left, y), (w - 20, y)], fill=(225, 225, 225))
-        d.text((8, y - 7), f"{t:g}", fill="black", font=small)
-    d.text((8, 4), "val mIoU (%)", fill="black", font=small)
-    for i, name in enumerate(names):
-        vs = per_row[name]
-        mean, sd = _stats(vs)
-        x0 = left + 20 + i * 140
-        d.rectangle([x0, py(mean), x0 + 90, py(lo)], fill=(110, 150, 210))
+def _ordering_checks(done: dict[tuple[str, int], dict[str, Any]], seeds: dict[str, list[int]],
+                     per_row: dict[str, list[float]]) -> list[list[str]]:
+    """One table row per paper's claim: the paired difference over the common seeds."""
+    checks: list[list[str]] = []
+    for desc, better, worse in ORDERINGS:
+        if better not in per_row or worse not in per_row:
+            checks.append([desc, "not run", "", "", ""])
+            continue
+        # Paired by seed: the same seed gives both rows the same data order and augmentations.
+        a = {(row, s): r for (row, s), r in done.items()}
+        common = sorted(set(seeds[better]) & set(seeds[worse]))
+        diffs = [100 * (a[(better, s)]["mIoU"] - a[(worse, s)]["mIoU"]) for s in common]
+        mean, sd = mean_sd(diffs)
+        wins = sum(d > 0 for d in diffs)
+        verdict = "holds" if mean > 0 else "does not hold"
         if not math.isnan(sd):
-            d.line([(x0 + 45, py(mean - sd)), (x0 + 45, py(mean + sd))], fill="black", width=2)
-        for j, v in enumerate(vs):
-            cx = x0 + 25 + 20 * (j % 3)
-            d.ellipse([cx - 4, py(v) - 4, cx + 4, py(v) + 4], fill=(200, 60, 40))
-        d.text((x0, h - bottom + 8), name, fill="black", font=font)
-        d.text((x0, h - bottom + 28), f"{mean:.1f}", fill="black", font=small)
-    img.save(path)
-    return path
+            verdict += " (beyond the seed spread)" if abs(mean) > sd else " (within the seed spread)"
+        checks.append([desc, f"`{better}` − `{worse}`", f"{mean:+.2f} ± {sd:.2f}",
+                       f"{wins} of {len(diffs)}", verdict])
+    return checks
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -261,8 +240,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         seeds.setdefault(row, []).append(seed)
         if setup["data"] == "scenes":  # boat (4) and car (5): the classes context decides
             per_row_ctx.setdefault(row, []).append(50 * (r["iou"][4] + r["iou"][5]))
-    chart = _chart(per_row, out / "ablation_miou.png")
-    machine = _camvid.format_machine(_camvid.machine_info())
+    # Bars: mean mIoU per row; dots: the seeds; whiskers: +- one standard deviation.
+    chart = spread_bars(out / "ablation_miou.png", per_row, "val mIoU (%)")
+    machine = format_machine(machine_info())
     lines = [
         "# The paper's Table 1 ablation, re-run on a CPU",
         "",
@@ -278,7 +258,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         "python bench/ablation.py report",
         "```",
         "",
-        f"Commit `{_camvid.git_commit()}`; machine: {machine}.",
+        f"Commit `{git_commit(REPO)}`; machine: {machine}.",
         "",
         f"![val mIoU per row]({out.name}/{chart.name})",
         "",
@@ -288,32 +268,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         header.append("boat/car IoU mean ± sd")
     table = []
     for row, vs in per_row.items():
-        mean, sd = _stats(vs)
+        mean, sd = mean_sd(vs)
         cells = [f"`{row}`", ROWS[row][0], str(len(vs)), f"{mean:.2f} ± {sd:.2f}",
                  f"{min(vs):.2f} – {max(vs):.2f}"]
         if per_row_ctx:
-            cm, cs = _stats(per_row_ctx[row])
+            cm, cs = mean_sd(per_row_ctx[row])
             cells.append("n/a" if math.isnan(cm) else f"{cm:.2f} ± {cs:.2f}")
         table.append(cells)
-    lines += _camvid.md_table(header, table) + [""]
+    lines += md_table(header, table) + [""]
     lines += ["## Does the paper's ordering hold?", ""]
-    checks = []
-    for desc, better, worse in ORDERINGS:
-        if better not in per_row or worse not in per_row:
-            checks.append([desc, "not run", "", "", ""])
-            continue
-        # Paired by seed: the same seed gives both rows the same data order and augmentations.
-        a = {(row, s): r for (row, s), r in done.items()}
-        common = sorted(set(seeds[better]) & set(seeds[worse]))
-        diffs = [100 * (a[(better, s)]["mIoU"] - a[(worse, s)]["mIoU"]) for s in common]
-        mean, sd = _stats(diffs)
-        wins = sum(d > 0 for d in diffs)
-        verdict = "holds" if mean > 0 else "does not hold"
-        if not math.isnan(sd):
-            verdict += " (beyond the seed spread)" if abs(mean) > sd else " (within the seed spread)"
-        checks.append([desc, f"`{better}` − `{worse}`", f"{mean:+.2f} ± {sd:.2f}",
-                       f"{wins} of {len(diffs)}", verdict])
-    lines += _camvid.md_table(
+    checks = _ordering_checks(done, seeds, per_row)
+    lines += md_table(
         ["paper's claim", "rows", "paired difference (mIoU points)", "seeds where it holds",
          "here"], checks)
     lines += ["", "Paired difference: mean ± sd over the seeds of (better row − worse row) with "
@@ -321,7 +286,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     lines += ["## Every run", ""]
     runs = [[f"`{row}`", str(seed), f"{100 * r['mIoU']:.2f}", str(r["iterations"]),
              f"{r['train_s'] / 60:.1f}"] for (row, seed), r in sorted(done.items())]
-    lines += _camvid.md_table(["row", "seed", "val mIoU", "iterations", "train min"], runs)
+    lines += md_table(["row", "seed", "val mIoU", "iterations", "train min"], runs)
     md = out.parent / f"{out.name}.md"
     md.write_text("\n".join(lines) + "\n")
     print(f"wrote {md}")

@@ -38,10 +38,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import camvid as _camvid  # noqa: E402  (shared helpers: CamVid location, machine, commit)
+from pspnet.benchmark.data_pipeline import CAMVID_ENV, CamVidNotFoundError, require_camvid
+from pspnet.report.machine import display_path, format_machine, git_commit, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
+#: Where the scripts of this checkout look for CamVid when $PSPNET_CAMVID is not set.
+DEFAULT_CAMVID = REPO.parent / "shared" / "data" / "camvid"
 DEFAULT_OUT = REPO / "docs" / "bench" / "fast_path"
 REFERENCE = "fp32-eager"
 #: Variant -> what it is (the order of the report).
@@ -94,8 +96,8 @@ def _samples(args: argparse.Namespace) -> tuple[list[Any], str]:
             raise FastPathError(f"--data-root {root} is not a folder")
         return list_file_samples(root, lst), f"{lst} (root {root})"
     try:
-        root = _camvid.find_camvid((args.split,))
-    except _camvid.BenchError as e:
+        root = require_camvid((args.split,), default=DEFAULT_CAMVID)
+    except CamVidNotFoundError as e:
         raise FastPathError(f"{e} Or give --data-root DIR --list FILE.") from None
     return camvid_samples(root, args.split), f"CamVid {args.split} split ({root})"
 
@@ -191,7 +193,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         doc["command"],
         "```",
         "",
-        f"Commit `{doc['commit']}`; machine: {_camvid.format_machine(doc['machine'])}.",
+        f"Commit `{doc['commit']}`; machine: {format_machine(doc['machine'])}.",
         "",
         f"| variant | what | mIoU (%) | Δ vs fp32 (points) | pixels with fp32's label | "
         f"s / image (median) | compile s | target: abs(Δ) <= {TARGET_POINTS} |",
@@ -219,7 +221,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Evaluate, write ``<out>.json`` and ``<out>.md``; returns the JSON document."""
-    from pspnet.bench import cpu_has_native_bf16
+    from pspnet.precision import cpu_has_native_bf16
 
     weights = Path(args.weights)
     if not (weights / "config.json").is_file():
@@ -256,14 +258,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                            if not r["meets_target"])
         verdict = f"target missed: {missed} points (more than {TARGET_POINTS} from fp32)"
     doc = {
-        "weights": _camvid.display_path(weights), "data": where, "images": res["images"],
+        "weights": display_path(weights, REPO), "data": where, "images": res["images"],
         "split_images": total, "limit": args.limit, "num_classes": res["num_classes"],
         "class_names": res["class_names"], "weights_source": res["weights_source"],
         "protocol": "whole image at original size, single scale, no flip; ignore label skipped",
         "target_points": TARGET_POINTS, "verdict": verdict, "variants": res["variants"],
         "seconds": round(time.perf_counter() - t0, 1),
         "command": shlex.join(["python", "bench/fast_path.py", *argv]),
-        "commit": _camvid.git_commit(), "machine": _camvid.machine_info(),
+        "commit": git_commit(REPO), "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     out = Path(args.out)
@@ -284,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python bench/fast_path.py",
         description="mIoU, label agreement and time of the inference fast paths vs fp32.",
-        epilog=f"The CamVid copy is read from ${_camvid.ENV_VAR} or {_camvid.DEFAULT_CAMVID}.",
+        epilog=f"The CamVid copy is read from ${CAMVID_ENV} or {DEFAULT_CAMVID}.",
     )
     p.add_argument("--weights", required=True, help="a pspnet weight directory (e.g. "
                    "work_dirs/camvid_2h/best)")

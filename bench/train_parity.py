@@ -38,8 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import camvid as _camvid  # noqa: E402  (shared helpers: machine, commit, line_plot, tables)
+from pspnet.report.charts import Series, line_plot
+from pspnet.report.machine import display_path, format_machine, git_commit, machine_info
+from pspnet.report.tables import md_table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "work_dirs" / "train_parity"
@@ -192,11 +193,11 @@ def plot(curves: dict[str, list[float]], window: int, path: Path) -> Path:
     """The three smoothed loss curves against the step (Pillow only)."""
     series = [
         # The reference is drawn wide so that the fast path on top of it leaves it visible.
-        _camvid.Series(RUNS[run][0], list(range(1, len(ys) + 1)), ys, color=RUNS[run][4],
+        Series(RUNS[run][0], list(range(1, len(ys) + 1)), ys, color=RUNS[run][4],
                        width=5 if run == "fp32_s0" else 2)
         for run, ys in curves.items()
     ]
-    return _camvid.line_plot(path, series, title="Training loss: fast path vs fp32",
+    return line_plot(path, series, title="Training loss: fast path vs fp32",
                              xlabel="step", ylabel=f"loss (moving average of {window})",
                              y_from_zero=False)
 
@@ -217,7 +218,7 @@ def render_markdown(doc: dict[str, Any], png_name: str) -> str:
         doc["command"],
         "```",
         "",
-        f"Commit `{doc['commit']}`; machine: {_camvid.format_machine(doc['machine'])}.",
+        f"Commit `{doc['commit']}`; machine: {format_machine(doc['machine'])}.",
         "",
         f"![smoothed loss curves]({png_name})",
         "",
@@ -231,7 +232,7 @@ def render_markdown(doc: dict[str, Any], png_name: str) -> str:
                      "yes" if x["channels_last"] else "no", str(x["seed"]),
                      f"{x['first_loss']:.4f}", f"{x['final_smoothed_loss']:.4f}",
                      "0 (reference)" if run == "fp32_s0" else f"{x['mad_vs_fp32_s0']:.4f}", sec])
-    lines += _camvid.md_table(
+    lines += md_table(
         ["run", "what", "precision", "channels-last", "seed", "loss at step 1",
          f"final loss (mean of last {r['window']})", "mean abs. difference to fp32 seed 0",
          "s / step (median)"], rows)
@@ -299,8 +300,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     doc = {
         "setup": asdict(setup), "result": result,
         "command": shlex.join(["python", "bench/train_parity.py", *argv]),
-        "commit": _camvid.git_commit(), "machine": _camvid.machine_info(),
-        "date": time.strftime("%Y-%m-%d %H:%M"), "work_dir": _camvid.display_path(work),
+        "commit": git_commit(REPO), "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "work_dir": display_path(work, REPO),
     }
     Path(f"{out}.json").write_text(json.dumps(doc, indent=2) + "\n")
     Path(f"{out}.md").write_text(render_markdown(doc, png.name))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import one_torch_thread
 
-from pspnet import bench
+from pspnet import benchmark as bench
 
 
 @pytest.fixture(autouse=True, scope="module")

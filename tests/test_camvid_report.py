@@ -12,7 +12,7 @@ from helpers import load_bench_script
 from PIL import Image
 
 from pspnet.checkpoint import WeightsMeta, save_weights
-from pspnet.models.zoo import create_model
+from pspnet.models.registry import create_model
 
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
            "Pedestrian", "Bicyclist")  # fmt: skip
@@ -108,12 +108,6 @@ def test_read_log_handles_resume_and_torn_lines(camvid_mod, tmp_path):
     assert [v.iter for v in log.val] == [100, 200, 400]
     # Validation time = the train event's elapsed time (the val's own duration subtracted).
     assert [round(v.minutes, 3) for v in log.val] == [10.0, 20.0, round(2440 / 60, 3)]
-
-
-def test_nice_ticks(camvid_mod):
-    assert camvid_mod.nice_ticks(0, 41.5) == [0, 10, 20, 30, 40, 50]
-    ticks = camvid_mod.nice_ticks(0.12, 0.93)
-    assert ticks[0] <= 0.12 and ticks[-1] >= 0.93 and 4 <= len(ticks) <= 8
 
 
 def test_report_on_fake_work_dir(camvid_mod, tmp_path, monkeypatch):

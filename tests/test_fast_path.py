@@ -13,7 +13,7 @@ from test_camvid_report import CLASSES, COLOURS, make_fake_camvid
 from pspnet.checkpoint import WeightsMeta, load_model, save_weights
 from pspnet.data.datasets import SegmentationDataset, camvid_samples
 from pspnet.engine.evaluate import evaluate_model
-from pspnet.models.zoo import create_model
+from pspnet.models.registry import create_model
 
 
 
@@ -25,7 +25,7 @@ def fp_mod():
 
 @pytest.fixture()
 def setup(fp_mod, tmp_path, monkeypatch):
-    monkeypatch.setattr(fp_mod._camvid, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(fp_mod, "git_commit", lambda *_: "abc1234")
     data = make_fake_camvid(tmp_path / "camvid", n_test=3)
     monkeypatch.setenv("PSPNET_CAMVID", str(data))
     torch.manual_seed(0)

@@ -36,7 +36,7 @@ def test_moving_average_and_log_reading(tp_mod, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:train.precision is bf16 but this CPU has no native bf16")
 def test_three_runs_compared_resumed_and_reported(tp_mod, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tp_mod._camvid, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(tp_mod, "git_commit", lambda *_: "abc1234")
     before = torch.get_num_threads()
     work, out = tmp_path / "work", tmp_path / "docs" / "train_parity"
     tiny = ["--steps", "3", "--size", "32", "--batch-size", "2", "--n-train", "2",

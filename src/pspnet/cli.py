@@ -151,7 +151,7 @@ def _read_names(path: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_list_models(args: argparse.Namespace) -> int:
-    from pspnet.models.zoo import MODELS
+    from pspnet.models.registry import MODELS
 
     for name, spec in MODELS.items():
         print(f"{name:<12} {spec.description}")
@@ -208,12 +208,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from pspnet.data.check import check_dataset
-    from pspnet.data.datasets import (
-        folder_samples,
-        get_dataset_spec,
-        list_file_samples,
-        make_label_map,
-    )
+    from pspnet.data.label_maps import make_label_map
+    from pspnet.data.layouts import get_dataset_spec
+    from pspnet.data.samples import folder_samples, list_file_samples
 
     spec = get_dataset_spec(args.dataset) if args.dataset else None
     if args.list:
@@ -344,10 +341,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     import os
 
-    from pspnet import bench
+    from pspnet import benchmark
 
     if args.allocator != "system" and args.allocator not in os.environ.get("LD_PRELOAD", ""):
-        lib = bench.allocator_path(args.allocator)
+        lib = benchmark.allocator_path(args.allocator)
         if lib is None:
             raise ValueError(f"--allocator {args.allocator}: library not found (Debian: apt-get "
                              "install libtcmalloc-minimal4 / libjemalloc2); or use --allocator system")
@@ -355,13 +352,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         env = {**os.environ, "LD_PRELOAD": lib}
         os.execve(sys.executable, [sys.executable, "-m", "pspnet", *sys.argv[1:]], env)
 
-    doc = bench.run_benchmark(
+    data_options: dict[str, object] = {"source": args.data_source}
+    if args.camvid_root:
+        data_options["camvid_root"] = args.camvid_root
+    doc = benchmark.run_benchmark(
         arch=args.arch, sizes=tuple(args.sizes), variants=tuple(args.variants),
         sliding=not args.no_sliding, train=not args.no_train, cpu_archs=not args.no_cpu_archs,
         warmup=args.warmup, repeats=args.repeats,
-        data=not args.no_data, data_options={"source": args.data_source},
+        data=not args.no_data, data_options=data_options,
     )
-    bench.save(doc, args.json, args.markdown)
+    benchmark.save(doc, args.json, args.markdown)
     return 0
 
 
@@ -576,8 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-data", action="store_true",
                    help="skip the data pipeline case (DataLoader images/s vs the training step)")
     s.add_argument("--data-source", choices=["auto", "camvid", "scenes"], default="auto",
-                   help="data pipeline case: CamVid ($PSPNET_CAMVID or ../shared/data/camvid; "
-                        "auto falls back to generated scenes)")
+                   help="data pipeline case: CamVid (--camvid-root or $PSPNET_CAMVID; auto "
+                        "falls back to generated scenes)")
+    s.add_argument("--camvid-root", metavar="DIR",
+                   help="the prepared CamVid copy for the data pipeline case (default "
+                        "$PSPNET_CAMVID)")
     s.add_argument("--allocator", choices=["system", "tcmalloc", "jemalloc"], default="system",
                    help="preload another malloc (fewer page faults; see docs/benchmarks.md)")
     s.add_argument("--json", help="write the results as JSON")

@@ -19,8 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pspnet.checkpoint import load_model
 from pspnet.config import Config, ConfigError
@@ -37,6 +36,7 @@ from pspnet.engine.evaluate import evaluate_model, write_metrics
 from pspnet.engine.metrics import SegMetrics
 from pspnet.engine.predict import PredictOptions, predict_array
 from pspnet.engine.train import train
+from pspnet.report.charts import grouped_bars, tile_row
 
 __all__ = ["run_demo", "DEMO_MODELS"]
 
@@ -129,34 +129,6 @@ def _config(data: Path, work_dir: Path, options: dict[str, object], minutes: flo
     })
 
 
-def _bar_chart(rows: list[_Row], path: Path) -> Path:
-    """Grouped bars of per-class IoU, one colour per model (drawn with PIL, no matplotlib)."""
-    colours = [(150, 150, 150), (214, 39, 40)]
-    n = len(SCENES_CLASSES)
-    w, h, left, bottom, top = 90 * n + 80, 320, 50, 50, 20
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    plot_h = h - bottom - top
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = top + plot_h * (1 - frac)
-        d.line([(left, y), (w - 10, y)], fill=(225, 225, 225))
-        d.text((5, y - 6), f"{frac:.2f}", fill="black")
-    for c, name in enumerate(SCENES_CLASSES):
-        x0 = left + 10 + c * 90
-        for r, row in enumerate(rows):
-            iou = row.metrics.iou[c]
-            v = 0.0 if np.isnan(iou) else float(iou)
-            bx = x0 + r * 34
-            d.rectangle([bx, top + plot_h * (1 - v), bx + 30, top + plot_h], fill=colours[r % 2])
-        d.text((x0, h - bottom + 8), name, fill="black")
-    for r, row in enumerate(rows):
-        d.rectangle([left + 10 + r * 220, h - 18, left + 22 + r * 220, h - 6], fill=colours[r % 2])
-        d.text((left + 28 + r * 220, h - 19), f"{row.name}: mIoU {row.metrics.miou:.3f}",
-               fill="black")
-    img.save(path)
-    return path
-
-
 def _comparison(rows: list[_Row], data: Path, names: list[str], out: Path) -> list[Path]:
     """Per image: input | ground truth | each model's overlay, in one PNG."""
     models = [load_model(r.weights) for r in rows]
@@ -168,15 +140,8 @@ def _comparison(rows: list[_Row], data: Path, names: list[str], out: Path) -> li
         for m in models:
             pred = predict_array(m, image, m.meta.preprocess, PredictOptions(), len(SCENES_CLASSES))
             tiles.append(overlay(image, pred, SCENES_PALETTE, 0.6, SCENES_CLASSES, legend=False))
-        h, w = image.shape[:2]
-        canvas = Image.new("RGB", (len(tiles) * (w + 4), h + 16), "white")
-        d = ImageDraw.Draw(canvas)
-        for i, (t, title) in enumerate(zip(tiles, ["image", "truth"] + [r.name.split(" ")[0] for r in rows])):
-            canvas.paste(t, (i * (w + 4), 16))
-            d.text((i * (w + 4) + 2, 2), title, fill="black")
-        p = out / f"compare_{name}.png"
-        canvas.save(p)
-        paths.append(p)
+        titles = ["image", "truth"] + [r.name.split(" ")[0] for r in rows]
+        paths.append(tile_row(tiles, titles, out / f"compare_{name}.png"))
     return paths
 
 
@@ -297,7 +262,9 @@ def run_demo(out: str | Path, *, minutes: float = 4.0, seed: int = 0, n_train: i
         rows.append(_Row(name, result.final_dir, metrics, result.iterations,
                          result.elapsed_s / 60))
     pictures = _comparison(rows, data, [f"{i:05d}" for i in range(min(6, n_val))], out)
-    chart = _bar_chart(rows, out / "iou_per_class.png")
+    # Grouped bars of per-class IoU, one colour per model.
+    chart = grouped_bars(out / "iou_per_class.png", SCENES_CLASSES,
+                         [(f"{r.name}: mIoU {r.metrics.miou:.3f}", r.metrics.iou) for r in rows])
     summary = {r.name: r.metrics.to_dict(SCENES_CLASSES) for r in rows}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return _write_report(out, rows, chart, pictures, minutes, seed)

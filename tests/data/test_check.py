@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pspnet.data.check import check_dataset
-from pspnet.data.datasets import ColorToIndex, ReduceZeroLabel
 from pspnet.data.io import Sample
+from pspnet.data.label_maps import ColorToIndex, ReduceZeroLabel
 
 
 def _messy_dataset(tmp_path: Path, make_pair, write_image) -> list[Sample]:

@@ -12,8 +12,8 @@ import pspnet
 from pspnet.checkpoint import CheckpointError, load_model
 from pspnet.cli import _read_names
 from pspnet.data.classes import read_class_file, read_classes_file
-from pspnet.data.datasets import ColorToIndex
 from pspnet.data.io import DataError, MissingDataFileError
+from pspnet.data.label_maps import ColorToIndex
 
 NAMES = ("sky", "road user", "car")
 FORMS = {

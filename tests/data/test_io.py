@@ -1,4 +1,4 @@
-"""Tests for pspnet.data.io: safe image/label decoding and list files."""
+"""Tests for pspnet.data.io: safe image and label decoding."""
 
 from __future__ import annotations
 
@@ -14,12 +14,10 @@ from pspnet.data.io import (
     LabelFormatError,
     MissingDataFileError,
     OversizedImageError,
-    Sample,
     exif_orientation,
     image_size,
     read_image,
     read_label,
-    read_list_file,
 )
 
 # ------------------------------------------------------------------------------ labels
@@ -188,58 +186,3 @@ def test_exif_orientation_reported_but_not_applied(tmp_path: Path) -> None:
     plain = tmp_path / "plain.png"
     im.save(plain)
     assert exif_orientation(plain) == 1
-
-
-# ------------------------------------------------------------------------------ list files
-
-
-def _touch_pair(root: Path, name: str) -> None:
-    (root / "img").mkdir(exist_ok=True)
-    (root / "lbl").mkdir(exist_ok=True)
-    Image.new("RGB", (2, 2)).save(root / "img" / f"{name}.jpg")
-    Image.new("L", (2, 2)).save(root / "lbl" / f"{name}.png")
-
-
-def test_list_file_two_paths_comments_and_leading_slash(tmp_path: Path) -> None:
-    _touch_pair(tmp_path, "a")
-    _touch_pair(tmp_path, "b")
-    lst = tmp_path / "train.txt"
-    lst.write_text("# comment\n\nimg/a.jpg lbl/a.png\n/img/b.jpg\t/lbl/b.png\n")
-    samples = read_list_file(lst, tmp_path)
-    assert samples == [
-        Sample(tmp_path / "img/a.jpg", tmp_path / "lbl/a.png", "a"),
-        Sample(tmp_path / "img/b.jpg", tmp_path / "lbl/b.png", "b"),
-    ]
-
-
-def test_list_file_bad_line_number(tmp_path: Path) -> None:
-    _touch_pair(tmp_path, "a")
-    lst = tmp_path / "train.txt"
-    lst.write_text("img/a.jpg lbl/a.png\n# ok\nimg/a.jpg lbl/a.png extra\n")
-    with pytest.raises(DataError, match=r"train\.txt:3: expected `image_path label_path`"):
-        read_list_file(lst, tmp_path)
-
-
-def test_list_file_missing_file_names_path_and_line(tmp_path: Path) -> None:
-    _touch_pair(tmp_path, "a")
-    lst = tmp_path / "val.txt"
-    lst.write_text("img/a.jpg lbl/a.png\nimg/a.jpg lbl/zzz.png\n")
-    with pytest.raises(MissingDataFileError) as e:
-        read_list_file(lst, tmp_path)
-    assert "val.txt:2" in str(e.value) and "zzz.png" in str(e.value)
-
-
-def test_list_file_names_use_resolver_or_conventional_layouts(tmp_path: Path) -> None:
-    _touch_pair(tmp_path, "a")  # img/ and lbl/: not a conventional layout
-    lst = tmp_path / "names.txt"
-    lst.write_text("a\n")
-    with pytest.raises(MissingDataFileError, match=r"names\.txt:1: sample name 'a' not found"):
-        read_list_file(lst, tmp_path)
-
-    def resolve(name: str) -> tuple[Path, Path | None]:
-        return tmp_path / "img" / f"{name}.jpg", tmp_path / "lbl" / f"{name}.png"
-
-    assert read_list_file(lst, tmp_path, resolver=resolve)[0].name == "a"
-    lst.write_text("a\na\n")
-    with pytest.raises(DataError, match=r"names\.txt:2: .*listed again \(first on line 1\)"):
-        read_list_file(lst, tmp_path, resolver=resolve)

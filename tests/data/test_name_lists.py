@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from pspnet.data.datasets import list_file_samples
-from pspnet.data.io import DataError, LayoutResolver, MissingDataFileError, Sample, read_list_file
+from pspnet.data.io import DataError, MissingDataFileError, Sample
+from pspnet.data.samples import LayoutResolver, read_list_file
 
 
 def _img(path: Path, mode: str = "RGB") -> Path:

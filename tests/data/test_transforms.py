@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pspnet.config import IMAGENET_MEAN, IMAGENET_STD
-from pspnet.data.transforms import (
+from pspnet.data.steps import (
     Compose,
     Crop,
     RandomGaussianBlur,
@@ -20,12 +20,9 @@ from pspnet.data.transforms import (
     RandRotate,
     RandScale,
     ToTensorNormalize,
-    TrainAugment,
-    eval_transform,
     gaussian_blur5,
-    sample_rng,
-    train_transform,
 )
+from pspnet.data.transforms import TrainAugment, eval_transform, sample_rng, train_transform
 
 IGNORE = 255
 MEAN = np.asarray(IMAGENET_MEAN, np.float32).reshape(3, 1, 1)

@@ -21,7 +21,7 @@ from torch import nn
 
 from pspnet.config import Preprocessing
 from pspnet.inference import predict_labels_tiled
-from pspnet.models.zoo import create_model
+from pspnet.models.registry import create_model
 
 
 def _status(key: str) -> int:

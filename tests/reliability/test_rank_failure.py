@@ -30,7 +30,7 @@ from torch import nn
 from _engine_tiny import tiny_config
 from pspnet.engine.distributed import convert_sync_batchnorm
 from pspnet.checkpoint.training import find_checkpoint, load_checkpoint
-from pspnet.models.zoo import build_model
+from pspnet.models.registry import build_model
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),

@@ -18,7 +18,7 @@ from pspnet.checkpoint.training import (
     validate_train_checkpoint,
 )
 from pspnet.checkpoint.weights import is_weight_dir
-from pspnet.models.zoo import MODELS
+from pspnet.models.registry import MODELS
 
 #: Layout name :func:`read_foreign` gives a training checkpoint.
 TRAIN_LAYOUT = "pspnet-train"

@@ -33,7 +33,7 @@ from pspnet.checkpoint.weights import (
 from pspnet.config import ModelConfig
 from pspnet.models import PSPNet, build_model
 from pspnet.models.fuse import optimize_for_inference
-from pspnet.models.zoo import MODELS, model_config
+from pspnet.models.registry import MODELS, model_config
 
 
 def _check_fixed_config(

@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pspnet.data.datasets import LabelMap, _progress, validate_labels
 from pspnet.data.io import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -30,6 +29,8 @@ from pspnet.data.io import (
     exif_orientation,
     open_image,
 )
+from pspnet.data.label_maps import LabelMap
+from pspnet.data.validation import progress_bar, validate_labels
 
 __all__ = ["Problem", "DatasetReport", "check_dataset", "WARNING_KINDS"]
 
@@ -213,26 +214,7 @@ def _check_sample(
 ) -> _SampleResult:
     res = _SampleResult()
     image_path = str(sample.image)
-    image_size: tuple[int, int] | None = None
-    try:
-        im = open_image(sample.image, max_pixels=max_pixels)
-        image_size = im.size
-        orientation = exif_orientation(im)
-        if orientation != 1:
-            res.exif = (image_path, orientation)
-            res.problems.append(
-                Problem(
-                    image_path,
-                    "exif_orientation",
-                    f"{image_path}: EXIF orientation {orientation} (photo is displayed rotated or "
-                    "mirrored, but pixels are used as stored, matching the label); check that the "
-                    "label was drawn on the stored pixels, or re-save the photo with the rotation "
-                    "applied together with its label",
-                )
-            )
-    except DataError as e:
-        _record_open_error(res, image_path, e)
-
+    image_size = _check_image(res, image_path, max_pixels)
     if sample.label is None:
         res.problems.append(
             Problem(image_path, "no_label", f"{image_path}: sample {sample.name!r} has no label")
@@ -284,6 +266,42 @@ def _check_sample(
             )
         )
 
+    _count_values(res, label, num_classes, ignore_index, label_path, label_map)
+    return res
+
+
+def _check_image(res: _SampleResult, image_path: str, max_pixels: int) -> tuple[int, int] | None:
+    """Open the image, record its problems in ``res``; its (W, H), or None if unreadable."""
+    try:
+        im = open_image(image_path, max_pixels=max_pixels)
+    except DataError as e:
+        _record_open_error(res, image_path, e)
+        return None
+    orientation = exif_orientation(im)
+    if orientation != 1:
+        res.exif = (image_path, orientation)
+        res.problems.append(
+            Problem(
+                image_path,
+                "exif_orientation",
+                f"{image_path}: EXIF orientation {orientation} (photo is displayed rotated or "
+                "mirrored, but pixels are used as stored, matching the label); check that the "
+                "label was drawn on the stored pixels, or re-save the photo with the rotation "
+                "applied together with its label",
+            )
+        )
+    return im.size
+
+
+def _count_values(
+    res: _SampleResult,
+    label: np.ndarray,
+    num_classes: int,
+    ignore_index: int,
+    label_path: str,
+    label_map: LabelMap | None,
+) -> None:
+    """Validate a mapped label and record its class, ignore and bad-value pixel counts."""
     try:
         validate_labels(label, num_classes, ignore_index, label_path, label_map=label_map)
     except DataError as e:
@@ -296,7 +314,6 @@ def _check_sample(
     if bad.any():
         values, counts = np.unique(label[bad], return_counts=True)
         res.bad_values = {int(v): int(c) for v, c in zip(values, counts)}
-    return res
 
 
 def check_dataset(
@@ -350,7 +367,7 @@ def check_dataset(
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(one, samples)
         if progress:
-            results = _progress(results, len(samples), "checking")
+            results = progress_bar(results, len(samples), "checking")
         for res in results:
             report.problems.extend(res.problems)
             if res.counts is not None:

@@ -162,7 +162,7 @@ def read_classes_file(
 ) -> tuple[tuple[str, ...], dict[int, RGB]]:
     """Read a file whose every line has a colour (``index<TAB>name<TAB>R G B``, CamVid's).
 
-    What a colour map (:meth:`pspnet.data.datasets.ColorToIndex.from_classes_file`) needs:
+    What a colour map (:meth:`pspnet.data.label_maps.ColorToIndex.from_classes_file`) needs:
     :func:`read_class_file` plus the check that every line has a colour.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Safe reading of images, label maps and list files.
+"""Safe reading of images and label images (list files: :mod:`pspnet.data.samples`).
 
 Everything that turns bytes on disk into arrays goes through this module, so the rules are in one
 place:
@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +45,6 @@ __all__ = [
     "decode_label",
     "exif_orientation",
     "image_size",
-    "read_list_file",
-    "LayoutResolver",
-    "LABEL_FOLDER_NAMES",
 ]
 
 #: File name extensions we accept for images and labels (lower case, with the dot).
@@ -388,9 +384,6 @@ def image_to_rgb(im: Image.Image, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Labels.
 
-_INDEX_MODES = ("P", "L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
-
-
 def decode_label(
     im: Image.Image, path: str | os.PathLike[str], *, allow_rgb: bool = False
 ) -> np.ndarray:
@@ -400,7 +393,7 @@ def decode_label(
         im: A loaded image, e.g. from :func:`open_image`.
         path: The file it came from (for messages).
         allow_rgb: Return (H, W, 3) uint8 colours for RGB/RGBA labels instead of refusing them;
-            for colour-coded data sets read through a :class:`~pspnet.data.datasets.ColorToIndex`.
+            for colour-coded data sets read through a :class:`~pspnet.data.label_maps.ColorToIndex`.
 
     Returns:
         (H, W) array: ``uint8`` for P (palette *indices*), L and 1 (0/1) images, ``uint16`` for
@@ -477,252 +470,3 @@ def read_label(
         DataError: See :func:`open_image` and :func:`decode_label`.
     """
     return decode_label(open_image(path, max_pixels=max_pixels), path, allow_rgb=allow_rgb)
-
-
-# --------------------------------------------------------------------------------------------
-# List files.
-
-#: Resolves a sample name (one-token list line) to (image path, label path or None).
-NameResolver = Callable[[str], tuple[Path, Path | None]]
-
-
-def _resolve_listed(root: Path, token: str) -> Path:
-    """Resolve a path written in a list file.
-
-    Relative paths are relative to ``root``. DeepLab-style lists write ``/JPEGImages/x.jpg``,
-    meaning "relative to the data root"; such a path is used as absolute only if it exists.
-    """
-    p = Path(token)
-    if p.is_absolute():
-        if p.exists():
-            return p
-        return root / token.lstrip("/\\")
-    return root / p
-
-
-#: Label folder names tried next to ``images/`` when a list line holds a sample name, in order.
-LABEL_FOLDER_NAMES: tuple[str, ...] = ("labels", "annotations")
-
-
-def _extensions_hint() -> str:
-    return "<" + "|".join(e.lstrip(".") for e in sorted(IMAGE_EXTENSIONS)) + ">"
-
-
-class LayoutResolver:
-    """Turns a sample name from a list file into paths, by the conventional folder layouts.
-
-    For a list file ``<split>.txt`` (``split`` is the list file's stem) and a name ``N``, the
-    layouts are tried in this order, and the first one whose image folder holds ``N`` wins:
-
-    1. ``images/<split>/N.<ext>`` with its label in ``labels/<split>/`` or
-       ``annotations/<split>/``;
-    2. ``images/N.<ext>`` with its label in ``labels/`` or ``annotations/``.
-
-    ``<ext>`` is any allowed image extension (:data:`IMAGE_EXTENSIONS`, any letter case), and
-    image and label may have different ones (``N.jpg`` with ``N.png``). Names may contain ``/``
-    (sub-folders). Each folder is listed once, so resolving a long list costs one directory scan
-    per folder, not a stat per name and extension.
-
-    Outcomes, within the winning layout:
-
-    * exactly one image and exactly one label: the pair;
-    * no label folder of that layout exists at all: the image alone (label ``None``, an
-      unlabelled split such as a test set; ``data check`` reports it, training and evaluation
-      refuse it);
-    * a label folder exists but holds no label for ``N``: :class:`MissingDataFileError`;
-    * two images (``N.jpg`` and ``N.png``) or two labels: :class:`DataError` (ambiguous).
-
-    A name found in no layout raises :class:`MissingDataFileError` listing the places looked in.
-
-    Args:
-        root: The data root.
-        split: The split folder name, usually the list file's stem.
-    """
-
-    def __init__(self, root: str | os.PathLike[str], split: str) -> None:
-        self.root = Path(root)
-        self.split = split
-        self._listings: dict[Path, dict[str, list[Path]]] = {}
-
-    def _layouts(self) -> list[tuple[Path, list[Path]]]:
-        r, s = self.root, self.split
-        return [
-            (r / "images" / s, [r / d / s for d in LABEL_FOLDER_NAMES]),
-            (r / "images", [r / d for d in LABEL_FOLDER_NAMES]),
-        ]
-
-    def _listing(self, folder: Path) -> dict[str, list[Path]]:
-        """Files with an allowed extension in ``folder``, keyed by name without extension."""
-        if folder not in self._listings:
-            found: dict[str, list[Path]] = {}
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:  # missing folder, or not a folder: nothing in it
-                entries = []
-            for entry in entries:
-                suffix = os.path.splitext(entry.name)[1]
-                if suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
-                    found.setdefault(entry.name[: -len(suffix)], []).append(Path(entry.path))
-            self._listings[folder] = found
-        return self._listings[folder]
-
-    def _matches(self, folder: Path, name: str) -> list[Path]:
-        sub = Path(name)
-        return list(self._listing(folder / sub.parent).get(sub.name, []))
-
-    def __call__(self, name: str) -> tuple[Path, Path | None]:
-        """Resolve ``name`` to (image path, label path or None).
-
-        Raises:
-            MissingDataFileError: The name is in no layout, or its label folder lacks it.
-            DataError: The name matches two images or two labels.
-        """
-        name = name.strip().lstrip("/\\")
-        ext = _extensions_hint()
-        for image_dir, label_dirs in self._layouts():
-            images = self._matches(image_dir, name)
-            if not images:
-                continue
-            if len(images) > 1:
-                raise DataError(
-                    f"sample name {name!r} is ambiguous: it matches "
-                    f"{', '.join(str(p) for p in images)}; keep one of these files, or write an "
-                    "`image_path label_path` line for it"
-                )
-            labels = [p for d in label_dirs for p in self._matches(d, name)]
-            if len(labels) == 1:
-                return images[0], labels[0]
-            if len(labels) > 1:
-                raise DataError(
-                    f"sample name {name!r} has an ambiguous label: it matches "
-                    f"{', '.join(str(p) for p in labels)}; keep one of these files, or write an "
-                    "`image_path label_path` line for it"
-                )
-            if not any(d.is_dir() for d in label_dirs):
-                return images[0], None  # an unlabelled split (e.g. a test set)
-            raise MissingDataFileError(
-                f"sample name {name!r}: image {images[0]} found but no label "
-                f"{' or '.join(str(d / name) + '.' + ext for d in label_dirs)}; add the label, "
-                "or remove the name from the list"
-            )
-        looked = ", ".join(f"{d / name}.{ext}" for d, _ in self._layouts())
-        raise MissingDataFileError(
-            f"sample name {name!r} not found: looked for {looked}; check the name and "
-            "--data-root, or write an `image_path label_path` line for it"
-        )
-
-
-def _is_listed_path(root: Path, token: str) -> bool:
-    """Whether a one-entry list line is an image path (not a sample name)."""
-    if Path(token).suffix.lower() in IMAGE_EXTENSIONS:
-        return True
-    try:
-        return _resolve_listed(root, token).is_file()
-    except OSError:  # e.g. a name too long for the file system
-        return False
-
-
-def read_list_file(
-    path: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    *,
-    resolver: NameResolver | None = None,
-    check_exists: bool = True,
-) -> list[Sample]:
-    """Read a list file of samples.
-
-    Each non-empty line is either ``image_path label_path`` (the authors' format; paths relative
-    to ``root``, a leading ``/`` also meaning relative to ``root`` as in the DeepLab lists) or a
-    single entry. Lines containing a tab are split on tabs, so paths with spaces work; otherwise
-    on whitespace. Lines starting with ``#`` are comments.
-
-    A single entry is handed to ``resolver`` when one is given (the named data sets). Without
-    one, an entry that ends in an allowed image extension or names an existing file under
-    ``root`` is an image path without a label (kept as a path, label ``None``); any other entry
-    is a sample name (CamVid, VOC ``ImageSets`` style) resolved by :class:`LayoutResolver` with
-    the list file's stem as the split: ``images/<stem>/<name>.<ext>`` then
-    ``images/<name>.<ext>``, labels in ``labels/`` or ``annotations/`` beside them.
-
-    Args:
-        path: The list file.
-        root: Directory the listed paths are relative to.
-        resolver: Turns a sample name into (image, label) paths; default: the conventional
-            layouts above.
-        check_exists: Check that every listed file exists (one stat per file).
-
-    Returns:
-        The samples in file order. Names are the image file stems (for path lines) or the
-        listed names.
-
-    Raises:
-        MissingDataFileError: The list file or a listed file does not exist, or a sample name
-            resolves to no file.
-        DataError: A malformed line, or a sample name matching several files (the message gives
-            the file and line number).
-    """
-    lp = Path(path)
-    root_p = Path(root)
-    try:
-        text = lp.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
-    except FileNotFoundError:
-        raise MissingDataFileError(
-            f"list file {lp} does not exist; check the path or the data root"
-        ) from None
-    except UnicodeDecodeError:
-        raise DataError(f"list file {lp} is not UTF-8 text; is it really a list file?") from None
-
-    samples: list[Sample] = []
-    seen: dict[str, tuple[int, Path]] = {}
-    resolve: NameResolver | None = resolver  # default: a LayoutResolver, made when first needed
-    for line_no, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        tokens = [t for t in line.split("\t") if t] if "\t" in line else line.split()
-        where = f"{lp}:{line_no}"
-        named = False
-        if len(tokens) == 2:
-            image, label = (_resolve_listed(root_p, t.strip()) for t in tokens)
-            name = Path(tokens[0].strip()).stem
-        elif len(tokens) == 1 and resolver is None and _is_listed_path(root_p, tokens[0]):
-            image, label = _resolve_listed(root_p, tokens[0]), None
-            name = Path(tokens[0]).stem
-        elif len(tokens) == 1:
-            if resolve is None:
-                resolve = LayoutResolver(root_p, lp.stem)
-            name, named = tokens[0], True
-            try:
-                image, label = resolve(name)
-            except DataError as e:
-                # Keep the class and its other arguments (MissingDataFileError is also a
-                # FileNotFoundError); only the message gains the list file and line.
-                e.args = (f"{where}: {e}", *e.args[1:])
-                raise
-        else:
-            raise DataError(
-                f"{where}: expected `image_path label_path` or a sample name, got "
-                f"{len(tokens)} entries in {line!r}; paths containing spaces must be separated "
-                "by a tab"
-            )
-        if check_exists:
-            for kind, fp in (("image", image), ("label", label)):
-                if fp is not None and not fp.is_file():
-                    raise MissingDataFileError(
-                        f"{where}: {kind} file {fp} does not exist; fix the line or the data "
-                        f"root ({root_p})"
-                    )
-        if name in seen:
-            first_line, first_image = seen[name]
-            if named or first_image == image:
-                raise DataError(
-                    f"{where}: sample {name!r} is listed again (first on line {first_line}); "
-                    "remove the duplicate line"
-                )
-            # Same file name in another folder: names become prediction file names, so use the
-            # path (without extension) to keep them unique.
-            name = Path(tokens[0].strip().lstrip("/\\")).with_suffix("").as_posix()
-        seen[name] = (line_no, image)
-        samples.append(Sample(image=image, label=label, name=name))
-    if not samples:
-        raise DataError(f"list file {lp} lists no samples; is it the right file?")
-    return samples

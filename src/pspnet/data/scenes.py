@@ -259,6 +259,28 @@ def _check_size(size: Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
+def _layout(layout_rng: np.random.Generator, H: int, W: int) -> tuple[int, np.ndarray, int]:
+    """Horizon row, grass-bank mask (H, W) and the near bank's top row (H when there is none).
+
+    The same distribution for both surfaces, so grass says nothing about boat vs car.
+    """
+    horizon = int(round(H * layout_rng.uniform(0.28, 0.42)))
+    x = np.arange(W, dtype=np.float32)
+    rows = np.arange(H)[:, None]
+    grass = np.zeros((H, W), bool)
+    if layout_rng.random() < 0.6:  # far bank just under the horizon
+        depth = H * layout_rng.uniform(0.03, 0.10)
+        edge = horizon + depth * (1 + 0.3 * _wave(layout_rng, x))
+        grass |= (rows >= horizon) & (rows < edge[None, :])
+    near_top = H
+    if layout_rng.random() < 0.4:  # near bank at the bottom
+        depth = H * layout_rng.uniform(0.05, 0.13)
+        edge = H - depth * (1 + 0.3 * _wave(layout_rng, x))
+        grass |= rows >= edge[None, :]
+        near_top = int(edge.min())
+    return horizon, grass, near_top
+
+
 def render_scene(
     rng: np.random.Generator,
     size: Sequence[int] = (128, 128),
@@ -292,22 +314,7 @@ def render_scene(
         on_water = surface == "water"
     layout_rng, texture_rng, vessel_rng = rng.spawn(3)
 
-    # Layout: horizon and grass banks (same distribution for both surfaces, so grass says
-    # nothing about boat vs car).
-    horizon = int(round(H * layout_rng.uniform(0.28, 0.42)))
-    x = np.arange(W, dtype=np.float32)
-    rows = np.arange(H)[:, None]
-    grass = np.zeros((H, W), bool)
-    if layout_rng.random() < 0.6:  # far bank just under the horizon
-        depth = H * layout_rng.uniform(0.03, 0.10)
-        edge = horizon + depth * (1 + 0.3 * _wave(layout_rng, x))
-        grass |= (rows >= horizon) & (rows < edge[None, :])
-    near_top = H
-    if layout_rng.random() < 0.4:  # near bank at the bottom
-        depth = H * layout_rng.uniform(0.05, 0.13)
-        edge = H - depth * (1 + 0.3 * _wave(layout_rng, x))
-        grass |= rows >= edge[None, :]
-        near_top = int(edge.min())
+    horizon, grass, near_top = _layout(layout_rng, H, W)
 
     # Background textures.
     label = np.full((H, W), SKY, np.uint8)

@@ -12,8 +12,8 @@ The training recipe follows the authors' code (``hszhao/semseg``, ``tool/train.p
 Two implementations are provided:
 
 * The individual classes (:class:`RandScale`, :class:`RandRotate`, ... composed with
-  :class:`Compose`) work step by step on numpy arrays with PIL. They are the readable reference,
-  handy for custom pipelines and visual checks.
+  :class:`Compose`; their home is :mod:`pspnet.data.steps`) work step by step on numpy arrays
+  with PIL. They are the readable reference, handy for custom pipelines and visual checks.
 * :class:`TrainAugment` (what :func:`train_transform` returns by default) draws *the same random
   numbers in the same order* but folds scale, rotation, flip, padding and cropping into one affine
   map and samples only the output window once with :func:`torch.nn.functional.grid_sample`. That
@@ -39,33 +39,41 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from pspnet.config import IMAGENET_MEAN, IMAGENET_STD
+from pspnet.data.steps import (
+    Compose,
+    Crop,
+    JointTransform,
+    RandomGaussianBlur,
+    RandomHorizontalFlip,
+    RandRotate,
+    RandScale,
+    ToTensorNormalize,
+    check_mean_std,
+    check_pair,
+    check_prob,
+    check_range,
+    check_size,
+    crop_geometry,
+    draw_scale,
+    gaussian_blur5,
+    need_rng,
+    scaled_size,
+)
 
+# Defined here, then the step-by-step classes (home: pspnet.data.steps) that callers import from
+# this module.
 __all__ = [
-    "JointTransform",
-    "Compose",
-    "RandScale",
-    "RandRotate",
-    "RandomGaussianBlur",
-    "RandomHorizontalFlip",
-    "Crop",
-    "ToTensorNormalize",
-    "TrainAugment",
-    "train_transform",
-    "eval_transform",
-    "sample_rng",
-    "gaussian_blur5",
-]
-
-#: A joint transform: ``(image, label, rng) -> (image, label)``.
-JointTransform = Callable[..., tuple]
+    "TrainAugment", "train_transform", "eval_transform", "sample_rng",
+    "JointTransform", "Compose", "RandScale", "RandRotate", "RandomGaussianBlur",
+    "RandomHorizontalFlip", "Crop", "ToTensorNormalize", "gaussian_blur5",
+]  # fmt: skip
 
 # Labels go through float32 in the fused path; integers up to 2**24 are exact in float32.
 _FLOAT_EXACT = 1 << 24
@@ -103,414 +111,61 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 # --------------------------------------------------------------------------------------------
-# Validation helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _describe(x: object) -> str:
-    return f"ndarray of {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
-
-
-def _check_pair(image: np.ndarray, label: np.ndarray | None, who: str) -> None:
-    """Raise a clear error unless ``image`` is uint8 (H, W, 3) and ``label`` integer (H, W)."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        raise TypeError(f"{who}: image must be a numpy uint8 array, got {_describe(image)}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{who}: image must have shape (H, W, 3) (RGB), got {image.shape}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"{who}: image is empty, shape {image.shape}")
-    if label is None:
-        return
-    if not isinstance(label, np.ndarray) or not np.issubdtype(label.dtype, np.integer):
-        raise TypeError(f"{who}: label must be an integer numpy array, got {_describe(label)}")
-    if label.shape != image.shape[:2]:
-        raise ValueError(
-            f"{who}: label shape {label.shape} does not match image shape {image.shape[:2]}"
-        )
-
-
-def _check_range(lo_hi: Sequence[float], name: str, positive: bool = False) -> tuple[float, float]:
-    if len(lo_hi) != 2:
-        raise ValueError(f"`{name}` must be a pair (low, high), got {lo_hi!r}")
-    lo, hi = float(lo_hi[0]), float(lo_hi[1])
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-        raise ValueError(f"`{name}` must be finite with low <= high, got {lo_hi!r}")
-    if positive and lo <= 0:
-        raise ValueError(f"`{name}` must be positive, got {lo_hi!r}")
-    return lo, hi
-
-
-def _check_prob(p: float, name: str) -> float:
-    if not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"`{name}` must be a probability in [0, 1], got {p!r}")
-    return float(p)
-
-
-def _check_size(size: Sequence[int] | int, name: str) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in size):
-        raise ValueError(f"`{name}` must be (height, width) with positive integers, got {size!r}")
-    return int(size[0]), int(size[1])
-
-
-def _check_mean_std(
-    mean: Sequence[float], std: Sequence[float]
-) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values each (RGB), got {mean!r} and {std!r}")
-    if not all(float(s) > 0 for s in std):
-        raise ValueError(f"std must be positive, got {std!r}")
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)  # type: ignore[return-value]
-
-
-def _fill_colour(padding: Sequence[float]) -> tuple[int, int, int]:
-    """The uint8 colour closest to a (float) padding colour."""
-    if len(padding) != 3:
-        raise ValueError(f"padding colour needs 3 values (RGB), got {padding!r}")
-    r, g, b = (int(min(255, max(0, round(float(v))))) for v in padding)
-    return r, g, b
-
-
-def _label_to_pil(label: np.ndarray) -> Image.Image:
-    """A PIL image holding ``label`` exactly: mode 'L' for uint8, 'I' (int32) otherwise."""
-    if label.dtype == np.uint8:
-        return Image.fromarray(label)  # mode 'L'
-    info = np.iinfo(np.int32)
-    if label.size and (label.min() < info.min or label.max() > info.max):
-        raise ValueError("label values must fit in int32 for resampling")
-    return Image.fromarray(np.ascontiguousarray(label, dtype=np.int32))
-
-
-def _label_from_pil(img: Image.Image, dtype: np.dtype) -> np.ndarray:
-    # np.array, not asarray: arrays viewing PIL memory are read-only, callers may write.
-    return np.array(img, dtype=dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# Reference (step by step) transforms
-# --------------------------------------------------------------------------------------------
-
-
-class Compose:
-    """Apply joint transforms in order, passing the same generator along.
-
-    Args:
-        transforms: Callables ``t(image, label, rng) -> (image, label)``.
-    """
-
-    def __init__(self, transforms: Sequence[JointTransform]) -> None:
-        self.transforms = list(transforms)
-        for t in self.transforms:
-            if not callable(t):
-                raise TypeError(f"Compose: {t!r} is not callable")
-
-    def __call__(self, image, label, rng: np.random.Generator | None = None):
-        for t in self.transforms:
-            image, label = t(image, label, rng)
-        return image, label
-
-    def __repr__(self) -> str:
-        inner = ",\n    ".join(repr(t) for t in self.transforms)
-        return f"Compose([\n    {inner}\n])"
-
-
-def _need_rng(rng: np.random.Generator | None, who: str) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            f"{who} is random and needs an explicit numpy Generator, e.g. sample_rng(seed, epoch, "
-            f"index); got {rng!r}"
-        )
-    return rng
-
-
-def _scaled_size(h: int, w: int, sx: float, sy: float) -> tuple[int, int]:
-    # cv2.resize(fx=..., fy=...) rounds the product; never collapse to an empty image.
-    return max(1, int(round(h * sy))), max(1, int(round(w * sx)))
-
-
-def _draw_scale(
-    rng: np.random.Generator, scale: tuple[float, float], aspect: tuple[float, float] | None
-) -> tuple[float, float]:
-    """Draw (sx, sy) exactly as the authors' RandScale does (uniform scale, sqrt aspect)."""
-    s = scale[0] + (scale[1] - scale[0]) * rng.random()
-    if aspect is None:
-        return s, s
-    ar = math.sqrt(aspect[0] + (aspect[1] - aspect[0]) * rng.random())
-    return s * ar, s / ar
-
-
-class RandScale:
-    """Resize by a random factor: bilinear for the image, nearest for the label.
-
-    Args:
-        scale: Range ``(low, high)`` of the scale factor (the paper: 0.5 to 2.0).
-        aspect_ratio: Optional range of the aspect ratio; ``None`` keeps the aspect ratio.
-    """
-
-    def __init__(
-        self,
-        scale: Sequence[float] = (0.5, 2.0),
-        aspect_ratio: Sequence[float] | None = None,
-    ) -> None:
-        self.scale = _check_range(scale, "scale", positive=True)
-        self.aspect_ratio = (
-            None if aspect_ratio is None else _check_range(aspect_ratio, "aspect_ratio", True)
-        )
-
-    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
-        _check_pair(image, label, "RandScale")
-        rng = _need_rng(rng, "RandScale")
-        sx, sy = _draw_scale(rng, self.scale, self.aspect_ratio)
-        h, w = label.shape
-        nh, nw = _scaled_size(h, w, sx, sy)
-        if (nh, nw) == (h, w):
-            return image, label
-        image = np.array(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
-        lab = _label_to_pil(label).resize((nw, nh), Image.Resampling.NEAREST)
-        return image, _label_from_pil(lab, label.dtype)
-
-    def __repr__(self) -> str:
-        return f"RandScale(scale={self.scale}, aspect_ratio={self.aspect_ratio})"
-
-
-class RandRotate:
-    """Rotate by a random angle (degrees, counter-clockwise) about the centre, with probability p.
-
-    The canvas keeps its size (corners are cut, new corners filled): the image with the
-    ``padding`` colour (the dataset mean, which normalises to ~0), the label with ``ignore_index``
-    so the loss never trains on invented pixels.
-
-    Args:
-        rotate: Range ``(low, high)`` of the angle in degrees (the paper: -10 to 10).
-        padding: RGB fill colour on the 0..255 scale (rounded to uint8).
-        ignore_index: Label fill value.
-        p: Probability of rotating.
-    """
-
-    def __init__(
-        self,
-        rotate: Sequence[float] = (-10.0, 10.0),
-        padding: Sequence[float] = IMAGENET_MEAN,
-        ignore_index: int = 255,
-        p: float = 0.5,
-    ) -> None:
-        self.rotate = _check_range(rotate, "rotate")
-        self.fill = _fill_colour(padding)
-        self.ignore_index = int(ignore_index)
-        self.p = _check_prob(p, "p")
-
-    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
-        _check_pair(image, label, "RandRotate")
-        rng = _need_rng(rng, "RandRotate")
-        if not rng.random() < self.p:
-            return image, label
-        angle = self.rotate[0] + (self.rotate[1] - self.rotate[0]) * rng.random()
-        img = Image.fromarray(image).rotate(
-            angle, resample=Image.Resampling.BILINEAR, fillcolor=self.fill
-        )
-        if label.dtype == np.uint8 and not 0 <= self.ignore_index <= 255:
-            raise ValueError(
-                f"RandRotate: ignore_index {self.ignore_index} does not fit a uint8 label"
-            )
-        lab = _label_to_pil(label).rotate(
-            angle, resample=Image.Resampling.NEAREST, fillcolor=self.ignore_index
-        )
-        return np.array(img), _label_from_pil(lab, label.dtype)
-
-    def __repr__(self) -> str:
-        return f"RandRotate(rotate={self.rotate}, fill={self.fill}, p={self.p})"
-
-
-def gaussian_blur5(image: np.ndarray) -> np.ndarray:
-    """OpenCV's ``GaussianBlur(image, (5, 5), 0)`` for uint8 RGB images.
-
-    For a 5x5 kernel with sigma 0 OpenCV uses the fixed binomial taps [1, 4, 6, 4, 1] / 16 and
-    reflect-101 borders; the separable sum is done as four pairwise additions per axis in
-    uint16 (max 16 * 16 * 255 = 65280, no overflow), which is exact and fast.
-
-    Args:
-        image: ``(H, W, 3)`` uint8.
-
-    Returns:
-        ``(H, W, 3)`` uint8, rounded to nearest.
-    """
-    mode = "reflect" if min(image.shape[:2]) > 2 else "edge"  # reflect-101 needs >= 3 pixels
-    acc = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode=mode).astype(np.uint16)  # (H+4, W+4, 3)
-    for _ in range(4):  # binomial of order 4 along H: (H+4) -> H rows
-        acc = acc[:-1] + acc[1:]
-    for _ in range(4):  # and along W
-        acc = acc[:, :-1] + acc[:, 1:]
-    acc += 128
-    acc >>= 8
-    return acc.astype(np.uint8)
-
-
-class RandomGaussianBlur:
-    """Blur the image (never the label) with OpenCV's 5x5 Gaussian, with probability p.
-
-    The authors' ``RandomGaussianBlur(radius=5)`` calls ``cv2.GaussianBlur(image, (5, 5), 0)``:
-    "radius" is the kernel size and sigma follows from it (the binomial taps, sigma ~1.1).
-
-    Args:
-        p: Probability of blurring.
-    """
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = _check_prob(p, "p")
-
-    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
-        _check_pair(image, label, "RandomGaussianBlur")
-        rng = _need_rng(rng, "RandomGaussianBlur")
-        if rng.random() < self.p:
-            image = gaussian_blur5(image)
-        return image, label
-
-    def __repr__(self) -> str:
-        return f"RandomGaussianBlur(kernel_size=5, p={self.p})"
-
-
-class RandomHorizontalFlip:
-    """Mirror image and label left-right with probability p."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = _check_prob(p, "p")
-
-    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
-        _check_pair(image, label, "RandomHorizontalFlip")
-        rng = _need_rng(rng, "RandomHorizontalFlip")
-        if rng.random() < self.p:
-            # Copies: negative-stride views would be rejected by torch.from_numpy later.
-            image = np.ascontiguousarray(image[:, ::-1])
-            label = np.ascontiguousarray(label[:, ::-1])
-        return image, label
-
-    def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(p={self.p})"
-
-
-def _crop_geometry(
-    h: int, w: int, crop: tuple[int, int], crop_type: str, rng: np.random.Generator | None
-) -> tuple[int, int, int, int]:
-    """Return ``(top_pad, left_pad, h_off, w_off)`` the way the authors' Crop computes them.
-
-    The padded canvas is ``max(h, ch) x max(w, cw)`` with the image centred in it (the extra
-    odd pixel goes to the bottom/right); the window offset is drawn uniformly (``rand``) or
-    centred (``center``). Random offsets are drawn even when there is no freedom, so the random
-    stream consumed does not depend on the image size.
-    """
-    ch, cw = crop
-    pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
-    top, left = pad_h // 2, pad_w // 2
-    hh, ww = h + pad_h, w + pad_w
-    if crop_type == "rand":
-        if rng is None:
-            raise TypeError("a random crop needs a numpy Generator")
-        h_off = int(rng.integers(0, hh - ch + 1))
-        w_off = int(rng.integers(0, ww - cw + 1))
-    else:
-        h_off, w_off = (hh - ch) // 2, (ww - cw) // 2
-    return top, left, h_off, w_off
-
-
-class Crop:
-    """Crop a fixed-size window; pad first (image: mean colour, label: ignore) when too small.
-
-    Args:
-        size: ``(height, width)`` of the output, or an int for a square.
-        crop_type: ``"rand"`` (training) or ``"center"``.
-        padding: RGB fill colour on the 0..255 scale (rounded to uint8).
-        ignore_index: Label fill value.
-    """
-
-    def __init__(
-        self,
-        size: Sequence[int] | int,
-        crop_type: Literal["rand", "center"] = "rand",
-        padding: Sequence[float] = IMAGENET_MEAN,
-        ignore_index: int = 255,
-    ) -> None:
-        self.size = _check_size(size, "size")
-        if crop_type not in ("rand", "center"):
-            raise ValueError(f"crop_type must be 'rand' or 'center', got {crop_type!r}")
-        self.crop_type = crop_type
-        self.fill = _fill_colour(padding)
-        self.ignore_index = int(ignore_index)
-
-    def __call__(
-        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
-    ):
-        _check_pair(image, label, "Crop")
-        if self.crop_type == "rand":
-            rng = _need_rng(rng, "Crop(crop_type='rand')")
-        h, w = label.shape
-        ch, cw = self.size
-        top, left, h_off, w_off = _crop_geometry(h, w, self.size, self.crop_type, rng)
-        if top or left or h < ch or w < cw:
-            hh, ww = max(h, ch), max(w, cw)
-            canvas = np.empty((hh, ww, 3), np.uint8)
-            canvas[...] = self.fill
-            canvas[top : top + h, left : left + w] = image
-            if label.dtype == np.uint8 and not 0 <= self.ignore_index <= 255:
-                raise ValueError(
-                    f"Crop: ignore_index {self.ignore_index} does not fit a uint8 label"
-                )
-            lab = np.full((hh, ww), self.ignore_index, label.dtype)
-            lab[top : top + h, left : left + w] = label
-            image, label = canvas, lab
-        image = np.ascontiguousarray(image[h_off : h_off + ch, w_off : w_off + cw])
-        label = np.ascontiguousarray(label[h_off : h_off + ch, w_off : w_off + cw])
-        return image, label
-
-    def __repr__(self) -> str:
-        return f"Crop(size={self.size}, crop_type={self.crop_type!r}, fill={self.fill})"
-
-
-class ToTensorNormalize:
-    """uint8 ``(H, W, 3)`` RGB -> float32 ``(3, H, W)`` ``(x - mean) / std``; label -> int64.
-
-    Mean and std are on the 0..255 scale, as in the authors' code (``value_scale = 255``).
-    Deterministic: the generator argument is accepted and ignored. ``label`` may be ``None``
-    (inference), in which case ``None`` is returned in its place.
-
-    Args:
-        mean: Per-channel mean, RGB, 0..255 scale.
-        std: Per-channel standard deviation, RGB, 0..255 scale.
-    """
-
-    def __init__(
-        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-    ) -> None:
-        self.mean, self.std = _check_mean_std(mean, std)
-        self._mean = np.asarray(self.mean, np.float32)
-        self._inv_std = (1.0 / np.asarray(self.std, np.float64)).astype(np.float32)
-
-    def __call__(
-        self,
-        image: np.ndarray,
-        label: np.ndarray | None = None,
-        rng: np.random.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        _check_pair(image, label, "ToTensorNormalize")
-        x = image.astype(np.float32)  # (H, W, 3)
-        x -= self._mean
-        x *= self._inv_std
-        img = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (3, H, W)
-        if label is None:
-            return img, None
-        return img, torch.from_numpy(label.astype(np.int64))  # (H, W)
-
-    def __repr__(self) -> str:
-        return f"ToTensorNormalize(mean={self.mean}, std={self.std})"
-
-
-# --------------------------------------------------------------------------------------------
 # Fused, fast training transform
 # --------------------------------------------------------------------------------------------
 
 
 def _translate(tx: float, ty: float) -> np.ndarray:
     return np.array([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]])
+
+
+class _Draw(NamedTuple):
+    """The random decisions of one :class:`TrainAugment` call."""
+
+    hs: int  # scaled canvas height
+    ws: int  # scaled canvas width
+    angle: float  # degrees; 0 when not rotated
+    blur: bool
+    flip: bool
+    top: int  # padding above and left of the scaled image
+    left: int
+    h_off: int  # crop window offset in the padded canvas (see crop_geometry)
+    w_off: int
+
+
+def _sampling_grid(
+    mat: np.ndarray,
+    x0: int,
+    y0: int,
+    sw: int,
+    sh: int,
+    row_pad: np.ndarray,
+    col_pad: np.ndarray,
+) -> torch.Tensor:
+    """``grid_sample``'s grid for output pixels through ``mat``, over the source slice at
+    ``(x0, y0)`` of size ``sw`` x ``sh``; padding rows/cols point outside. (1, oh, ow, 2)."""
+    oh, ow = row_pad.size, col_pad.size
+    # Normalise to grid_sample's [-1, 1] (align_corners=False: -1 is the left edge of
+    # the first pixel) relative to the source slice.
+    norm = np.array(
+        [[2.0 / sw, 0.0, -1.0 - 2.0 * x0 / sw], [0.0, 2.0 / sh, -1.0 - 2.0 * y0 / sh]]
+    )
+    g = norm @ mat  # (2, 3) acting on pixel centres (j + 0.5, i + 0.5, 1)
+    # The map is separable into a per-column and a per-row term; summing two float32
+    # vectors straight into the grid's slots is ~20x faster than float64 meshgrids.
+    xs = np.arange(ow, dtype=np.float64) + 0.5
+    ys = np.arange(oh, dtype=np.float64) + 0.5
+    grid = torch.empty(oh, ow, 2)  # (oh, ow, [x, y])
+    for k in range(2):
+        col_term = torch.from_numpy((g[k, 0] * xs).astype(np.float32))  # (ow,)
+        row_term = torch.from_numpy((g[k, 1] * ys + g[k, 2]).astype(np.float32))  # (oh,)
+        torch.add(col_term[None, :], row_term[:, None], out=grid[..., k])
+    # Padding rows/cols: push far outside so both samplers return their fill.
+    if row_pad.any():
+        grid[torch.from_numpy(row_pad)] = 4.0
+    if col_pad.any():
+        grid[:, torch.from_numpy(col_pad)] = 4.0
+    return grid[None]  # (1, oh, ow, 2)
 
 
 class TrainAugment:
@@ -557,20 +212,20 @@ class TrainAugment:
         std: Sequence[float] = IMAGENET_STD,
         ignore_index: int = 255,
     ) -> None:
-        self.crop_size = _check_size(crop_size, "crop_size")
-        self.scale = None if scale is None else _check_range(scale, "scale", positive=True)
+        self.crop_size = check_size(crop_size, "crop_size")
+        self.scale = None if scale is None else check_range(scale, "scale", positive=True)
         self.aspect_ratio = (
-            None if aspect_ratio is None else _check_range(aspect_ratio, "aspect_ratio", True)
+            None if aspect_ratio is None else check_range(aspect_ratio, "aspect_ratio", True)
         )
         if self.aspect_ratio is not None and self.scale is None:
             raise ValueError("aspect_ratio needs scale (use scale=(1, 1) for aspect only)")
-        self.rotate = None if rotate is None else _check_range(rotate, "rotate")
-        self.rotate_p = _check_prob(rotate_p, "rotate_p")
+        self.rotate = None if rotate is None else check_range(rotate, "rotate")
+        self.rotate_p = check_prob(rotate_p, "rotate_p")
         self.blur = bool(blur)
-        self.blur_p = _check_prob(blur_p, "blur_p")
+        self.blur_p = check_prob(blur_p, "blur_p")
         self.flip = bool(flip)
-        self.flip_p = _check_prob(flip_p, "flip_p")
-        self.mean, self.std = _check_mean_std(mean, std)
+        self.flip_p = check_prob(flip_p, "flip_p")
+        self.mean, self.std = check_mean_std(mean, std)
         self.ignore_index = int(ignore_index)
         if abs(self.ignore_index) >= _FLOAT_EXACT:
             raise ValueError(f"ignore_index must be below 2**24 in magnitude, got {ignore_index}")
@@ -605,107 +260,25 @@ class TrainAugment:
         Returns:
             ``image`` float32 ``(3, ch, cw)`` normalised, ``label`` int64 ``(ch, cw)``.
         """
-        _check_pair(image, label, "TrainAugment")
-        rng = _need_rng(rng, "TrainAugment")
+        check_pair(image, label, "TrainAugment")
+        rng = need_rng(rng, "TrainAugment")
         if label.size and (label.min() <= -_FLOAT_EXACT or label.max() >= _FLOAT_EXACT):
             raise ValueError("TrainAugment: label values must be below 2**24 in magnitude")
         h, w = label.shape
         ch, cw = self.crop_size
-
-        # --- random decisions, in the reference pipeline's order -------------------------
-        sx = sy = 1.0
-        if self.scale is not None:
-            sx, sy = _draw_scale(rng, self.scale, self.aspect_ratio)
-        hs, ws = _scaled_size(h, w, sx, sy)
-        angle = 0.0
-        if self.rotate is not None and rng.random() < self.rotate_p:
-            angle = self.rotate[0] + (self.rotate[1] - self.rotate[0]) * rng.random()
-        do_blur = self.blur and rng.random() < self.blur_p
-        do_flip = self.flip and rng.random() < self.flip_p
-        top, left, h_off, w_off = _crop_geometry(hs, ws, self.crop_size, "rand", rng)
-
-        # --- output pixel -> source pixel, continuous coords (pixel i spans [i, i+1)) -----
-        m = 2 if do_blur else 0  # blur margin: sample a 2-pixel ring, blur 'valid'
-        # Window pixel (j, i) -> padded canvas (j + w_off - m, i + h_off - m) -> scaled canvas.
-        mat = _translate(w_off - left - m, h_off - top - m)
-        if do_flip:
-            mat = np.array([[-1.0, 0.0, ws], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ mat
-        if angle != 0.0:
-            # PIL/OpenCV convention: positive angle turns the picture counter-clockwise, so the
-            # inverse map rotates output coordinates by -angle about the canvas centre.
-            a = -math.radians(angle)
-            c, s = math.cos(a), math.sin(a)
-            rot = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
-            mat = _translate(ws / 2, hs / 2) @ rot @ _translate(-ws / 2, -hs / 2) @ mat
-        mat = np.diag([w / ws, h / hs, 1.0]) @ mat
+        d = self._draw(rng, h, w)
+        m = 2 if d.blur else 0  # blur margin: sample a 2-pixel ring, blur 'valid'
+        mat = self._source_map(d, h, w, m)
 
         oh, ow = ch + 2 * m, cw + 2 * m
-        # Only the part of the source the window can touch is converted to float.
-        corners = mat @ np.array([[0, ow, 0, ow], [0, 0, oh, oh], [1, 1, 1, 1]], np.float64)
-        x0 = max(0, math.floor(corners[0].min()) - 1)
-        x1 = min(w, math.ceil(corners[0].max()) + 1)
-        y0 = max(0, math.floor(corners[1].min()) - 1)
-        y1 = min(h, math.ceil(corners[1].max()) + 1)
-
         # Which window rows/cols lie on the (unpadded) scaled canvas; the rest is padding.
-        rows = np.arange(oh) + (h_off - top - m)
-        cols = np.arange(ow) + (w_off - left - m)
-        row_pad = (rows < 0) | (rows >= hs)  # (oh,)
-        col_pad = (cols < 0) | (cols >= ws)  # (ow,)
+        rows = np.arange(oh) + (d.h_off - d.top - m)
+        cols = np.arange(ow) + (d.w_off - d.left - m)
+        row_pad = (rows < 0) | (rows >= d.hs)  # (oh,)
+        col_pad = (cols < 0) | (cols >= d.ws)  # (ow,)
+        img, lab = self._resample(image, label, mat, m, row_pad, col_pad)
 
-        if x1 <= x0 or y1 <= y0:  # the window sees no source pixel at all
-            img = torch.zeros(3, oh, ow)
-            lab = torch.full((ch, cw), self.ignore_index, dtype=torch.int64)
-        else:
-            sw, sh = x1 - x0, y1 - y0
-            # Normalise to grid_sample's [-1, 1] (align_corners=False: -1 is the left edge of
-            # the first pixel) relative to the source slice.
-            norm = np.array(
-                [[2.0 / sw, 0.0, -1.0 - 2.0 * x0 / sw], [0.0, 2.0 / sh, -1.0 - 2.0 * y0 / sh]]
-            )
-            g = norm @ mat  # (2, 3) acting on pixel centres (j + 0.5, i + 0.5, 1)
-            # The map is separable into a per-column and a per-row term; summing two float32
-            # vectors straight into the grid's slots is ~20x faster than float64 meshgrids.
-            xs = np.arange(ow, dtype=np.float64) + 0.5
-            ys = np.arange(oh, dtype=np.float64) + 0.5
-            grid = torch.empty(oh, ow, 2)  # (oh, ow, [x, y])
-            for k in range(2):
-                col_term = torch.from_numpy((g[k, 0] * xs).astype(np.float32))  # (ow,)
-                row_term = torch.from_numpy((g[k, 1] * ys + g[k, 2]).astype(np.float32))  # (oh,)
-                torch.add(col_term[None, :], row_term[:, None], out=grid[..., k])
-            # Padding rows/cols: push far outside so both samplers return their fill.
-            if row_pad.any():
-                grid[torch.from_numpy(row_pad)] = 4.0
-            if col_pad.any():
-                grid[:, torch.from_numpy(col_pad)] = 4.0
-            grid = grid[None]  # (1, oh, ow, 2)
-
-            # Subtract the mean *before* sampling so grid_sample's zero fill is the mean colour.
-            # Converting in numpy gives a writable copy (images read with np.asarray(PIL) are
-            # read-only, which torch.from_numpy warns about); the permuted (channels-last)
-            # layout is also what grid_sample is fastest with on CPU.
-            src = torch.from_numpy(image[y0:y1, x0:x1].astype(np.float32))  # (sh, sw, 3)
-            # Subtracting a row-long tiled mean is ~4x faster than broadcasting over the last
-            # dimension of size 3.
-            src.view(sh, sw * 3).sub_(torch.from_numpy(np.tile(self._mean_np, sw)))
-            src = src.permute(2, 0, 1)  # (3, sh, sw), channels-last memory
-            img = F.grid_sample(
-                src[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
-            )[0]  # (3, oh, ow)
-
-            lab_src = torch.from_numpy(label[y0:y1, x0:x1].astype(np.float32))
-            lab_src.sub_(float(self.ignore_index))  # so the zero fill means ignore
-            lab = F.grid_sample(
-                lab_src[None, None],
-                grid[:, m : m + ch, m : m + cw] if m else grid,
-                mode="nearest",
-                padding_mode="zeros",
-                align_corners=False,
-            )[0, 0]  # (ch, cw)
-            # Nearest sampling copies values, so they are still exact integers: no rounding.
-            lab = lab.add_(float(self.ignore_index)).to(torch.int64)
-
-        if do_blur:
+        if d.blur:
             img = _blur5_valid(img)  # (3, ch, cw)
             # The reference pipeline pads *after* blurring: restore an exact fill there.
             rp, cp = row_pad[m : m + ch], col_pad[m : m + cw]
@@ -715,6 +288,87 @@ class TrainAugment:
                 img[:, :, torch.from_numpy(cp)] = 0.0
         img = img.mul_(self._inv_std_t).contiguous()  # (3, ch, cw)
         return img, lab.contiguous()
+
+    def _draw(self, rng: np.random.Generator, h: int, w: int) -> _Draw:
+        """The random decisions, in the reference pipeline's order."""
+        sx = sy = 1.0
+        if self.scale is not None:
+            sx, sy = draw_scale(rng, self.scale, self.aspect_ratio)
+        hs, ws = scaled_size(h, w, sx, sy)
+        angle = 0.0
+        if self.rotate is not None and rng.random() < self.rotate_p:
+            angle = self.rotate[0] + (self.rotate[1] - self.rotate[0]) * rng.random()
+        do_blur = self.blur and rng.random() < self.blur_p
+        do_flip = self.flip and rng.random() < self.flip_p
+        top, left, h_off, w_off = crop_geometry(hs, ws, self.crop_size, "rand", rng)
+        return _Draw(hs, ws, angle, do_blur, do_flip, top, left, h_off, w_off)
+
+    @staticmethod
+    def _source_map(d: _Draw, h: int, w: int, m: int) -> np.ndarray:
+        """Output pixel -> source pixel, continuous coords (pixel i spans [i, i+1)); (3, 3)."""
+        # Window pixel (j, i) -> padded canvas (j + w_off - m, i + h_off - m) -> scaled canvas.
+        hs, ws = d.hs, d.ws
+        mat = _translate(d.w_off - d.left - m, d.h_off - d.top - m)
+        if d.flip:
+            mat = np.array([[-1.0, 0.0, ws], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ mat
+        if d.angle != 0.0:
+            # PIL/OpenCV convention: positive angle turns the picture counter-clockwise, so the
+            # inverse map rotates output coordinates by -angle about the canvas centre.
+            a = -math.radians(d.angle)
+            c, s = math.cos(a), math.sin(a)
+            rot = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
+            mat = _translate(ws / 2, hs / 2) @ rot @ _translate(-ws / 2, -hs / 2) @ mat
+        return np.diag([w / ws, h / hs, 1.0]) @ mat
+
+    def _resample(
+        self,
+        image: np.ndarray,
+        label: np.ndarray,
+        mat: np.ndarray,
+        m: int,
+        row_pad: np.ndarray,
+        col_pad: np.ndarray,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample the window through ``mat``: image (3, oh, ow) minus the mean, label (ch, cw)."""
+        h, w = label.shape
+        ch, cw = self.crop_size
+        oh, ow = ch + 2 * m, cw + 2 * m
+        # Only the part of the source the window can touch is converted to float.
+        corners = mat @ np.array([[0, ow, 0, ow], [0, 0, oh, oh], [1, 1, 1, 1]], np.float64)
+        x0 = max(0, math.floor(corners[0].min()) - 1)
+        x1 = min(w, math.ceil(corners[0].max()) + 1)
+        y0 = max(0, math.floor(corners[1].min()) - 1)
+        y1 = min(h, math.ceil(corners[1].max()) + 1)
+        if x1 <= x0 or y1 <= y0:  # the window sees no source pixel at all
+            img = torch.zeros(3, oh, ow)
+            return img, torch.full((ch, cw), self.ignore_index, dtype=torch.int64)
+        sw, sh = x1 - x0, y1 - y0
+        grid = _sampling_grid(mat, x0, y0, sw, sh, row_pad, col_pad)  # (1, oh, ow, 2)
+
+        # Subtract the mean *before* sampling so grid_sample's zero fill is the mean colour.
+        # Converting in numpy gives a writable copy (images read with np.asarray(PIL) are
+        # read-only, which torch.from_numpy warns about); the permuted (channels-last)
+        # layout is also what grid_sample is fastest with on CPU.
+        src = torch.from_numpy(image[y0:y1, x0:x1].astype(np.float32))  # (sh, sw, 3)
+        # Subtracting a row-long tiled mean is ~4x faster than broadcasting over the last
+        # dimension of size 3.
+        src.view(sh, sw * 3).sub_(torch.from_numpy(np.tile(self._mean_np, sw)))
+        src = src.permute(2, 0, 1)  # (3, sh, sw), channels-last memory
+        img = F.grid_sample(
+            src[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )[0]  # (3, oh, ow)
+
+        lab_src = torch.from_numpy(label[y0:y1, x0:x1].astype(np.float32))
+        lab_src.sub_(float(self.ignore_index))  # so the zero fill means ignore
+        lab = F.grid_sample(
+            lab_src[None, None],
+            grid[:, m : m + ch, m : m + cw] if m else grid,
+            mode="nearest",
+            padding_mode="zeros",
+            align_corners=False,
+        )[0, 0]  # (ch, cw)
+        # Nearest sampling copies values, so they are still exact integers: no rounding.
+        return img, lab.add_(float(self.ignore_index)).to(torch.int64)
 
     def __repr__(self) -> str:
         return (

@@ -14,7 +14,8 @@ it (see :meth:`ConfusionMatrix.compute`):
   ``intersectionAndUnion`` followed by ``intersection / (union + 1e-10)``): every ratio gets
   ``1e-10`` added to its denominator, so absent classes score 0 and still count in the mean.
 
-This module imports only the standard library, numpy, torch and Pillow (lazily, for the PNG).
+This module imports only the standard library, numpy and torch; the confusion-matrix picture
+(:func:`save_confusion_png`) is drawn by :mod:`pspnet.report.charts` and re-exported here.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from pspnet.report.charts import save_confusion_png
 
 __all__ = [
     "ConfusionMatrix",
@@ -365,117 +367,3 @@ class ConfusionMatrix:
     def compute_semseg_convention(self) -> SegMetrics:
         """Shorthand for ``compute("semseg")``: the authors' convention (absent classes = 0)."""
         return self.compute("semseg")
-
-
-def _load_font(size: int) -> Any:
-    from PIL import ImageFont
-
-    try:
-        # Pillow >= 10.1 ships a scalable default font when FreeType is available.
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()
-
-
-def save_confusion_png(
-    matrix: np.ndarray | torch.Tensor,
-    class_names: Sequence[str] | None,
-    path: str | Path,
-    *,
-    cell_size: int | None = None,
-    title: str | None = None,
-) -> Path:
-    """Draw the row-normalised confusion matrix as a PNG (no matplotlib needed).
-
-    Each cell ``(i, j)`` is shaded by the fraction of ground-truth class ``i`` pixels predicted as
-    ``j`` (white = 0, dark blue = 1), so the diagonal shows per-class accuracy. Rows without any
-    ground-truth pixel are drawn light grey. Row labels (ground truth) go on the left, column
-    labels (prediction) on top, rotated; percentages are printed when cells are large enough.
-
-    Args:
-        matrix: (K, K) counts, rows = ground truth (e.g. ``ConfusionMatrix.numpy()``).
-        class_names: K labels, or None for indices.
-        path: Output file; parent folders are created.
-        cell_size: Pixel size of one cell (default: scaled so the grid is ~800 px, 6..48).
-        title: Optional caption drawn in the top-left corner.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: Not a square matrix, or wrong number of class names.
-    """
-    from PIL import Image, ImageDraw
-
-    if isinstance(matrix, torch.Tensor):
-        matrix = matrix.detach().cpu().numpy()
-    cm = np.asarray(matrix, dtype=np.float64)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ValueError(f"matrix must be square (K, K), got shape {cm.shape}")
-    k = cm.shape[0]
-    names = [str(i) for i in range(k)] if class_names is None else [str(n) for n in class_names]
-    if len(names) != k:
-        raise ValueError(f"class_names has {len(names)} names but the matrix has {k} classes")
-
-    row_sum = cm.sum(axis=1, keepdims=True)  # (K, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        norm = np.where(row_sum > 0, cm / np.where(row_sum > 0, row_sum, 1.0), np.nan)  # (K, K)
-
-    cell = cell_size if cell_size is not None else int(min(48, max(6, 800 // k)))
-    font_px = int(min(14, max(8, cell - 2)))
-    font = _load_font(font_px)
-    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-    label_w = max(int(probe.textlength(n, font=font)) for n in names) + 8
-    label_w = min(label_w, 240)  # very long names are clipped rather than dwarfing the grid
-    margin = 8
-    title_h = font_px + 8 if title else 0
-    left = margin + label_w
-    top = margin + title_h + label_w
-    footer = "rows: ground truth, columns: prediction (row-normalised)"
-    width = max(left + k * cell, margin + int(probe.textlength(footer, font=font))) + margin
-    height = top + k * cell + margin + font_px + 8
-
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    if title:
-        draw.text((margin, margin), title, fill="black", font=font)
-
-    # White (0) -> dark blue (1): interpolate each channel linearly.
-    lo, hi = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
-    for i in range(k):
-        for j in range(k):
-            x0, y0 = left + j * cell, top + i * cell
-            v = norm[i, j]
-            if np.isnan(v):
-                color: tuple[int, ...] = (225, 225, 225)
-            else:
-                color = tuple(int(round(c)) for c in lo + (hi - lo) * float(v))
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=color)
-            if cell >= 28 and not np.isnan(v):
-                text = f"{100 * v:.0f}"
-                tw = probe.textlength(text, font=font)
-                draw.text(
-                    (x0 + (cell - tw) / 2, y0 + (cell - font_px) / 2),
-                    text,
-                    fill="white" if v > 0.5 else "black",
-                    font=font,
-                )
-    draw.rectangle([left - 1, top - 1, left + k * cell, top + k * cell], outline="black")
-
-    if cell >= 8:  # smaller cells cannot hold a readable label per row
-        for i, name in enumerate(names):
-            y = top + i * cell + (cell - font_px) / 2
-            draw.text((margin, y), name[:40], fill="black", font=font)
-            # Column labels: draw horizontally on a strip, rotate it to read bottom-up.
-            strip = Image.new("RGB", (label_w, cell), "white")
-            ImageDraw.Draw(strip).text(
-                (2, (cell - font_px) / 2), name[:40], fill="black", font=font
-            )
-            strip = strip.rotate(90, expand=True)  # (cell, label_w)
-            img.paste(strip, (left + i * cell, top - label_w))
-    draw.text((margin, top + k * cell + 4), footer, fill="black", font=font)
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, format="PNG")
-    return out

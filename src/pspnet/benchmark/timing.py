@@ -1,0 +1,239 @@
+"""The timed cases of ``pspnet benchmark``: inference variants, sliding window, training step.
+
+Each case gives the median latency over ``repeats`` timed runs after ``warmup`` runs, GFLOP/s
+(FLOPs counted once with ``torch.utils.flop_counter``), the fraction of the measured GEMM peak
+and the peak resident memory during the case (Linux: VmHWM, reset between cases through
+``/proc/self/clear_refs``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pspnet.inference import predict_sliding
+from pspnet.models import create_model
+from pspnet.models.fuse import optimize_for_inference
+from pspnet.precision import cpu_has_native_bf16
+
+__all__ = ["BenchResult", "INFERENCE_VARIANTS", "matmul_peak", "count_flops", "bench_inference",
+           "bench_sliding", "bench_train_step", "reset_peak_rss", "peak_rss_mib"]
+
+INFERENCE_VARIANTS = ("fp32-eager", "fp32-folded", "fp32-compile", "bf16-cl", "bf16-folded",
+                      "bf16-compile")
+
+
+@dataclass
+class BenchResult:
+    """One timed case."""
+
+    case: str
+    variant: str
+    ms: float
+    ms_min: float
+    ms_max: float
+    gflop: float
+    gflops: float
+    peak_fraction: float
+    peak_rss_mib: float | None
+    speedup: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """Measured GEMM throughput in GFLOP/s for ``dtype`` (median of ``repeats``)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b  # warm-up (oneDNN/AMX kernel selection)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def count_flops(fn: Callable[[], Any]) -> float:
+    """FLOPs of one call (convs and matmuls; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _time(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():  # interleaved: host noise hits every variant alike
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+#: optimize_for_inference options of each variant but the baseline (fp32 eager: the model as is).
+_VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
+    "fp32-folded": {"precision": "fp32"},
+    "fp32-compile": {"precision": "fp32", "compile": True},
+    "bf16-cl": {"precision": "bf16", "fold_bn": False},
+    "bf16-folded": {"precision": "bf16"},
+    "bf16-compile": {"precision": "bf16", "compile": True},
+    "fp16-compile": {"precision": "fp16", "compile": True},
+}
+
+
+def _inference_variant(model: nn.Module, variant: str) -> nn.Module:
+    if variant == "fp32-eager":
+        return model
+    if variant in _VARIANT_OPTIONS:
+        return optimize_for_inference(model, **_VARIANT_OPTIONS[variant])
+    raise ValueError(f"unknown variant {variant!r}; choices: {', '.join(INFERENCE_VARIANTS)}")
+
+
+def bench_inference(
+    arch: str, size: int, variants: tuple[str, ...], *, num_classes: int, warmup: int,
+    repeats: int, peaks: dict[str, float], device: str = "cpu",
+) -> list[BenchResult]:
+    """Batch-1 inference at ``size`` x ``size`` for each variant (fp32 eager is the baseline)."""
+    model = create_model(arch, num_classes, aux=False).eval().to(device)
+    x = torch.randn(1, 3, size, size, device=device)
+    with torch.inference_mode():
+        flops = count_flops(lambda: model(x))
+    results = []
+    base_ms = None
+    for variant in ("fp32-eager",) + tuple(v for v in variants if v != "fp32-eager"):
+        m = _inference_variant(model, variant)
+        reset_peak_rss()
+
+        def run(m: nn.Module = m) -> None:
+            with torch.inference_mode():
+                m(x)["out"]
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+        t = _time({variant: run}, warmup, repeats)[variant]
+        ms = statistics.median(t) * 1e3
+        base_ms = base_ms or ms
+        peak = peaks["bf16" if "bf16" in variant or "fp16" in variant else "fp32"]
+        results.append(BenchResult(
+            case=f"{arch} inference {size}x{size} b1", variant=variant, ms=ms,
+            ms_min=min(t) * 1e3, ms_max=max(t) * 1e3, gflop=flops / 1e9,
+            gflops=flops / 1e9 / (ms / 1e3), peak_fraction=flops / (ms / 1e3) / (peak * 1e9),
+            peak_rss_mib=peak_rss_mib(), speedup=base_ms / ms,
+            extra={"compile_s": round(getattr(m, "compile_seconds", 0.0), 1)},
+        ))
+        del m
+    return results
+
+
+def bench_sliding(
+    arch: str, *, num_classes: int, variants: tuple[str, ...], warmup: int, repeats: int,
+    height: int = 1024, width: int = 2048, crop: int = 713, batch_size: int = 2,
+) -> list[BenchResult]:
+    """Sliding-window inference of one large image (crop 713, stride 2/3, crops batched)."""
+    model = create_model(arch, num_classes, aux=False).eval()
+    x = torch.randn(1, 3, height, width)
+    results = []
+    base_ms = None
+    for variant in variants:
+        m = _inference_variant(model, variant)
+        reset_peak_rss()
+
+        def run(m: nn.Module = m) -> None:
+            with torch.inference_mode():
+                predict_sliding(m, x, crop_size=(crop, crop), num_classes=num_classes,
+                                batch_size=batch_size)
+
+        t = _time({variant: run}, min(warmup, 1), max(1, repeats // 2))[variant]
+        ms = statistics.median(t) * 1e3
+        base_ms = base_ms or ms
+        results.append(BenchResult(
+            case=f"{arch} sliding {width}x{height} crop {crop}", variant=variant, ms=ms,
+            ms_min=min(t) * 1e3, ms_max=max(t) * 1e3, gflop=0.0, gflops=0.0, peak_fraction=0.0,
+            peak_rss_mib=peak_rss_mib(), speedup=base_ms / ms,
+        ))
+        del m
+    return results
+
+
+def bench_train_step(
+    arch: str, *, num_classes: int, crop: tuple[int, int], batch: int, warmup: int,
+    repeats: int, peaks: dict[str, float], head_channels: int = 512, **model_options: Any,
+) -> list[BenchResult]:
+    """One SGD step (forward with aux, loss, backward, update): fp32 eager vs bf16 autocast+CL.
+
+    ``model_options`` are further :class:`~pspnet.config.ModelConfig` fields (e.g.
+    ``output_stride=16`` for the CPU recipe).
+    """
+    results = []
+    base_ms = None
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, *crop)
+    y = torch.randint(0, num_classes, (batch, *crop))
+    flops = None
+    train_variants = ["fp32-eager"] + (["bf16-autocast-cl"] if cpu_has_native_bf16() else [])
+    for variant in train_variants:
+        torch.manual_seed(0)
+        model = create_model(arch, num_classes, head_channels=head_channels,
+                             **model_options).train()
+        xx = x
+        if variant != "fp32-eager":
+            model = model.to(memory_format=torch.channels_last)
+            xx = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        amp = variant != "fp32-eager"
+
+        def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt, xx: torch.Tensor = xx,
+                 amp: bool = amp) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                out = model(xx)
+                loss = F.cross_entropy(out["out"].float(), y, ignore_index=255) + 0.4 * \
+                    F.cross_entropy(out["aux"].float(), y, ignore_index=255)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        if flops is None:
+            flops = count_flops(step)
+        reset_peak_rss()
+        t = _time({variant: step}, warmup, repeats)[variant]
+        ms = statistics.median(t) * 1e3
+        base_ms = base_ms or ms
+        peak = peaks["bf16" if amp else "fp32"]
+        results.append(BenchResult(
+            case=f"{arch} train step {crop[0]}x{crop[1]} b{batch}", variant=variant, ms=ms,
+            ms_min=min(t) * 1e3, ms_max=max(t) * 1e3, gflop=flops / 1e9,
+            gflops=flops / 1e9 / (ms / 1e3), peak_fraction=flops / (ms / 1e3) / (peak * 1e9),
+            peak_rss_mib=peak_rss_mib(), speedup=base_ms / ms,
+            extra={"ms_per_image": round(ms / batch, 1)},
+        ))
+    return results
