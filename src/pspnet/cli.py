@@ -197,9 +197,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from pspnet.checkpoint import load_model
+    from pspnet.checkpoint.exported import is_exported
     from pspnet.config import to_dict
 
     model = load_model(args.path, args.arch, args.num_classes, **_parse_overrides(args.set))
+    if is_exported(model):  # an ONNX / TorchScript export: its own metadata document
+        print(json.dumps(model.metadata, indent=2))
+        return 0
     n = sum(p.numel() for p in model.parameters())
     doc = {"parameters": n, **to_dict(model.meta)}
     print(json.dumps(doc, indent=2))
@@ -239,21 +243,6 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _load_any(weights: str, device: str) -> Any:
-    """An eager model (our dir or a foreign checkpoint) or an exported ONNX/TorchScript file.
-
-    An export made with ``--output labels`` returns class indices: the inference functions
-    run it on whole images (or one padded tile) and refuse flip, scales and multi-tile windows
-    with a message naming the file and the fix (:mod:`pspnet.inference`).
-    """
-    from pspnet.export import load_model_or_export
-
-    try:
-        return load_model_or_export(weights, device=_resolve_device(device))
-    except ImportError as e:  # onnxruntime missing: one line naming the extra
-        raise ValueError(f"cannot run {weights}: {e}") from None
-
-
 def _fast_path(model: Any, args: argparse.Namespace) -> tuple[Any, str]:
     """``--fast`` / ``--compile``: the optimised model and the autocast precision left to use.
 
@@ -264,14 +253,12 @@ def _fast_path(model: Any, args: argparse.Namespace) -> tuple[Any, str]:
     """
     if not (args.fast or args.compile):
         return model, args.precision
-    from pspnet.export import is_exported
+    from pspnet.checkpoint.exported import is_exported, optimisation_refused
     from pspnet.models.fuse import optimize_for_inference
 
     if is_exported(model):
-        flags = " and ".join(f for f, on in (("--fast", args.fast), ("--compile", args.compile))
-                             if on)
-        raise ValueError(f"{flags} optimise PyTorch weights, but {args.weights} is an exported "
-                         "model that runs in its own runtime; leave the flag out")
+        flags = [f for f, on in (("--fast", args.fast), ("--compile", args.compile)) if on]
+        raise ValueError(optimisation_refused(args.weights, flags, "flag"))
     fast = optimize_for_inference(model, precision=args.precision, compile=args.compile)
     return fast, "fp32"
 
@@ -294,12 +281,13 @@ def _resolve_device(name: str) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from pspnet.checkpoint import load_model
     from pspnet.config import Preprocessing
     from pspnet.engine.predict import OutputOptions, expand_inputs, predict_files
     from pspnet.inference import InferenceOptions
 
     inputs = expand_inputs(args.inputs)
-    model = _load_any(args.weights, args.device)
+    model = load_model(args.weights, device=_resolve_device(args.device))
     model, precision = _fast_path(model, args)
     meta = getattr(model, "meta", None)
     crop = (args.crop_size, args.crop_size) if args.crop_size else None
@@ -378,9 +366,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pspnet.checkpoint import load_model
-    from pspnet.export import export_onnx, export_torchscript
+    from pspnet.export import export_onnx, export_torchscript, is_exported
 
     model = load_model(args.weights)
+    if is_exported(model):
+        raise ValueError(f"{args.weights} is already an exported model; export the PyTorch "
+                         "weights it was made from")
     if args.format == "onnx":
         report = export_onnx(model, args.out, height=args.height, width=args.width,
                              dynamic=args.dynamic, output=args.output, check=not args.no_check)
@@ -422,12 +413,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
+    from pspnet.checkpoint import load_model
     from pspnet.data.datasets import SegmentationDataset, list_file_samples, make_label_map
     from pspnet.engine.evaluate import evaluate_model, write_metrics
     from pspnet.engine.metrics import save_confusion_png
     from pspnet.inference import InferenceOptions
 
-    model = _load_any(args.weights, device)
+    model = load_model(args.weights, device=device)
     model, precision = _fast_path(model, args)
     meta = getattr(model, "meta", None)
     num_classes = args.num_classes or (meta.model.num_classes if meta else None)

@@ -37,7 +37,8 @@ unsafe pickling.
 Modules: :mod:`~pspnet.checkpoint.files` (safe reading, atomic writes),
 :mod:`~pspnet.checkpoint.weights` (our directory format), :mod:`~pspnet.checkpoint.foreign`
 (layouts and their conversion), :mod:`~pspnet.checkpoint.training` (the training-checkpoint
-format) and :mod:`~pspnet.checkpoint.load` (:func:`load_model`, the one loader).
+format), :mod:`~pspnet.checkpoint.exported` (runtimes of ONNX / TorchScript exports) and
+:mod:`~pspnet.checkpoint.load` (:func:`load_model`, the one loader, which opens exports too).
 """
 
 
