@@ -27,7 +27,7 @@ EDGES: dict[str, set[str]] = {
     "pspnet.models": {"pspnet.config"},
     "pspnet.data": {"pspnet.config"},
     "pspnet.report": {"pspnet.config", "pspnet.data", "pspnet.precision"},
-    "pspnet.inference": set(),
+    "pspnet.inference": {"pspnet.precision"},  # autocast dtypes, the Precision type
     "pspnet.checkpoint": {"pspnet.config", "pspnet.data", "pspnet.models"},
     "pspnet": {"pspnet.checkpoint", "pspnet.config", "pspnet.models"},
     "pspnet.engine": set(),

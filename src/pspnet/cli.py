@@ -277,7 +277,8 @@ def _resolve_device(name: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pspnet.checkpoint import load_model
     from pspnet.config import Preprocessing
-    from pspnet.engine.predict import PredictOptions, expand_inputs, predict_files
+    from pspnet.engine.predict import OutputOptions, expand_inputs, predict_files
+    from pspnet.inference import InferenceOptions
 
     inputs = expand_inputs(args.inputs)
     model = load_model(args.weights, device=_resolve_device(args.device))
@@ -291,13 +292,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
               "sliding window of that size", file=sys.stderr)
     if args.mode == "slide" and crop is None:
         raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
-    opts = PredictOptions(mode=args.mode, crop_size=crop, scales=tuple(args.scales),
-                          flip=args.flip, precision=precision, overlays=not args.no_overlay,
-                          alpha=args.alpha, batch_size=args.tile_batch)
+    opts = InferenceOptions(mode=args.mode, crop_size=crop, scales=tuple(args.scales),
+                            flip=args.flip, precision=precision, batch_size=args.tile_batch)
     summary = predict_files(
         model, inputs, args.out,
         preprocess=meta.preprocess if meta else Preprocessing(),
         opts=opts,
+        output=OutputOptions(alpha=args.alpha, overlays=not args.no_overlay),
         class_names=meta.classes if meta else None,
         palette=meta.palette if meta else None,
         num_classes=meta.model.num_classes if meta else None,
@@ -411,6 +412,7 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
     from pspnet.data.datasets import SegmentationDataset, list_file_samples, make_label_map
     from pspnet.engine.evaluate import evaluate_model, write_metrics
     from pspnet.engine.metrics import save_confusion_png
+    from pspnet.inference import InferenceOptions
 
     model = load_model(args.weights, device=device)
     model, precision = _fast_path(model, args)
@@ -434,10 +436,14 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
     if args.mode == "slide" and crop is None and not args.protocol:
         raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
     protocol = _protocol(args, crop)
+    if protocol is not None:  # the preset defines the prediction; the flags only how to run it
+        options = protocol.replace(precision=precision, batch_size=args.tile_batch)
+    else:
+        options = InferenceOptions(mode=args.mode, scales=tuple(args.scales), flip=args.flip,
+                                   crop_size=crop, precision=precision,
+                                   batch_size=args.tile_batch)
     metrics = evaluate_model(
-        model, data, num_classes=num_classes, ignore_index=args.ignore_index,
-        protocol=protocol, mode=args.mode, scales=tuple(args.scales), flip=args.flip,
-        crop_size=crop, precision=precision, tile_batch_size=args.tile_batch,
+        model, data, options, num_classes=num_classes, ignore_index=args.ignore_index,
         save_predictions_dir=out / "predictions" if args.save_predictions else None,
         class_names=names, palette=meta.palette if meta else None,
         preprocess=meta.preprocess if meta else None, progress=not args.quiet,
