@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pspnet
-from pspnet import export as ex
+from pspnet.export import onnx as ex
 from pspnet.checkpoint import WeightsMeta
 from pspnet.export import (
     ExactAdaptivePool2d,

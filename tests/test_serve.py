@@ -40,9 +40,15 @@ for _module in ("fastapi", "uvicorn", "python_multipart"):
     pytest.importorskip(_module, reason=_NEEDS_EXTRA)
 
 import pspnet  # noqa: E402
-from pspnet.checkpoint import WeightsMeta, load_model, save_weights  # noqa: E402
+from pspnet.checkpoint import (  # noqa: E402
+    CheckpointError,
+    WeightsMeta,
+    load_model,
+    save_weights,
+)
 from pspnet.config import ModelConfig, Preprocessing  # noqa: E402
-from pspnet.engine.predict import PredictOptions, to_tensor  # noqa: E402
+from pspnet.engine.predict import to_tensor  # noqa: E402
+from pspnet.inference import InferenceOptions  # noqa: E402
 from pspnet.export import export_onnx, export_torchscript  # noqa: E402
 from pspnet.inference import predict  # noqa: E402
 from pspnet.serve import (  # noqa: E402
@@ -51,7 +57,6 @@ from pspnet.serve import (  # noqa: E402
     ServerThread,
     create_app,
     host_warning,
-    load_for_serving,
     serve,
     serve_from_args,
 )
@@ -82,7 +87,7 @@ def start() -> Iterator[Callable[..., ServerThread]]:
     """Start servers for a test; all are stopped at its end."""
     servers: list[ServerThread] = []
 
-    def _start(m: nn.Module, options: PredictOptions | None = None,
+    def _start(m: nn.Module, options: InferenceOptions | None = None,
                **limits: object) -> ServerThread:
         lim = ServeLimits(**limits)  # type: ignore[arg-type]
         srv = ServerThread(create_app(m, limits=lim, options=options), limits=lim).start()
@@ -661,7 +666,7 @@ def test_onnx_export_is_served_with_its_metadata(start, tiny, tmp_path) -> None:
     path = tmp_path / "model.onnx"
     export_onnx(tiny, path, height=EXPORT_HW[0], width=EXPORT_HW[1], dynamic=True,
                 timing_runs=0)
-    srv = start(load_for_serving(path))
+    srv = start(load_model(path))
     doc = json.loads(request(srv.port, "GET", "/health")[2])
     assert doc["classes"] == list(CLASSES) and doc["model"] == "pspnet_r18"
     index = json.loads(request(srv.port, "GET", "/")[2])
@@ -681,7 +686,7 @@ def test_onnx_export_is_served_with_its_metadata(start, tiny, tmp_path) -> None:
 
 
 def test_fixed_size_export_is_served_with_a_window_of_its_size(start, tiny, exports) -> None:
-    srv = start(load_for_serving(exports["logits.ts"]))
+    srv = start(load_model(exports["logits.ts"]))
     index = json.loads(request(srv.port, "GET", "/")[2])
     assert index["inference"]["mode"] == "slide"
     assert index["inference"]["crop_size"] == list(EXPORT_HW)
@@ -694,7 +699,7 @@ def test_fixed_size_export_is_served_with_a_window_of_its_size(start, tiny, expo
         assert status == 200
         assert_same_mask(body, eager_labels(tiny, data, mode="slide", crop_size=EXPORT_HW))
     # Told to run whole images, it takes its own size only and says so: 422, not a 500.
-    whole = start(load_for_serving(exports["logits.ts"]), options=PredictOptions())
+    whole = start(load_model(exports["logits.ts"]), options=InferenceOptions())
     status, _, body = post_image(whole.port, png_bytes())
     assert status == 422 and "accepts 48x32 only" in json.loads(body)["error"]
     data = png_bytes(*EXPORT_HW)
@@ -704,7 +709,7 @@ def test_fixed_size_export_is_served_with_a_window_of_its_size(start, tiny, expo
 
 
 def test_labels_export_is_served_exactly_or_refused(start, tiny, exports) -> None:
-    model = load_for_serving(exports["labels.ts"])
+    model = load_model(exports["labels.ts"])
     srv = start(model)
     assert json.loads(request(srv.port, "GET", "/")[2])["export"]["output"] == "labels"
     for h, w in [EXPORT_HW, (20, 30)]:  # one tile (padded when smaller): exact labels
@@ -720,16 +725,16 @@ def test_labels_export_is_served_exactly_or_refused(start, tiny, exports) -> Non
     assert status == 422 and "class labels" in msg and "at most 48x32" in msg
     assert request(srv.port, "GET", "/health")[0] == 200
     with pytest.raises(ServeError, match=r"labels\.ts returns class labels.*--output logits"):
-        create_app(model, options=PredictOptions(mode="slide", crop_size=EXPORT_HW, flip=True))
+        create_app(model, options=InferenceOptions(mode="slide", crop_size=EXPORT_HW, flip=True))
     with pytest.raises(ServeError, match=r"accepts only 32x48 .* use crop_size=\(32, 48\)"):
-        create_app(model, options=PredictOptions(mode="slide", crop_size=(16, 16)))
+        create_app(model, options=InferenceOptions(mode="slide", crop_size=(16, 16)))
 
 
 def test_export_without_class_metadata_serves_class_indices(start, tmp_path) -> None:
     torch.manual_seed(1)
     path = tmp_path / "bare.ts"
     export_torchscript(TinySegmenter(len(CLASSES)).eval(), path, height=20, width=30, timing_runs=0)
-    srv = start(load_for_serving(path))
+    srv = start(load_model(path))
     doc = json.loads(request(srv.port, "GET", "/health")[2])
     assert doc["classes"] == ["0", "1", "2"] and doc["model"] == "torchscript export bare.ts"
     assert post_image(srv.port, png_bytes(20, 30))[0] == 200
@@ -738,8 +743,8 @@ def test_export_without_class_metadata_serves_class_indices(start, tmp_path) -> 
 def test_missing_onnxruntime_is_one_clear_error(monkeypatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
-    with pytest.raises(ServeError, match=r"cannot serve .*m\.onnx.*pspnet\[onnx\]"):
-        load_for_serving(tmp_path / "m.onnx")
+    with pytest.raises(CheckpointError, match=r"cannot run .*m\.onnx.*pspnet\[onnx\]"):
+        load_model(tmp_path / "m.onnx")
 
 
 def test_serve_entry_point_serves_an_exported_file(tiny, exports) -> None:

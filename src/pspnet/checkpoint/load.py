@@ -11,16 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pspnet.checkpoint.exported import exported_kind, open_export
 from pspnet.checkpoint.files import EXPECTED_WEIGHTS, CheckpointError, read_torch_file
 from pspnet.checkpoint.foreign import (
-    LAYOUT_OPTIONS,
-    TRAIN_LAYOUT,
-    convert_state_dict,
-    detect_layout,
-    infer_options,
-    read_foreign,
-    unwrap_state_dict,
-    why_not_loadable,
+    LAYOUT_OPTIONS, TRAIN_LAYOUT, convert_state_dict, detect_layout, infer_options, read_foreign,
+    unwrap_state_dict, why_not_loadable,
 )
 from pspnet.checkpoint.weights import (
     LoadReport,
@@ -141,7 +136,9 @@ def load_model(
         path: One of our weight directories (or its ``model.safetensors``, which is the same),
             a training checkpoint (``WORK_DIR/checkpoints/last.pt``: rebuilt from its stored
             model config), or a foreign checkpoint (hszhao/semseg ``.pth``, mmsegmentation
-            ``.pth``, a mit-semseg directory or encoder/decoder file).
+            ``.pth``, a mit-semseg directory or encoder/decoder file), or an ONNX / TorchScript
+            file from ``pspnet export`` (recognised by its content; see
+            :func:`pspnet.checkpoint.exported.open_export`).
         arch: Architecture name; checked against a weight directory or training checkpoint,
             inferred for foreign files when possible.
         num_classes: Number of classes; checked against the file.
@@ -155,14 +152,23 @@ def load_model(
     Returns:
         The model in eval mode. Call it on an (N, 3, H, W) float tensor normalised as the
         authors do (RGB, ImageNet mean/std on the 0..255 scale); it returns ``{"out": logits}``
-        with logits (N, C, H, W). ``model.meta`` holds the :class:`WeightsMeta`.
+        with logits (N, C, H, W). ``model.meta`` holds the :class:`WeightsMeta`. An export
+        gives its runtime (:class:`~pspnet.checkpoint.exported.OnnxSegmenter` or
+        :class:`~pspnet.checkpoint.exported.TorchScriptSegmenter`, on the CPU), which returns
+        the logits tensor itself.
 
     Raises:
-        CheckpointError: A missing path, a file that is not a checkpoint (ONNX, TorchScript,
-            text: the message says what it is and what reads it), an unsafe pickle, or weights
-            that contradict ``arch`` / ``num_classes`` / ``options``.
+        CheckpointError: A missing path, a file that is not a checkpoint (ONNX or TorchScript
+            without pspnet export metadata, text: the message says what it is and what reads
+            it), an unsafe pickle, weights that contradict ``arch`` / ``num_classes`` /
+            ``options``, ``precision`` / ``compile`` for an export, or an ONNX export without
+            onnxruntime installed (the message names the extra).
     """
     p = Path(path)
+    kind = exported_kind(p)
+    if kind is not None:  # an ONNX / TorchScript file from `pspnet export`
+        return open_export(p, kind, arch, num_classes, precision=precision, compile=compile,
+                           **options)
     if not p.exists():
         raise CheckpointError(f"{p} does not exist ({EXPECTED_WEIGHTS})")
     if p.is_file() and p.suffix == ".safetensors" and is_weight_dir(p.parent):
