@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "ablation.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "ablation.py"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import torch
 import pspnet
 from golden import deterministic_images, fill_deterministic, to_semseg_layout
 
-FIXTURE = Path(__file__).parent / "fixtures" / "semseg_golden.npz"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "semseg_golden.npz"
 CASES = [("pspnet50", (1, 3, 473, 473)), ("pspnet50", (1, 3, 377, 473)), ("pspnet101", (1, 3, 473, 473))]
 
 
