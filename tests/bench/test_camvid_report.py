@@ -157,6 +157,7 @@ def test_train_refuses_to_extend_a_finished_run(camvid_mod, tmp_path, monkeypatc
     assert not (work / camvid_mod.RUNS_FILE).exists()  # nothing was launched
 
 
+@pytest.mark.slow
 def test_report_with_budget_runs(camvid_mod, tmp_path, monkeypatch):
     """--budget-runs: each run scored on test, tabulated against its training time, plotted."""
     data = make_fake_camvid(tmp_path / "camvid")
