@@ -79,9 +79,9 @@ def test_tile_batch_reaches_the_sliding_window(tmp_path: Path, weights: Path, mo
     seen = []
     real = predict_mod.predict_labels_tiled
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["batch_size"])
-        return real(*args, **kwargs)
+    def spy(model, x, options, **kwargs):  # the InferenceOptions travel as one object
+        seen.append(options.batch_size)
+        return real(model, x, options, **kwargs)
 
     monkeypatch.setattr(predict_mod, "predict_labels_tiled", spy)
     argv = ["predict", "--weights", str(weights), str(tmp_path / "im.png"), "--out",

@@ -13,8 +13,8 @@ from torch import nn
 
 from pspnet.inference import (
     MULTI_SCALES,
+    InferenceOptions,
     PROTOCOLS,
-    Protocol,
     default_stride,
     get_protocol,
     predict,
@@ -497,7 +497,7 @@ def test_protocol_descriptions_agree_with_their_settings() -> None:
 def test_protocol_presets_and_lookup() -> None:
     assert {"semseg", "semseg-ms", "mmseg-whole", "mmseg-slide"} <= set(PROTOCOLS)
     for proto in PROTOCOLS.values():
-        assert isinstance(proto, Protocol) and proto.description and proto.source
+        assert isinstance(proto, InferenceOptions) and proto.description and proto.source
     semseg = PROTOCOLS["semseg"]
     assert semseg.scales == (1.0,) and semseg.flip and semseg.mode == "slide"
     assert PROTOCOLS["semseg-ms"].scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -531,7 +531,7 @@ def dataclasses_frozen_error() -> type[Exception]:
 
 @pytest.mark.parametrize("block_cols", [1, 3, 64])
 def test_column_blocks_do_not_change_results(monkeypatch, block_cols) -> None:
-    import pspnet.inference as inference
+    import pspnet.inference.window as inference
 
     model = context_model(seed=2)
     x = images(1, 70, 12, seed=5)
@@ -561,22 +561,23 @@ def test_normalise_images_honours_channel_order():
 def test_mirrored_view_equals_predicting_the_flipped_image(pad_mode, size) -> None:
     """The flip view is run on the mirrored grid without a flipped copy of the image; it must
     equal predicting the flipped image (its own padding and tiles) and flipping back."""
-    import pspnet.inference as inference
+    import pspnet.inference.window as inference
+    from pspnet.inference import InferenceOptions
 
     model = context_model(seed=6)
     x = images(1, *size, seed=7)
     kw = dict(crop_size=(8, 7), stride=(5, 3), batch_size=3, pad_mode=pad_mode, average="logit")
     ref = predict_sliding(model, x.flip(-1), **kw).flip(-1)
-    spec = inference._make_spec(
-        **kw, pad_value=0.0, flip=False, align_corners=False, precision="fp32",
-        accumulate_device=None, num_classes=None,
+    win = inference._window(
+        InferenceOptions(**kw, pad_value=0.0, flip=False, align_corners=False, precision="fp32"),
+        tile_flip=False, acc_device=None, num_classes=None,
     )  # fmt: skip
-    got = inference._sliding(model, x, spec, accumulate_dtype=torch.float32, mirrored=True)
+    got = inference._sliding(model, x, win, mirrored=True)
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
 
 
 def test_last_tile_row_joins_the_previous_strip() -> None:
-    from pspnet.inference import _strips
+    from pspnet.inference.window import _strips
 
     # Regular rows stay apart: the carry between them is crop - stride rows.
     assert _strips([0, 5, 10], crop_h=8, stride_h=5) == [[0], [5], [10]]

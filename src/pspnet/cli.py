@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pspnet.config.flags import TRAIN_FLAGS
+
 EPILOG = """examples:
   pspnet demo                                      # train PSPNet + FCN on generated scenes, report
   pspnet train --data-root D --train-list D/train.txt --val-list D/val.txt --num-classes 11 \\
@@ -33,18 +35,10 @@ EPILOG = """examples:
 
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``--set key=value`` for model options (values parsed as YAML)."""
-    import yaml
+    """``--set key=value`` for model options (values parsed as YAML; ``model.`` optional)."""
+    from pspnet.config import parse_override
 
-    from pspnet.config import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} must look like key=value (e.g. align_corners=true)")
-        k, v = item.split("=", 1)
-        out[k.strip().removeprefix("model.")] = yaml.safe_load(v)
-    return out
+    return {k.removeprefix("model."): v for k, v in map(parse_override, items)}
 
 
 #: A ``--set`` word: a dotted key, ``=``, a value (possibly empty).
@@ -283,7 +277,8 @@ def _resolve_device(name: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pspnet.checkpoint import load_model
     from pspnet.config import Preprocessing
-    from pspnet.engine.predict import PredictOptions, expand_inputs, predict_files
+    from pspnet.engine.predict import OutputOptions, expand_inputs, predict_files
+    from pspnet.inference import InferenceOptions
 
     inputs = expand_inputs(args.inputs)
     model = load_model(args.weights, device=_resolve_device(args.device))
@@ -297,13 +292,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
               "sliding window of that size", file=sys.stderr)
     if args.mode == "slide" and crop is None:
         raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
-    opts = PredictOptions(mode=args.mode, crop_size=crop, scales=tuple(args.scales),
-                          flip=args.flip, precision=precision, overlays=not args.no_overlay,
-                          alpha=args.alpha, batch_size=args.tile_batch)
+    opts = InferenceOptions(mode=args.mode, crop_size=crop, scales=tuple(args.scales),
+                            flip=args.flip, precision=precision, batch_size=args.tile_batch)
     summary = predict_files(
         model, inputs, args.out,
         preprocess=meta.preprocess if meta else Preprocessing(),
         opts=opts,
+        output=OutputOptions(alpha=args.alpha, overlays=not args.no_overlay),
         class_names=meta.classes if meta else None,
         palette=meta.palette if meta else None,
         num_classes=meta.model.num_classes if meta else None,
@@ -385,18 +380,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pspnet.config.flags import flag_values
+    import os
+
     from pspnet.engine.train import train_from_args
 
     result = train_from_args(
-        args.data_root, args.train_list, args.val_list, args.num_classes,
-        class_names=args.class_names, arch=args.arch, crop_size=args.crop_size,
-        batch_size=args.batch_size, epochs=args.epochs, time_budget=args.time_budget,
-        work_dir=args.work_dir, resume=args.resume, config_file=args.config,
-        overrides=args.set, progress=not args.quiet, skip_bad=args.skip_bad,
-    )
-    best = f", best val mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
-    print(f"trained {result.iterations} iterations in {result.elapsed_s / 60:.1f} min "
-          f"({result.stop_reason}){best}; final weights: {result.final_dir}")
+        config_file=args.config, overrides=args.set, progress=not args.quiet,
+        **flag_values(args),
+    )  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the job
+        best = f", best val mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
+        print(f"trained {result.iterations} iterations in {result.elapsed_s / 60:.1f} min "
+              f"({result.stop_reason}){best}; final weights: {result.final_dir}")
     return 0
 
 
@@ -416,6 +412,7 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
     from pspnet.data.datasets import SegmentationDataset, list_file_samples, make_label_map
     from pspnet.engine.evaluate import evaluate_model, write_metrics
     from pspnet.engine.metrics import save_confusion_png
+    from pspnet.inference import InferenceOptions
 
     model = load_model(args.weights, device=device)
     model, precision = _fast_path(model, args)
@@ -439,10 +436,14 @@ def _evaluate(args: argparse.Namespace, rank: int, device: str) -> int:
     if args.mode == "slide" and crop is None and not args.protocol:
         raise ValueError("--mode slide needs --crop-size N (e.g. 473)")
     protocol = _protocol(args, crop)
+    if protocol is not None:  # the preset defines the prediction; the flags only how to run it
+        options = protocol.replace(precision=precision, batch_size=args.tile_batch)
+    else:
+        options = InferenceOptions(mode=args.mode, scales=tuple(args.scales), flip=args.flip,
+                                   crop_size=crop, precision=precision,
+                                   batch_size=args.tile_batch)
     metrics = evaluate_model(
-        model, data, num_classes=num_classes, ignore_index=args.ignore_index,
-        protocol=protocol, mode=args.mode, scales=tuple(args.scales), flip=args.flip,
-        crop_size=crop, precision=precision, tile_batch_size=args.tile_batch,
+        model, data, options, num_classes=num_classes, ignore_index=args.ignore_index,
         save_predictions_dir=out / "predictions" if args.save_predictions else None,
         class_names=names, palette=meta.palette if meta else None,
         preprocess=meta.preprocess if meta else None, progress=not args.quiet,
@@ -591,24 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("train", help="train on list-file data (CPU defaults; torchrun for DDP)")
-    s.add_argument("--data-root", help="root the list files' paths are relative to")
-    s.add_argument("--train-list", help="training list: 'image label' per line")
-    s.add_argument("--val-list", help="validation list (validation during training)")
-    s.add_argument("--num-classes", type=int, help="number of classes in the labels")
-    s.add_argument("--class-names", help="class names file (one a line, or CamVid classes.txt)")
-    s.add_argument("--arch", help="architecture (default pspnet_r18 on CPU)")
-    s.add_argument("--crop-size", type=int, help="training crop (default: from the data, <= 320)")
-    s.add_argument("--batch-size", type=int, help="images per optimizer step (default 8)")
-    s.add_argument("--epochs", type=int, help="passes over the training list (--time-budget "
-                                            "overrides it)")
-    s.add_argument("--time-budget", type=float, metavar="MIN",
-                   help="minutes; the poly schedule is planned to end when they are spent")
-    s.add_argument("--work-dir", help="output folder (checkpoints, final/, best/, log.jsonl)")
-    s.add_argument("--resume", metavar="auto|PATH", help="continue a run (auto: newest good)")
+    for flag in TRAIN_FLAGS:  # one row per flag, each setting one config key
+        flag.add_to(s)
     s.add_argument("--config", help="YAML config (see configs/)")
-    s.add_argument("--skip-bad", type=int, nargs="?", const=10, metavar="N",
-                   help="leave out up to N bad samples (default N: 10), listed in "
-                        "WORK_DIR/skipped.json; without it the first bad file stops the run")
     s.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="dotted overrides (one or more), e.g. optim.lr=0.02 "
                         "train.precision=fp32")

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from pspnet.config import ConfigError
+
+#: An explicit arithmetic for a forward pass (``auto`` is resolved before it gets here).
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+#: The autocast dtype of each reduced precision (fp32 runs without autocast).
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_has_native_bf16() -> bool:
@@ -63,5 +70,4 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """``torch.autocast`` for a bf16/fp16 step on ``device``; nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])

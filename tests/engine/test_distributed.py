@@ -72,12 +72,12 @@ def test_two_process_torchrun_training(tiny_data: dict, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "pspnet.engine.train", "--config", str(cfg_file), "--no-progress"],
+         "-m", "pspnet", "train", "--config", str(cfg_file), "-q"],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert out.count("done: 4 iterations") == 1, out  # rank 0 only
+    assert out.count("trained 4 iterations") == 1, out  # rank 0 only
     records = [json.loads(x) for x in (work / "log.jsonl").read_text().splitlines()]
     starts = [r for r in records if r["event"] == "start"]
     assert len(starts) == 1 and starts[0]["world_size"] == 2

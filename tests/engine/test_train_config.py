@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pspnet.config import Config, ConfigError
-from pspnet.engine.train import build_config
+from pspnet.engine.run_config import build_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -2,7 +2,7 @@
 last good checkpoint survives, and only rank 0 writes.
 
 The failure is injected from the outside, into the real worker process: the test starts
-``torchrun --nproc-per-node 2 -m pspnet.engine.train`` on a tiny data set, waits until rank 0's
+``torchrun --nproc-per-node 2 -m pspnet train`` on a tiny data set, waits until rank 0's
 ``log.jsonl`` shows a checkpoint and later iterations, finds the rank-1 worker (a child of
 torchrun whose environment has ``RANK=1``, read from ``/proc``) and sends it a signal.
 """
@@ -121,8 +121,8 @@ class _Job:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--standalone",
-             "--nproc-per-node", "2", "-m", "pspnet.engine.train", "--config", str(cfg_file),
-             "--no-progress"],
+             "--nproc-per-node", "2", "-m", "pspnet", "train", "--config", str(cfg_file),
+             "-q"],
             stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
             start_new_session=True,
         )  # fmt: skip
@@ -222,7 +222,7 @@ def _check_outputs(job: _Job, first_ckpt: int) -> None:
 
 def _assert_ended_cleanly(job: _Job, out: str, first_ckpt: int) -> None:
     """The job did not finish, left no process behind, and rank 0's files are intact."""
-    assert "done:" not in out, out
+    assert "trained " not in out, out
     assert job.leftovers() == [], f"processes left running:\n{out}"
     _check_outputs(job, first_ckpt)
 

@@ -111,10 +111,10 @@ def _train_pipeline(
 
     The config is ``pspnet train``'s defaults for that data (the paper's random scale 0.5-2,
     rotation +-10 degrees, blur, flip, crop and normalisation), the set is the one the training
-    loop builds from it; :func:`pspnet.engine.train.training_loader` reads it as training does.
+    loop builds from it; :func:`pspnet.data.training.training_loader` reads it as training does.
     """
     from pspnet.config import Config
-    from pspnet.engine.train import build_data
+    from pspnet.data.training import build_data
 
     camvid = _camvid_or_none(source, camvid_root)
     if camvid is not None:
@@ -138,7 +138,7 @@ def _time_loader(cfg: Any, train_set: Any, workers: int, batch: int, batches: in
                  warmup_batches: int, case: str) -> tuple[dict[str, Any], BenchResult]:
     """Read ``warmup_batches + batches`` batches with ``workers`` workers; time the last ones."""
     from pspnet.engine.distributed import TrainBatchSampler
-    from pspnet.engine.train import training_loader
+    from pspnet.data.training import training_loader
 
     sampler = TrainBatchSampler(len(train_set), batch, seed=0)
     loader = training_loader(cfg, train_set, sampler, num_workers=workers)

@@ -42,7 +42,6 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "all_gather_object",
-    "all_reduce_sum",
     "epoch_permutation",
     "shard_indices",
     "TrainBatchSampler",
@@ -213,19 +212,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum ``t`` over the processes in place (on the device NCCL needs); returns ``t``."""
-    if not is_distributed():
-        return t
-    work = t
-    if dist.get_backend() == "nccl" and t.device.type != "cuda":
-        work = t.to(torch.device("cuda", torch.cuda.current_device()))
-    dist.all_reduce(work, op=dist.ReduceOp.SUM)
-    if work is not t:
-        t.copy_(work.to(t.device))
-    return t
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Evaluate a segmentation model on a labelled data set: mIoU, mAcc, allAcc, per-class scores.
 
-:func:`evaluate_model` runs :func:`pspnet.inference.predict` (whole image by default, or any
-sliding-window / multi-scale / flip setting, or a named protocol such as the authors'
-``semseg``) on every image at its original size, takes the argmax, and accumulates one
+:func:`evaluate_model` runs :func:`pspnet.inference.predict` with one
+:class:`~pspnet.inference.InferenceOptions` (whole image by default, or any sliding-window /
+multi-scale / flip setting, or a named protocol such as the authors' ``semseg``) on every image at its original size, takes the argmax, and accumulates one
 :class:`~pspnet.engine.metrics.ConfusionMatrix`. Under ``torchrun`` each process evaluates the
 disjoint strided shard ``rank, rank + world, ...`` of the data set (no padding, so no image is
 counted twice) and the confusion matrices are summed with an all-reduce: every process returns
@@ -33,7 +33,8 @@ from pspnet.data.palette import default_palette, save_mask_png
 from pspnet.engine.distributed import get_rank, get_world_size, shard_indices
 from pspnet.engine.metrics import ConfusionMatrix, Convention, SegMetrics
 from pspnet.engine.optim import unwrap_model
-from pspnet.inference import Protocol, get_protocol, normalise_images, predict
+from pspnet.inference import InferenceOptions, get_protocol, normalise_images, predict
+from pspnet.inference.options import resolve_options
 
 __all__ = ["evaluate_model", "save_prediction_png", "write_metrics"]
 
@@ -82,19 +83,11 @@ def save_prediction_png(
 def evaluate_model(
     model: nn.Module,
     data: Dataset | DataLoader | Iterable[Any],
+    options: InferenceOptions | str | None = None,
     *,
     num_classes: int,
     ignore_index: int = 255,
-    protocol: str | Protocol | None = None,
-    mode: str = "whole",
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    crop_size: int | tuple[int, int] | None = None,
-    stride: int | tuple[int, int] | None = None,
-    base_size: int | None = None,
-    img_scale: tuple[int, int] | None = None,
-    precision: str = "fp32",
-    tile_batch_size: int = 4,
+    protocol: InferenceOptions | str | None = None,
     convention: Convention = "nan",
     save_predictions_dir: str | Path | None = None,
     class_names: Sequence[str] | None = None,
@@ -102,6 +95,7 @@ def evaluate_model(
     preprocess: Preprocessing | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    **overrides: Any,
 ) -> SegMetrics:
     """Score ``model`` on labelled data.
 
@@ -114,14 +108,12 @@ def evaluate_model(
             processes automatically; a loader is used as given (shard it yourself). Images
             must be normalised, except that a SegmentationDataset without a transform (raw
             0..255 images) is normalised here with ``preprocess``.
+        options: How to predict: an :class:`~pspnet.inference.InferenceOptions`, or the name
+            of a :data:`pspnet.inference.PROTOCOLS` preset. Default: one whole-image pass at
+            scale 1 without flip. ``align_corners`` left None is the model's own.
         num_classes: Number of classes K.
         ignore_index: Label value left out of the metrics.
-        protocol: A :data:`pspnet.inference.PROTOCOLS` name or a Protocol; replaces
-            ``mode``/``scales``/``flip``/sizes.
-        mode, scales, flip, crop_size, stride, base_size, img_scale: Passed to
-            :func:`pspnet.inference.predict` (``mode="whole"``, one scale, no flip by default).
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the forward passes.
-        tile_batch_size: Tiles per forward pass in sliding-window mode.
+        protocol: The older name of ``options`` (give one of them).
         convention: ``"nan"`` or ``"semseg"`` for classes that never occur.
         save_predictions_dir: Write ``<dir>/<name>.png`` prediction maps (original size).
         class_names: Only used to check the count (names go in :func:`write_metrics`).
@@ -129,6 +121,8 @@ def evaluate_model(
         preprocess: Normalisation for raw datasets (default: ImageNet mean/std, RGB).
         num_workers: DataLoader workers when ``data`` is a dataset.
         progress: Show a tqdm bar (rank 0 only).
+        **overrides: :class:`~pspnet.inference.InferenceOptions` fields applied on top of
+            ``options``, e.g. ``mode="slide", crop_size=473`` or ``precision="bf16"``.
 
     Returns:
         The :class:`~pspnet.engine.metrics.SegMetrics` of the whole data set (all processes).
@@ -136,100 +130,118 @@ def evaluate_model(
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
     net = unwrap_model(model)
-    if protocol is not None:
-        proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
-        kwargs = proto.predict_kwargs()
-    else:
-        ac = bool(getattr(net, "align_corners", False))
-        kwargs = {
-            "mode": mode,
-            "scales": tuple(scales),
-            "flip": flip,
-            "crop_size": crop_size,
-            "stride": stride,
-            "base_size": base_size,
-            "img_scale": img_scale,
-            "align_corners": ac,
-        }
-
-    rank, world = get_rank(), get_world_size()
-    normalise: Preprocessing | None = None
-    loader: Iterable[Any]
-    total: int | None = None
-    if isinstance(data, Dataset) and hasattr(data, "__len__") and not isinstance(data, DataLoader):
-        if getattr(data, "transform", "given") is None and hasattr(data, "samples"):
-            normalise = preprocess or Preprocessing()
-        idx = shard_indices(len(data), rank, world)  # type: ignore[arg-type]
-        subset = Subset(data, list(idx)) if world > 1 else data
-        total = len(idx)
-        loader = DataLoader(
-            subset,
-            batch_size=1,
-            shuffle=False,
-            num_workers=num_workers,
-            collate_fn=_first,
-            generator=torch.Generator(),  # never draw from the global RNG
-        )
-    else:
-        loader = data
-        total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
-
+    opts = _options(net, options, protocol, overrides)
+    rank = get_rank()
+    loader, total, normalise = _loader(data, preprocess, num_workers)
     out_dir = Path(save_predictions_dir) if save_predictions_dir is not None else None
-    pal = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        pal = np.asarray(palette, dtype=np.uint8) if palette is not None else default_palette(256)
-        if pal.ndim != 2 or pal.shape[1] != 3 or (num_classes <= 255 and len(pal) < num_classes):
-            raise ValueError(f"palette must have at least {num_classes} RGB colours")
-
-    # Exported runtimes (ONNX, TorchScript wrappers) have no parameters: they run on the CPU.
-    device = next(iter(net.parameters()), torch.empty(0)).device
+    pal = _prediction_palette(out_dir, palette, num_classes)
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     was_training = net.training
     net.eval()
-    bar = None
-    if progress and rank == 0:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc="evaluating", unit="img", leave=False)
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            bar = None
-    seen = 0
+    bar = _progress_bar(total) if progress and rank == 0 else None
     try:
-        for item in loader:
-            images, labels, names = _as_batch(item, seen)
-            images = images.float()
-            if normalise is not None:
-                images = normalise_images(images, normalise)
-            probs = predict(
-                net,
-                images.to(device),
-                num_classes=num_classes,
-                batch_size=tile_batch_size,
-                precision=precision,  # type: ignore[arg-type]
-                **kwargs,
-            )
-            pred = probs.argmax(dim=1).cpu()  # (N, H, W)
-            del probs
-            if pred.shape != labels.shape:
-                raise ValueError(
-                    f"prediction {tuple(pred.shape)} and label {tuple(labels.shape)} differ in "
-                    f"size for {names[0]!r}; evaluation runs at the original image size"
-                )
-            cm.update(pred, labels)
-            if out_dir is not None:
-                for i, name in enumerate(names):
-                    save_prediction_png(out_dir / f"{name}.png", pred[i].numpy(), pal)
-            seen += len(names)
-            if bar is not None:
-                bar.update(len(names))
+        _score(net, loader, opts, cm, normalise=normalise, out=(out_dir, pal), bar=bar)
     finally:
         if bar is not None:
             bar.close()
         net.train(was_training)
     cm.all_reduce()
     return cm.compute(convention)
+
+
+def _options(
+    net: nn.Module, options: InferenceOptions | str | None,
+    protocol: InferenceOptions | str | None, overrides: dict[str, Any],
+) -> InferenceOptions:
+    """The evaluation's inference options: a preset or given options, then ``overrides``."""
+    if options is not None and protocol is not None:
+        raise TypeError("give options or protocol (its older name), not both")
+    chosen = options if options is not None else protocol
+    base = get_protocol(chosen) if isinstance(chosen, str) else chosen
+    opts = resolve_options(base, overrides)
+    return opts.with_align_corners(bool(getattr(net, "align_corners", False)))
+
+
+def _loader(
+    data: Dataset | DataLoader | Iterable[Any], preprocess: Preprocessing | None,
+    num_workers: int,
+) -> tuple[Iterable[Any], int | None, Preprocessing | None]:
+    """``(batches, their count if known, normalisation for raw images or None)``.
+
+    A map-style dataset is sharded across ``torchrun`` processes and loaded one image at a
+    time (sizes differ); anything else is used as given.
+    """
+    if not (isinstance(data, Dataset) and hasattr(data, "__len__")
+            and not isinstance(data, DataLoader)):
+        return data, len(data) if hasattr(data, "__len__") else None, None  # type: ignore[arg-type]
+    normalise = None
+    if getattr(data, "transform", "given") is None and hasattr(data, "samples"):
+        normalise = preprocess or Preprocessing()
+    rank, world = get_rank(), get_world_size()
+    idx = shard_indices(len(data), rank, world)  # type: ignore[arg-type]
+    subset = Subset(data, list(idx)) if world > 1 else data
+    loader = DataLoader(
+        subset,
+        batch_size=1,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_first,
+        generator=torch.Generator(),  # never draw from the global RNG
+    )
+    return loader, len(idx), normalise
+
+
+def _prediction_palette(
+    out_dir: Path | None, palette: Sequence[Sequence[int]] | np.ndarray | None, num_classes: int
+) -> np.ndarray | None:
+    """Create ``out_dir`` and check the colours of its prediction PNGs (None: no PNGs)."""
+    if out_dir is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pal = np.asarray(palette, dtype=np.uint8) if palette is not None else default_palette(256)
+    if pal.ndim != 2 or pal.shape[1] != 3 or (num_classes <= 255 and len(pal) < num_classes):
+        raise ValueError(f"palette must have at least {num_classes} RGB colours")
+    return pal
+
+
+def _progress_bar(total: int | None) -> Any:
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc="evaluating", unit="img", leave=False)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+
+
+def _score(
+    net: nn.Module, loader: Iterable[Any], opts: InferenceOptions, cm: ConfusionMatrix, *,
+    normalise: Preprocessing | None, out: tuple[Path | None, np.ndarray | None], bar: Any,
+) -> None:
+    """Predict every batch of ``loader`` into ``cm`` (and the prediction PNGs of ``out``)."""
+    out_dir, pal = out
+    # Exported runtimes (ONNX, TorchScript wrappers) have no parameters: they run on the CPU.
+    device = next(iter(net.parameters()), torch.empty(0)).device
+    seen = 0
+    for item in loader:
+        images, labels, names = _as_batch(item, seen)
+        images = images.float()
+        if normalise is not None:
+            images = normalise_images(images, normalise)
+        probs = predict(net, images.to(device), opts, num_classes=cm.num_classes)
+        pred = probs.argmax(dim=1).cpu()  # (N, H, W)
+        del probs
+        if pred.shape != labels.shape:
+            raise ValueError(
+                f"prediction {tuple(pred.shape)} and label {tuple(labels.shape)} differ in "
+                f"size for {names[0]!r}; evaluation runs at the original image size"
+            )
+        cm.update(pred, labels)
+        if out_dir is not None:
+            for i, name in enumerate(names):
+                save_prediction_png(out_dir / f"{name}.png", pred[i].numpy(), pal)
+        seen += len(names)
+        if bar is not None:
+            bar.update(len(names))
 
 
 def write_metrics(

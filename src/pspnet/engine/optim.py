@@ -15,7 +15,6 @@ new end.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -172,9 +171,3 @@ class PolySchedule:
             f"PolySchedule(base_lr={self.base_lr}, max_iter={self.max_iter}, power={self.power}, "
             f"t0={self.t0}, p0={self.p0:.6f})"
         )
-
-
-def iter_params(groups: Iterable[dict[str, Any]]) -> Iterable[nn.Parameter]:
-    """All parameters of some groups (helper for tests and gradient clipping)."""
-    for g in groups:
-        yield from g["params"]

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,32 +21,29 @@ from torch import nn
 from pspnet.config import Preprocessing
 from pspnet.data.io import IMAGE_EXTENSIONS, DataError, read_image
 from pspnet.data.palette import default_palette, overlay, save_mask_png
-from pspnet.inference import predict, predict_labels_tiled
+from pspnet.inference import InferenceOptions, predict, predict_labels_tiled
 
-__all__ = ["PredictOptions", "VIDEO_EXTENSIONS", "expand_inputs", "to_tensor", "predict_array",
+__all__ = ["OutputOptions", "VIDEO_EXTENSIONS", "expand_inputs", "to_tensor", "predict_array",
            "predict_files"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 
 
-@dataclass(frozen=True)
-class PredictOptions:
-    """How to run the model on each image."""
+#: The older name of the inference settings; the file predictor takes
+#: :class:`~pspnet.inference.InferenceOptions` (how to predict) and :class:`OutputOptions`
+#: (what to write).
 
-    mode: Literal["whole", "slide"] = "whole"
-    crop_size: tuple[int, int] | None = None
-    """Sliding-window crop (required for ``mode="slide"``)."""
-    stride: tuple[int, int] | None = None
-    """Window stride; default 2/3 of the crop."""
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    batch_size: int = 4
-    """Crops per forward pass in sliding-window mode."""
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What :func:`predict_files` writes besides the masks, and what it reads."""
+
     alpha: float = 0.5
     """Overlay opacity."""
     overlays: bool = True
+    """Also write ``<stem>_overlay.png`` (and a video's ``_overlay.mp4``)."""
     max_pixels: int = 120_000_000
+    """Refuse larger images (decompression bombs)."""
 
 
 @dataclass
@@ -109,39 +106,36 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.inference_mode()
 def predict_array(
-    model: nn.Module, image: np.ndarray, pre: Preprocessing, opts: PredictOptions,
+    model: nn.Module, image: np.ndarray, pre: Preprocessing, opts: InferenceOptions,
     num_classes: int | None = None,
 ) -> np.ndarray:
-    """Class index map (H, W) of one RGB uint8 image at its own size."""
+    """Class index map (H, W) of one RGB uint8 image at its own size.
+
+    ``opts.align_corners`` left None is the model's own (``model.config.align_corners``).
+    """
     x = to_tensor(image, pre).to(_device(model))
-    align = bool(getattr(getattr(model, "config", None), "align_corners", False))
-    if opts.mode == "slide" and tuple(opts.scales) == (1.0,):
+    opts = opts.with_align_corners(
+        bool(getattr(getattr(model, "config", None), "align_corners", False))
+    )
+    if opts.mode == "slide" and opts.scales == (1.0,):
         # Single-scale sliding window: reduce to labels block by block, so a huge image never
         # needs a (C, H, W) score tensor (memory stays bounded by the crop and the width).
-        labels = predict_labels_tiled(
-            model, x, crop_size=opts.crop_size, stride=opts.stride, num_classes=num_classes,
-            batch_size=opts.batch_size, flip=opts.flip, flip_mode="image",
-            precision=opts.precision, align_corners=align,
-        )[0]
+        labels = predict_labels_tiled(model, x, opts, num_classes=num_classes)[0]
         return labels.cpu().numpy()
-    probs = predict(
-        model, x, mode=opts.mode, scales=opts.scales, flip=opts.flip, crop_size=opts.crop_size,
-        stride=opts.stride, num_classes=num_classes, batch_size=opts.batch_size,
-        precision=opts.precision, align_corners=align,
-    )
+    probs = predict(model, x, opts, num_classes=num_classes)
     labels = probs.argmax(1)[0]  # (H, W)
     return labels.to(torch.uint8 if probs.shape[1] <= 256 else torch.int32).cpu().numpy()
 
 
 def _save(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, palette: np.ndarray,
-          class_names: Sequence[str] | None, opts: PredictOptions) -> dict[str, Any]:
+          class_names: Sequence[str] | None, output: OutputOptions) -> dict[str, Any]:
     mask_path = out_dir / f"{stem}.png"
     save_mask_png(mask_path, labels, palette)
     rec: dict[str, Any] = {"mask": str(mask_path), "height": int(labels.shape[0]),
                            "width": int(labels.shape[1])}
-    if opts.overlays:
+    if output.overlays:
         ov_path = out_dir / f"{stem}_overlay.png"
-        overlay(image, labels, palette, opts.alpha, class_names).save(ov_path)
+        overlay(image, labels, palette, output.alpha, class_names).save(ov_path)
         rec["overlay"] = str(ov_path)
     counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(palette))
     rec["class_fraction"] = {
@@ -174,7 +168,7 @@ def _frames(path: Path) -> Iterator[tuple[np.ndarray, float]]:
 
 
 def _predict_video(model: nn.Module, path: Path, out_dir: Path, pre: Preprocessing,
-                   opts: PredictOptions, palette: np.ndarray,
+                   opts: InferenceOptions, output: OutputOptions, palette: np.ndarray,
                    class_names: Sequence[str] | None, num_classes: int | None,
                    progress: bool) -> dict[str, Any]:
     import cv2  # type: ignore[import-not-found]
@@ -189,9 +183,10 @@ def _predict_video(model: nn.Module, path: Path, out_dir: Path, pre: Preprocessi
             labels = predict_array(model, frame, pre, opts, num_classes)
             save_mask_png(frame_dir / f"{n:06d}.png", labels, palette)
             n += 1
-            if not opts.overlays:
+            if not output.overlays:
                 continue
-            ov = np.asarray(overlay(frame, labels, palette, opts.alpha, class_names, legend=False))
+            ov = np.asarray(overlay(frame, labels, palette, output.alpha, class_names,
+                                    legend=False))
             if writer is None:
                 h, w = ov.shape[:2]
                 writer = cv2.VideoWriter(str(video_out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
@@ -206,7 +201,7 @@ def _predict_video(model: nn.Module, path: Path, out_dir: Path, pre: Preprocessi
     if n == 0:
         raise DataError(f"{path}: the video has no readable frames")
     return {"video": str(path), "frames": n, "masks": str(frame_dir),
-            "overlay": str(video_out) if opts.overlays else None}
+            "overlay": str(video_out) if output.overlays else None}
 
 
 def predict_files(
@@ -215,7 +210,8 @@ def predict_files(
     out_dir: str | Path,
     *,
     preprocess: Preprocessing,
-    opts: PredictOptions,
+    opts: InferenceOptions,
+    output: OutputOptions | None = None,
     class_names: Sequence[str] | None = None,
     palette: np.ndarray | Sequence[Sequence[int]] | None = None,
     num_classes: int | None = None,
@@ -229,7 +225,8 @@ def predict_files(
         inputs: Files from :func:`expand_inputs`.
         out_dir: Output folder (created).
         preprocess: Normalisation the model expects.
-        opts: Inference options.
+        opts: How to predict (:class:`~pspnet.inference.InferenceOptions`).
+        output: Overlays, their opacity, the image size limit (default :class:`OutputOptions`).
         class_names: For the legend and the summary.
         palette: Class colours (default: VOC palette).
         num_classes: Number of classes (for the palette and sliding-window buffers).
@@ -245,6 +242,7 @@ def predict_files(
     out.mkdir(parents=True, exist_ok=True)
     n_pal = max(num_classes or 0, len(class_names or ()), 1)
     pal = np.asarray(palette if palette is not None else default_palette(max(n_pal, 2)), np.uint8)
+    output = output or OutputOptions()
     summary = PredictSummary()
     files = list(inputs)
     seen: set[str] = set()
@@ -253,12 +251,13 @@ def predict_files(
         seen.add(stem)
         try:
             if path.suffix.lower() in VIDEO_EXTENSIONS:
-                rec = _predict_video(model, path, out, preprocess, opts, pal, class_names,
-                                     num_classes, progress)
+                rec = _predict_video(model, path, out, preprocess, opts, output, pal,
+                                     class_names, num_classes, progress)
             else:
-                image = read_image(path, max_pixels=opts.max_pixels)
+                image = read_image(path, max_pixels=output.max_pixels)
                 labels = predict_array(model, image, preprocess, opts, num_classes)
-                rec = {"input": str(path), **_save(out, stem, image, labels, pal, class_names, opts)}
+                rec = {"input": str(path),
+                       **_save(out, stem, image, labels, pal, class_names, output)}
             summary.written.append(rec)
         except DataError as e:
             if not skip_bad:

@@ -1,0 +1,174 @@
+"""The configuration of a training run: from the flags of ``pspnet train``
+(:func:`build_config`), checked against the checkpoint it resumes (:func:`find_resume`,
+:func:`check_resume`) and completed for the data and the machine (:func:`resolve_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pspnet.checkpoint.training import find_checkpoint, load_checkpoint
+from pspnet.config import Config, ConfigError, apply_overrides, load_yaml, merge
+from pspnet.config.flags import TRAIN_FLAGS, flags_tree
+from pspnet.data.layouts import get_dataset_spec
+from pspnet.data.training import TrainData, auto_crop
+from pspnet.engine.distributed import DistInfo, broadcast_object
+from pspnet.precision import resolve_channels_last, resolve_precision
+from pspnet.report.machine import usable_cpus
+
+__all__ = ["CPU_OUTPUT_STRIDE", "build_config", "check_resume", "find_resume", "resolve_config"]
+
+#: Output stride ``pspnet train`` uses on a CPU when neither a config file nor ``--set`` gives
+#: one. Measured on two AVX2 cores (pspnet_r18, 240x320 crops, batch 8, fp32): ~2.3-2.9 s a
+#: step at stride 16 against ~4x that at stride 8; under a time budget the 4x more steps
+#: matter more than the finer features (docs/results.md uses it on CamVid).
+CPU_OUTPUT_STRIDE = 16
+
+
+def build_config(
+    *args: Any, config_file: str | os.PathLike[str] | None = None, overrides: Sequence[str] = (),
+    **flags: Any,
+) -> Config:  # fmt: skip
+    """The :class:`Config` of ``pspnet train``: defaults < config file < flags < overrides.
+
+    Without a config file, on a CPU, ``model.output_stride`` defaults to
+    :data:`CPU_OUTPUT_STRIDE` (16) unless ``--set model.output_stride=...`` says otherwise; with
+    a config file its values (the paper's 8 in ``configs/``) are used as written.
+
+    Args:
+        *args: Flag values in the order of :data:`~pspnet.config.flags.TRAIN_FLAGS`
+            (``data_root, train_list, val_list, num_classes, class_names, arch, ...``).
+        config_file: YAML config (--config).
+        overrides: ``key=value`` strings (--set), e.g. ``optim.lr=0.02``.
+        **flags: Flag values by name (``batch_size=4``: --batch-size); None: not given.
+
+    Raises:
+        ConfigError: Invalid values, or no number of classes anywhere.
+        TypeError: An unknown flag name or too many positional values.
+    """
+    if len(args) > len(TRAIN_FLAGS):
+        raise TypeError(f"build_config takes at most {len(TRAIN_FLAGS)} flag values by position")
+    for f, value in zip(TRAIN_FLAGS, args):
+        if f.dest in flags:
+            raise TypeError(f"build_config got two values for {f.dest!r}")
+        flags[f.dest] = value
+    tree: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    tree = merge(tree, flags_tree(flags))
+    tree = apply_overrides(tree, list(overrides))
+    model = tree.setdefault("model", {})
+    if model.get("num_classes") is None:
+        dataset = tree.get("data", {}).get("dataset")
+        if not dataset:
+            # The dataclass default (21) would silently train a VOC-sized head on any data.
+            raise ConfigError(
+                "`model.num_classes` is not set: give --num-classes K (the number of classes in "
+                "the labels, the ignore value not counted) or use a config file that sets it"
+            )
+        model["num_classes"] = get_dataset_spec(str(dataset)).num_classes
+    if not config_file and "output_stride" not in model and _trains_on_cpu(tree):
+        model["output_stride"] = CPU_OUTPUT_STRIDE  # a CPU default, written to config.yaml
+    return Config.from_dict(tree)
+
+
+def _trains_on_cpu(tree: dict[str, Any]) -> bool:
+    device = str(tree.get("train", {}).get("device", "auto"))
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def find_resume(cfg: Config, info: DistInfo) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint ``train.resume`` names and its state, or None (nothing to resume).
+
+    Rank 0 chooses (``auto``: the newest readable checkpoint of the work dir); the other ranks
+    read the file it chose.
+    """
+    resume = cfg.train.resume
+    if not resume:
+        return None
+    found: tuple[Path, dict[str, Any]] | None = None
+    path_str: str | None = None
+    if info.is_main:
+        if resume == "auto":
+            found = find_checkpoint(Path(cfg.train.work_dir))
+        else:
+            p = Path(resume)
+            found = find_checkpoint(p) if p.is_dir() else (p, load_checkpoint(p))
+        path_str = str(found[0]) if found else None
+    path_str = broadcast_object(path_str)
+    if path_str is None:
+        return None
+    if found is None:  # the other ranks read the file rank 0 chose
+        found = (Path(path_str), load_checkpoint(path_str))
+    return found
+
+
+def check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int) -> Config:
+    """Refuse incompatible resumes; take the schedule-defining values from the checkpoint."""
+    old = state["config"]
+    new = cfg.to_dict()
+    old_model, new_model = old.get("model", {}), new["model"]
+    for key in ("num_classes", "arch"):
+        if old_model.get(key) != new_model.get(key):
+            raise ConfigError(
+                f"cannot resume from {path}: it was trained with model.{key} = "
+                f"{old_model.get(key)!r} but the config now says {new_model.get(key)!r}. A "
+                "checkpoint continues the same model only; use a new --work-dir to train a "
+                "different one (or convert its weights and start afresh)."
+            )
+    diff = sorted(k for k in new_model if old_model.get(k) != new_model.get(k))
+    if diff:
+        shown = ", ".join(f"model.{k}: {old_model.get(k)!r} -> {new_model[k]!r}" for k in diff)
+        raise ConfigError(
+            f"cannot resume from {path}: the model options changed ({shown}); use a new "
+            "--work-dir to train a different model"
+        )
+    if int(state.get("world_size", 1)) != world:
+        raise ConfigError(
+            f"cannot resume from {path}: it was written by a run with {state.get('world_size')} "
+            f"processes, this run has {world}. Resume with the same number of processes "
+            "(the data order and batch-norm statistics depend on it)."
+        )
+    old_train = old.get("train", {})
+    if old_train.get("batch_size") != cfg.train.batch_size:
+        raise ConfigError(
+            f"cannot resume from {path}: train.batch_size was {old_train.get('batch_size')}, "
+            f"now {cfg.train.batch_size}; the position in the epoch depends on it"
+        )
+    changed = []
+    if old.get("optim") != new["optim"]:
+        changed.append("optim.*")
+    for key in ("seed", "epochs", "max_iter", "time_budget"):
+        if old_train.get(key) != new["train"].get(key):
+            changed.append(f"train.{key}")
+    if changed:
+        warnings.warn(
+            f"resuming from {path}: {', '.join(changed)} differ from the checkpoint; the "
+            "learning rate, schedule, seed and budget continue from the checkpoint",
+            stacklevel=3,
+        )
+    train_section = {**new["train"], **{k: old_train.get(k) for k in
+                                          ("seed", "epochs", "max_iter", "time_budget")}}
+    merged = {**new, "optim": old.get("optim", new["optim"]), "train": train_section}
+    return Config.from_dict(merged)
+
+
+def resolve_config(cfg: Config, data: TrainData, device: torch.device) -> Config:
+    """Fill in what the config left to the data and the machine, so config.yaml and the
+    checkpoints say what actually ran: crop, precision, channels-last, workers."""
+    crop = cfg.data.crop_size or auto_crop(data.train)
+    precision = resolve_precision(cfg.train.precision, device)
+    workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(2, usable_cpus())
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, crop_size=tuple(crop), num_workers=workers),
+        train=dataclasses.replace(
+            cfg.train, precision=precision,  # type: ignore[arg-type]
+            channels_last=resolve_channels_last(cfg.train.channels_last, device, precision),
+        ),
+    )
