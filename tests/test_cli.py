@@ -52,6 +52,7 @@ def weights(tmp_path: Path) -> Path:
     return save_weights(model, tmp_path / "w", WeightsMeta(model.config, classes=("a", "b", "c")))
 
 
+@pytest.mark.slow
 def test_predict_writes_index_pngs_and_overlays_at_original_size(tmp_path: Path, weights: Path) -> None:
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -71,6 +72,7 @@ def test_predict_writes_index_pngs_and_overlays_at_original_size(tmp_path: Path,
                  "--precision", "bf16", "-q"]) == 0
 
 
+@pytest.mark.slow
 def test_tile_batch_reaches_the_sliding_window(tmp_path: Path, weights: Path, monkeypatch,
                                                 capsys) -> None:
     import pspnet.engine.predict as predict_mod
@@ -95,6 +97,7 @@ def test_tile_batch_reaches_the_sliding_window(tmp_path: Path, weights: Path, mo
     assert "--tile-batch" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fast_and_compile_flags_predict_like_the_eager_model(tmp_path: Path, weights: Path,
                                                             capsys) -> None:
     rng = np.random.default_rng(3)
@@ -140,6 +143,7 @@ def test_predict_skip_bad_reports_and_keeps_going(tmp_path: Path, weights: Path)
     assert (out / "good.png").is_file()
 
 
+@pytest.mark.slow
 def test_predict_on_a_video(tmp_path: Path, weights: Path) -> None:
     cv2 = pytest.importorskip("cv2", reason="video needs pip install 'pspnet[video]'")
     video = tmp_path / "clip.mp4"
@@ -309,6 +313,7 @@ def _confusion(pred_dir: Path, lab_dir: Path, n: int) -> np.ndarray:
     not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript")),
     reason="onnx/onnxscript/onnxruntime not installed: pip install 'pspnet[onnx]'",
 )
+@pytest.mark.slow
 def test_labels_export_predicts_and_evaluates_whole_images(tmp_path: Path, tiny) -> None:
     from pspnet.export import export_onnx
 

@@ -73,6 +73,7 @@ def test_missing_name_is_a_one_line_error(name_list_root: Path,
     assert str(name_list_root / "images" / "test" / "0001TP_999999") in err
 
 
+@pytest.mark.slow
 def test_evaluate_reads_a_camvid_classes_file_with_a_void_entry(
         tmp_path: Path, name_list_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--class-names classes.txt` in CamVid's form: the `255 void` line is not a class."""

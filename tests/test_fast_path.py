@@ -42,6 +42,7 @@ def setup(fp_mod, tmp_path, monkeypatch):
     return data, weights
 
 
+@pytest.mark.slow
 def test_variants_scored_against_fp32_on_camvid_test(fp_mod, setup, tmp_path, capsys):
     data, weights = setup
     out = tmp_path / "out" / "fast_path"

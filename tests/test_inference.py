@@ -13,8 +13,8 @@ from torch import nn
 
 from pspnet.inference import (
     MULTI_SCALES,
+    InferenceOptions,
     PROTOCOLS,
-    Protocol,
     default_stride,
     get_protocol,
     predict,
@@ -497,7 +497,7 @@ def test_protocol_descriptions_agree_with_their_settings() -> None:
 def test_protocol_presets_and_lookup() -> None:
     assert {"semseg", "semseg-ms", "mmseg-whole", "mmseg-slide"} <= set(PROTOCOLS)
     for proto in PROTOCOLS.values():
-        assert isinstance(proto, Protocol) and proto.description and proto.source
+        assert isinstance(proto, InferenceOptions) and proto.description and proto.source
     semseg = PROTOCOLS["semseg"]
     assert semseg.scales == (1.0,) and semseg.flip and semseg.mode == "slide"
     assert PROTOCOLS["semseg-ms"].scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)

@@ -44,7 +44,7 @@ EDGES: dict[str, set[str]] = {
     "pspnet.engine.run_log": {"pspnet.checkpoint"},
     "pspnet.engine.run_config": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.distributed",
-        "pspnet.precision",
+        "pspnet.precision", "pspnet.report",
     },
     "pspnet.engine.setup": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.distributed",

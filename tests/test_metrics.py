@@ -75,7 +75,7 @@ def test_nan_for_absent_classes_and_semseg_convention() -> None:
     assert m.macc == pytest.approx(0.75)
     assert m.all_acc == pytest.approx(3 / 4)
 
-    s = cm.compute_semseg_convention()
+    s = cm.compute("semseg")
     assert s.convention == "semseg"
     assert not np.isnan(s.iou).any() and not np.isnan(s.acc).any()
     np.testing.assert_allclose(s.iou, [1.0, 0.5, 0.0, 0.0], atol=1e-9)

@@ -47,7 +47,8 @@ from pspnet.checkpoint import (  # noqa: E402
     save_weights,
 )
 from pspnet.config import ModelConfig, Preprocessing  # noqa: E402
-from pspnet.engine.predict import PredictOptions, to_tensor  # noqa: E402
+from pspnet.engine.predict import to_tensor  # noqa: E402
+from pspnet.inference import InferenceOptions  # noqa: E402
 from pspnet.export import export_onnx, export_torchscript  # noqa: E402
 from pspnet.inference import predict  # noqa: E402
 from pspnet.serve import (  # noqa: E402
@@ -86,7 +87,7 @@ def start() -> Iterator[Callable[..., ServerThread]]:
     """Start servers for a test; all are stopped at its end."""
     servers: list[ServerThread] = []
 
-    def _start(m: nn.Module, options: PredictOptions | None = None,
+    def _start(m: nn.Module, options: InferenceOptions | None = None,
                **limits: object) -> ServerThread:
         lim = ServeLimits(**limits)  # type: ignore[arg-type]
         srv = ServerThread(create_app(m, limits=lim, options=options), limits=lim).start()
@@ -698,7 +699,7 @@ def test_fixed_size_export_is_served_with_a_window_of_its_size(start, tiny, expo
         assert status == 200
         assert_same_mask(body, eager_labels(tiny, data, mode="slide", crop_size=EXPORT_HW))
     # Told to run whole images, it takes its own size only and says so: 422, not a 500.
-    whole = start(load_model(exports["logits.ts"]), options=PredictOptions())
+    whole = start(load_model(exports["logits.ts"]), options=InferenceOptions())
     status, _, body = post_image(whole.port, png_bytes())
     assert status == 422 and "accepts 48x32 only" in json.loads(body)["error"]
     data = png_bytes(*EXPORT_HW)
@@ -724,9 +725,9 @@ def test_labels_export_is_served_exactly_or_refused(start, tiny, exports) -> Non
     assert status == 422 and "class labels" in msg and "at most 48x32" in msg
     assert request(srv.port, "GET", "/health")[0] == 200
     with pytest.raises(ServeError, match=r"labels\.ts returns class labels.*--output logits"):
-        create_app(model, options=PredictOptions(mode="slide", crop_size=EXPORT_HW, flip=True))
+        create_app(model, options=InferenceOptions(mode="slide", crop_size=EXPORT_HW, flip=True))
     with pytest.raises(ServeError, match=r"accepts only 32x48 .* use crop_size=\(32, 48\)"):
-        create_app(model, options=PredictOptions(mode="slide", crop_size=(16, 16)))
+        create_app(model, options=InferenceOptions(mode="slide", crop_size=(16, 16)))
 
 
 def test_export_without_class_metadata_serves_class_indices(start, tmp_path) -> None:

@@ -34,7 +34,8 @@ from pspnet.data.scenes import (
 )
 from pspnet.engine.evaluate import evaluate_model, write_metrics
 from pspnet.engine.metrics import SegMetrics
-from pspnet.engine.predict import PredictOptions, predict_array
+from pspnet.engine.predict import predict_array
+from pspnet.inference import InferenceOptions
 from pspnet.engine.train import train
 from pspnet.report.charts import grouped_bars, tile_row
 
@@ -138,7 +139,7 @@ def _comparison(rows: list[_Row], data: Path, names: list[str], out: Path) -> li
         label = read_label(data / "labels" / "val" / f"{name}.png")
         tiles = [Image.fromarray(image), colorize(label, SCENES_PALETTE).convert("RGB")]
         for m in models:
-            pred = predict_array(m, image, m.meta.preprocess, PredictOptions(), len(SCENES_CLASSES))
+            pred = predict_array(m, image, m.meta.preprocess, InferenceOptions(), len(SCENES_CLASSES))
             tiles.append(overlay(image, pred, SCENES_PALETTE, 0.6, SCENES_CLASSES, legend=False))
         titles = ["image", "truth"] + [r.name.split(" ")[0] for r in rows]
         paths.append(tile_row(tiles, titles, out / f"compare_{name}.png"))

@@ -51,7 +51,8 @@ def make_pair(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
 
 def camvid_root() -> Path:
     """The shared CamVid copy (read-only), from PSPNET_CAMVID or the default location."""
-    return Path(os.environ.get("PSPNET_CAMVID", "/work/shared/data/camvid"))
+    default = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
+    return Path(os.environ.get("PSPNET_CAMVID", default))
 
 
 @pytest.fixture

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from _engine_tiny import NUM_CLASSES, make_tiny_dataset
 from PIL import Image
 
-from _engine_tiny import NUM_CLASSES, make_tiny_dataset
 from pspnet.cli import main
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_with_saved_predictions(tmp_path: Path) -> None:
     data = make_tiny_dataset(tmp_path / "data", n_train=6, n_val=3)
     work = tmp_path / "run"

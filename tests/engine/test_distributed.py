@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from _engine_tiny import tiny_config
-from pspnet.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
+
 from pspnet.checkpoint.training import load_checkpoint
+from pspnet.engine.distributed import SyncBatchNorm2d, convert_sync_batchnorm
 
 
 def _syncbn_worker(rank: int, store: str, data: torch.Tensor, coef: torch.Tensor) -> None:
@@ -61,6 +62,7 @@ def test_sync_batchnorm_on_cpu_matches_full_batch(tmp_path: Path) -> None:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_training(tiny_data: dict, tmp_path: Path) -> None:
     work = tmp_path / "run"
     cfg = tiny_config(
@@ -93,10 +95,12 @@ def test_two_process_torchrun_training(tiny_data: dict, tmp_path: Path) -> None:
         "last.pt", "latest", "prev.pt"]
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_evaluation_equals_one_process(tmp_path: Path) -> None:
     """`torchrun -m pspnet evaluate` on 2 processes: every image counted once, so the metrics
     equal a single-process run exactly (an odd number of images tests the uneven shard)."""
     from _engine_tiny import NUM_CLASSES, make_tiny_dataset
+
     from pspnet.checkpoint import WeightsMeta, save_weights
     from pspnet.config import ModelConfig
     from pspnet.models import build_model

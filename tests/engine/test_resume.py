@@ -75,6 +75,7 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_is_bit_identical(
     reference: Path, tiny_data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,6 +25,7 @@ def _events(work: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["event"] == kind]
 
 
+@pytest.mark.slow
 def test_short_run_loss_falls_and_writes_outputs(tiny_data: dict, tmp_path: Path) -> None:
     work = tmp_path / "run"
     names = tmp_path / "names.txt"
@@ -110,6 +111,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     assert _events(work, "diverged")[0]["iter"] == 4
 
 
+@pytest.mark.slow
 def test_time_budget_plans_the_schedule_and_writes_final(tiny_data: dict, tmp_path: Path) -> None:
     work = tmp_path / "run"
     budget_min = 0.25  # long enough for > warm-up + measured steps on a loaded machine
@@ -235,6 +237,7 @@ def test_corrupt_image_found_while_training_names_the_file(tmp_path: Path) -> No
     assert "train_001.png" in msg and "Traceback" not in msg and "--skip-bad" in msg
 
 
+@pytest.mark.slow
 def test_channels_last_auto_is_resolved_and_recorded(tiny_data: dict, tmp_path: Path) -> None:
     """auto: off for an fp32 step on a CPU (slower there), on for CUDA and bf16/fp16 steps;
     the checkpoint's config says what ran."""

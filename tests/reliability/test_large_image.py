@@ -46,6 +46,7 @@ def _run_child(tmp_path: Path, **options: Any) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow
 def test_6000x4000_image_predicts_in_bounded_memory(tmp_path: Path) -> None:
     """``predict_labels_tiled`` labels a 6000x4000 RGB image with a tiny PSPNet-R18 (11 classes,
     256x256 tiles) and its peak memory stays far below that of full-resolution scores.
@@ -96,6 +97,7 @@ def test_6000x4000_image_predicts_in_bounded_memory(tmp_path: Path) -> None:
     assert control >= 0.95 * FULL_LOGITS > BOUND, info
 
 
+@pytest.mark.slow
 def test_many_classes_on_a_wide_image_do_not_need_a_band_of_tile_rows(tmp_path: Path) -> None:
     """With 150 classes (ADE20K) the per-class sums dominate memory; they must not span a
     whole row of tiles.

@@ -227,6 +227,7 @@ def _assert_ended_cleanly(job: _Job, out: str, first_ckpt: int) -> None:
     _check_outputs(job, first_ckpt)
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_job(tiny_data: dict, tmp_path: Path) -> None:
     """Rank 1 is SIGKILLed mid-training: the job exits non-zero within seconds (torchrun sees
     the dead worker and tears down rank 0; gloo's closed connection would also fail it), not
@@ -253,6 +254,7 @@ def test_killed_rank_ends_the_job(tiny_data: dict, tmp_path: Path) -> None:
         job.close()
 
 
+@pytest.mark.slow
 def test_frozen_rank_times_out(tiny_data: dict, tmp_path: Path) -> None:
     """Rank 1 is frozen (SIGSTOP) mid-training: it neither exits nor closes its sockets, so
     torchrun sees nothing wrong and only ``train.dist_timeout`` can end the wait. Rank 0 must

@@ -45,36 +45,17 @@ format), :mod:`~pspnet.checkpoint.exported` (runtimes of ONNX / TorchScript expo
 from __future__ import annotations
 
 from pspnet.checkpoint.files import (
-    EXPECTED_WEIGHTS,
-    CheckpointError,
-    atomic_write_bytes,
-    detect_file_kind,
-    read_torch_file,
+    EXPECTED_WEIGHTS, CheckpointError, atomic_write_bytes, detect_file_kind, read_torch_file,
 )
 from pspnet.checkpoint.foreign import (
-    LAYOUT_OPTIONS,
-    TRAIN_LAYOUT,
-    convert_state_dict,
-    detect_layout,
-    infer_options,
-    read_foreign,
+    LAYOUT_OPTIONS, TRAIN_LAYOUT, convert_state_dict, detect_layout, infer_options, read_foreign,
 )
 from pspnet.checkpoint.load import (
-    convert,
-    load_backbone_weights,
-    load_foreign,
-    load_model,
+    convert, load_backbone_weights, load_foreign, load_model,
 )
 from pspnet.checkpoint.weights import (
-    CONFIG_FILE,
-    FORMAT_VERSION,
-    WEIGHTS_FILE,
-    LoadReport,
-    WeightsMeta,
-    load_state_dict_checked,
-    load_weights,
-    read_meta,
-    save_weights,
+    CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, LoadReport, WeightsMeta, load_state_dict_checked,
+    load_weights, read_meta, save_weights,
 )
 
 __all__ = [

@@ -14,14 +14,8 @@ from torch import Tensor, nn
 from pspnet.checkpoint.exported import exported_kind, open_export
 from pspnet.checkpoint.files import EXPECTED_WEIGHTS, CheckpointError, read_torch_file
 from pspnet.checkpoint.foreign import (
-    LAYOUT_OPTIONS,
-    TRAIN_LAYOUT,
-    convert_state_dict,
-    detect_layout,
-    infer_options,
-    read_foreign,
-    unwrap_state_dict,
-    why_not_loadable,
+    LAYOUT_OPTIONS, TRAIN_LAYOUT, convert_state_dict, detect_layout, infer_options, read_foreign,
+    unwrap_state_dict, why_not_loadable,
 )
 from pspnet.checkpoint.weights import (
     LoadReport,

@@ -426,16 +426,8 @@ def train_transform(
     Returns:
         A callable producing float32 ``(3, h, w)`` and int64 ``(h, w)`` tensors.
     """
-    aug = TrainAugment(
-        crop_size,
-        scale=scale,
-        rotate=rotate,
-        blur=blur,
-        flip=flip,
-        mean=mean,
-        std=std,
-        ignore_index=ignore_index,
-    )
+    aug = TrainAugment(crop_size, scale=scale, rotate=rotate, blur=blur, flip=flip, mean=mean,
+                       std=std, ignore_index=ignore_index)
     return aug if fused else aug.reference()
 
 

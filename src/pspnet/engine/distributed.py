@@ -265,16 +265,8 @@ class TrainBatchSampler:
         ValueError: The batch does not split evenly, or the data set is smaller than a batch.
     """
 
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        *,
-        accum_steps: int = 1,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, n: int, batch_size: int, *, accum_steps: int = 1, rank: int = 0,
+                 world_size: int = 1, seed: int = 0) -> None:
         parts = world_size * accum_steps
         if batch_size % parts:
             raise ValueError(
@@ -286,12 +278,8 @@ class TrainBatchSampler:
                 f"the training set has {n} images, fewer than one batch of {batch_size}; "
                 "lower the batch size (--batch-size) or add data"
             )
-        self.n = n
-        self.batch_size = batch_size
-        self.accum_steps = accum_steps
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
+        self.n, self.batch_size, self.accum_steps = n, batch_size, accum_steps
+        self.rank, self.world_size, self.seed = rank, world_size, seed
         self.micro_batch = batch_size // parts
         self.steps_per_epoch = n // batch_size
         self.epoch = 0

@@ -363,7 +363,3 @@ class ConfusionMatrix:
             The metrics.
         """
         return metrics_from_confusion(self.matrix, convention)
-
-    def compute_semseg_convention(self) -> SegMetrics:
-        """Shorthand for ``compute("semseg")``: the authors' convention (absent classes = 0)."""
-        return self.compute("semseg")

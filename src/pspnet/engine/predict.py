@@ -23,7 +23,7 @@ from pspnet.data.io import IMAGE_EXTENSIONS, DataError, read_image
 from pspnet.data.palette import default_palette, overlay, save_mask_png
 from pspnet.inference import InferenceOptions, predict, predict_labels_tiled
 
-__all__ = ["OutputOptions", "PredictOptions", "VIDEO_EXTENSIONS", "expand_inputs", "to_tensor", "predict_array",
+__all__ = ["OutputOptions", "VIDEO_EXTENSIONS", "expand_inputs", "to_tensor", "predict_array",
            "predict_files"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
@@ -32,7 +32,6 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 #: The older name of the inference settings; the file predictor takes
 #: :class:`~pspnet.inference.InferenceOptions` (how to predict) and :class:`OutputOptions`
 #: (what to write).
-PredictOptions = InferenceOptions
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pspnet.data.layouts import get_dataset_spec
 from pspnet.data.training import TrainData, auto_crop
 from pspnet.engine.distributed import DistInfo, broadcast_object
 from pspnet.precision import resolve_channels_last, resolve_precision
+from pspnet.report.machine import usable_cpus
 
 __all__ = ["CPU_OUTPUT_STRIDE", "build_config", "check_resume", "find_resume", "resolve_config"]
 
@@ -162,7 +163,7 @@ def resolve_config(cfg: Config, data: TrainData, device: torch.device) -> Config
     checkpoints say what actually ran: crop, precision, channels-last, workers."""
     crop = cfg.data.crop_size or auto_crop(data.train)
     precision = resolve_precision(cfg.train.precision, device)
-    workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(2, _cpu_count())
+    workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(2, usable_cpus())
     return dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, crop_size=tuple(crop), num_workers=workers),
@@ -171,10 +172,3 @@ def resolve_config(cfg: Config, data: TrainData, device: torch.device) -> Config
             channels_last=resolve_channels_last(cfg.train.channels_last, device, precision),
         ),
     )
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1

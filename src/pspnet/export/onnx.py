@@ -218,25 +218,13 @@ def _output_name(output: Output) -> str:
     return "labels" if output == "labels" else "logits"
 
 
-def _embed_metadata(
-    program: Any,
-    model_fields: dict[str, Any],
-    size: tuple[int, int],
-    dynamic: bool,
-    output: Output,
-    num_classes: int,
-) -> dict[str, Any]:
+def _embed_metadata(program: Any, model_fields: dict[str, Any], size: tuple[int, int],
+                    dynamic: bool, output: Output, num_classes: int) -> dict[str, Any]:
     """Write the metadata document (and a few readable keys) into the model's properties."""
     doc = metadata_doc(
-        "onnx",
-        model_fields=model_fields,
-        size=size,
-        dynamic=dynamic,
-        output=output,
-        num_classes=num_classes,
-        min_size=_min_size(program) if dynamic else None,
-        output_name=_output_name(output),
-        opset=program.model.opset_imports.get(""),
+        "onnx", model_fields=model_fields, size=size, dynamic=dynamic, output=output,
+        num_classes=num_classes, min_size=_min_size(program) if dynamic else None,
+        output_name=_output_name(output), opset=program.model.opset_imports.get(""),
     )
     props = program.model.metadata_props
     props[METADATA_KEY] = json.dumps(doc)

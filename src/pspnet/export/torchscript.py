@@ -88,14 +88,8 @@ def export_torchscript(
     t0 = time.perf_counter()
     eager, ref, num_classes = prepare(model, output, height, width)
     doc = metadata_doc(
-        "torchscript",
-        model_fields=meta_fields(model, meta, num_classes),
-        size=(height, width),
-        dynamic=False,
-        output=output,
-        num_classes=num_classes,
-        min_size=None,
-        output_name=output,
+        "torchscript", model_fields=meta_fields(model, meta, num_classes), size=(height, width),
+        dynamic=False, output=output, num_classes=num_classes, min_size=None, output_name=output,
         opset=None,
     )
     with warnings.catch_warnings():

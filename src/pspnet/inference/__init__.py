@@ -33,7 +33,7 @@ Imports only torch, the standard library and :mod:`pspnet.precision`.
 from pspnet.inference.core import default_stride, normalise_images, rescaled_size, tile_starts
 from pspnet.inference.labels import predict_labels_tiled
 from pspnet.inference.multiscale import predict, predict_whole
-from pspnet.inference.options import MULTI_SCALES, PAD_MODES, InferenceOptions, Protocol
+from pspnet.inference.options import MULTI_SCALES, PAD_MODES, InferenceOptions
 from pspnet.inference.protocols import DATASET_SETTINGS, PROTOCOLS, get_protocol
 from pspnet.inference.window import predict_sliding
 
@@ -43,7 +43,6 @@ __all__ = [
     "PAD_MODES",
     "PROTOCOLS",
     "DATASET_SETTINGS",
-    "Protocol",
     "get_protocol",
     "default_stride",
     "tile_starts",

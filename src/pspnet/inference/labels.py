@@ -13,14 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from pspnet.inference.core import (
-    _check_eval,
-    _check_images,
-    _labels_refusal,
-    _model_device_dtype,
-    _pad_image,
-    _returns_labels,
-    _run_labels,
-    _tile_pads,
+    _check_eval, _check_images, _labels_refusal, _model_device_dtype, _pad_image, _returns_labels,
+    _run_labels, _tile_pads,
 )
 from pspnet.inference.options import InferenceOptions, resolve_options
 from pspnet.inference.window import _as_probs, _slide_blocks, _sum_views, _Window, _window
@@ -65,13 +59,8 @@ def _label_dtype(asked: torch.dtype | None, num_classes: int) -> torch.dtype:
 
 
 def predict_labels_tiled(
-    model: nn.Module,
-    images: Tensor,
-    options: InferenceOptions | None = None,
-    *,
-    num_classes: int | None = None,
-    label_dtype: torch.dtype | None = None,
-    **overrides: Any,
+    model: nn.Module, images: Tensor, options: InferenceOptions | None = None, *,
+    num_classes: int | None = None, label_dtype: torch.dtype | None = None, **overrides: Any,
 ) -> Tensor:
     """Sliding-window label map, computed block by block without a (C, H, W) score tensor.
 

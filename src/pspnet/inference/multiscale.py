@@ -71,14 +71,8 @@ def predict_whole(
     return out
 
 
-def predict(
-    model: nn.Module,
-    images: Tensor,
-    options: InferenceOptions | None = None,
-    *,
-    num_classes: int | None = None,
-    **overrides: Any,
-) -> Tensor:
+def predict(model: nn.Module, images: Tensor, options: InferenceOptions | None = None, *,
+            num_classes: int | None = None, **overrides: Any) -> Tensor:
     """Class probabilities at the input size, with optional multi-scale and flip augmentation.
 
     For every scale the batch is resized (bilinear, ``align_corners=False``, no antialiasing:

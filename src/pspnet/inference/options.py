@@ -20,7 +20,7 @@ from pspnet.precision import PRECISIONS, Precision
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["InferenceOptions", "Protocol", "MULTI_SCALES", "PAD_MODES", "resolve_options"]
+__all__ = ["InferenceOptions", "MULTI_SCALES", "PAD_MODES", "resolve_options"]
 
 PadMode = Literal["center", "bottom_right", "none"]
 PAD_MODES = ("center", "bottom_right", "none")
@@ -215,10 +215,6 @@ class InferenceOptions:
                 "Cityscapes): use .for_dataset(...) or .replace(base_size=...)"
             )
         return predict(model, images, self.replace(**runtime), num_classes=num_classes)
-
-
-#: The evaluation presets are :class:`InferenceOptions`; the old name stays for callers.
-Protocol = InferenceOptions
 
 
 def resolve_options(

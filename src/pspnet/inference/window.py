@@ -15,16 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from pspnet.inference.core import (
-    _check_eval,
-    _check_images,
-    _labels_refusal,
-    _model_device_dtype,
-    _pad_image,
-    _returns_labels,
-    _tile_pads,
-    _tile_scores,
-    default_stride,
-    tile_starts,
+    _check_eval, _check_images, _labels_refusal, _model_device_dtype, _pad_image, _returns_labels,
+    _tile_pads, _tile_scores, default_stride, tile_starts,
 )
 from pspnet.inference.options import InferenceOptions, resolve_options
 
@@ -328,14 +320,8 @@ def _as_probs(
 
 
 
-def predict_sliding(
-    model: nn.Module,
-    images: Tensor,
-    options: InferenceOptions | None = None,
-    *,
-    num_classes: int | None = None,
-    **overrides: Any,
-) -> Tensor:
+def predict_sliding(model: nn.Module, images: Tensor, options: InferenceOptions | None = None,
+                    *, num_classes: int | None = None, **overrides: Any) -> Tensor:
     """Sliding-window inference with overlapping tiles averaged by a count map.
 
     Each image is padded to at least the crop size, covered by a grid of tiles

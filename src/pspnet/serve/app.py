@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from pspnet.checkpoint import WeightsMeta
-from pspnet.engine.predict import PredictOptions
+from pspnet.inference import InferenceOptions
 from pspnet.serve.limits import (
     ALLOWED_FORMATS,
     COMMON_HEADERS,
@@ -104,7 +104,7 @@ def create_app(
     model: nn.Module,
     *,
     limits: ServeLimits = ServeLimits(),
-    options: PredictOptions | None = None,
+    options: InferenceOptions | None = None,
     meta: WeightsMeta | None = None,
 ) -> FastAPI:
     """The ASGI app serving ``model``.

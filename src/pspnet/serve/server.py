@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pspnet.checkpoint import load_model
-from pspnet.engine.predict import PredictOptions
+from pspnet.inference import InferenceOptions
 from pspnet.serve.app import create_app
 from pspnet.serve.limits import MAX_HEAD_BYTES, ServeError, ServeLimits, json_bytes, require_extras
 from pspnet.serve.service import Service
@@ -242,7 +242,7 @@ def serve(
     port: int = 8000,
     limits: ServeLimits = ServeLimits(),
     device: str = "cpu",
-    options: PredictOptions | None = None,
+    options: InferenceOptions | None = None,
     log_level: str = "info",
 ) -> None:
     """Load ``weights_path`` and serve it until interrupted (Ctrl+C / SIGTERM). Blocks.

@@ -24,7 +24,8 @@ from pspnet.checkpoint import WeightsMeta
 from pspnet.checkpoint.exported import is_exported
 from pspnet.config import Preprocessing
 from pspnet.data.palette import colorize, default_palette
-from pspnet.engine.predict import PredictOptions, predict_array
+from pspnet.engine.predict import predict_array
+from pspnet.inference import InferenceOptions
 from pspnet.serve.limits import ApiError, ServeError, ServeLimits, json_bytes
 from pspnet.serve.request import decode_image, image_bytes
 
@@ -96,14 +97,14 @@ class ModelInfo:
     classes: tuple[str, ...] | None
     palette: Any
     preprocess: Preprocessing
-    options: PredictOptions
+    options: InferenceOptions
     export: dict[str, Any] | None = None
     """Exported files only: ``runtime``, ``input_size`` (None: any size), ``min_size`` and
     ``output`` (``"logits"`` or ``"labels"``)."""
 
 
 def model_info(model: nn.Module, meta: WeightsMeta | None,
-                options: PredictOptions | None) -> ModelInfo:
+                options: InferenceOptions | None) -> ModelInfo:
     """Read classes, palette and preprocessing from ``meta``, ``model.meta`` or an export.
 
     Exported files (:func:`pspnet.export.load_exported`) bring their own metadata. A
@@ -121,7 +122,7 @@ def model_info(model: nn.Module, meta: WeightsMeta | None,
             raise ServeError("the model carries no `.meta` (WeightsMeta); load it with "
                              "pspnet.checkpoint.load_model or pass meta=")
         return ModelInfo(meta.model.arch, int(meta.model.num_classes), meta.classes,
-                          meta.palette, meta.preprocess, options or PredictOptions())
+                          meta.palette, meta.preprocess, options or InferenceOptions())
     name = model.path.name
     num_classes = model.num_classes or (meta.model.num_classes if meta else None)
     if not num_classes:
@@ -133,8 +134,8 @@ def model_info(model: nn.Module, meta: WeightsMeta | None,
     fixed = tuple(model.input_size) if model.input_size else None
     labels = model.output == "labels"
     if options is None:
-        options = (PredictOptions(mode="slide", crop_size=fixed) if fixed  # type: ignore[arg-type]
-                   else PredictOptions())
+        options = (InferenceOptions(mode="slide", crop_size=fixed) if fixed  # type: ignore[arg-type]
+                   else InferenceOptions())
     size = f"{fixed[0]}x{fixed[1]}" if fixed else ""
     if fixed and options.mode == "slide" and tuple(options.crop_size or ()) != fixed:
         raise ServeError(f"{model.path} accepts only {size} (height x width) inputs, but the "
