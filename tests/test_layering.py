@@ -62,10 +62,14 @@ EDGES: dict[str, set[str]] = {
         "pspnet.engine.setup", "pspnet.engine.state", "pspnet.precision",
     },
     "pspnet.export": {"pspnet", "pspnet.checkpoint", "pspnet.config"},
-    "pspnet.serve": {"pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.predict"},
+    "pspnet.serve": {
+        "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.predict",
+        "pspnet.inference",
+    },
     "pspnet.demo": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.evaluate",
-        "pspnet.engine.metrics", "pspnet.engine.predict", "pspnet.engine.train", "pspnet.report",
+        "pspnet.engine.metrics", "pspnet.engine.predict", "pspnet.engine.train", "pspnet.inference",
+        "pspnet.report",
     },
     "pspnet.benchmark": {
         "pspnet.config", "pspnet.data", "pspnet.engine.distributed", "pspnet.inference",
