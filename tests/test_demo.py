@@ -13,6 +13,7 @@ from pspnet.data.scenes import ScenesMismatchError
 from pspnet.demo import run_demo
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
     report = run_demo(tmp_path / "demo", minutes=0.1, n_train=16, n_val=3, size=64,
                       progress=False)

@@ -77,6 +77,7 @@ def _eager(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # Exact, shape-generic adaptive pooling (eager; always runs)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     h=st.integers(1, 40),
@@ -131,6 +132,7 @@ def ts_export(model: nn.Module, tmp_path_factory: pytest.TempPathFactory):
     return export_torchscript(model, path, height=SIZE[0], width=SIZE[1], timing_runs=1), path
 
 
+@pytest.mark.slow
 def test_torchscript_matches_eager_at_export_size(model, ts_export) -> None:
     report, path = ts_export
     assert report.ok and report.runtime == "torchscript" and not report.dynamic
@@ -145,6 +147,7 @@ def test_torchscript_matches_eager_at_export_size(model, ts_export) -> None:
     assert seg.classes == CLASSES and seg.input_size == SIZE
 
 
+@pytest.mark.slow
 def test_torchscript_refuses_other_sizes(ts_export) -> None:
     _, path = ts_export
     seg = load_exported(path)
@@ -158,6 +161,7 @@ def test_torchscript_refuses_other_sizes(ts_export) -> None:
         raw(_images(1, 57, 83))
 
 
+@pytest.mark.slow
 def test_torchscript_runtime_is_a_model_for_predict(model, ts_export) -> None:
     """A fixed-size export serves sliding-window inference with crop_size = export size."""
     _, path = ts_export
@@ -170,6 +174,7 @@ def test_torchscript_runtime_is_a_model_for_predict(model, ts_export) -> None:
         seg.train()
 
 
+@pytest.mark.slow
 def test_torchscript_metadata(ts_export) -> None:
     _, path = ts_export
     doc = read_metadata(path)
@@ -203,6 +208,7 @@ def fixed_labels_export(model: nn.Module, tmp_path_factory: pytest.TempPathFacto
     return report, path
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_dynamic_matches_eager_at_three_sizes(model, dynamic_export) -> None:
     report, path = dynamic_export
@@ -225,6 +231,7 @@ def test_onnx_dynamic_matches_eager_at_three_sizes(model, dynamic_export) -> Non
     torch.testing.assert_close(seg(x.numpy()), _eager(model, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_runtime_is_a_model_for_predict(model, dynamic_export) -> None:
     _, path = dynamic_export
@@ -235,6 +242,7 @@ def test_onnx_runtime_is_a_model_for_predict(model, dynamic_export) -> None:
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_metadata_carries_classes_and_preprocessing(dynamic_export) -> None:
     _, path = dynamic_export
@@ -252,6 +260,7 @@ def test_onnx_metadata_carries_classes_and_preprocessing(dynamic_export) -> None
     assert props["pspnet.input_size"] == "dynamic" and '"car"' in props["pspnet.classes"]
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_fixed_export_refuses_other_sizes(fixed_labels_export) -> None:
     report, path = fixed_labels_export
@@ -267,6 +276,7 @@ def test_onnx_fixed_export_refuses_other_sizes(fixed_labels_export) -> None:
     assert read_metadata(path)["input_size"] == list(SIZE)
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_labels_output_is_argmax(model, fixed_labels_export) -> None:
     _, path = fixed_labels_export
@@ -294,6 +304,7 @@ class _PoolNet(nn.Module):
         return {"out": F.interpolate(y, x.shape[-2:], mode="bilinear", align_corners=False)}
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_dynamic_max_pooling_is_exact(tmp_path) -> None:
     torch.manual_seed(0)

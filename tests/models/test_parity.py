@@ -17,7 +17,7 @@ import torch
 import pspnet
 from golden import deterministic_images, fill_deterministic, to_semseg_layout
 
-FIXTURE = Path(__file__).parent / "fixtures" / "semseg_golden.npz"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "semseg_golden.npz"
 CASES = [("pspnet50", (1, 3, 473, 473)), ("pspnet50", (1, 3, 377, 473)), ("pspnet101", (1, 3, 473, 473))]
 
 
@@ -32,6 +32,7 @@ def _max_rel_diff(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, shape", CASES)
 def test_authors_logits(tmp_path: Path, arch: str, shape: tuple[int, ...]) -> None:
     golden = np.load(FIXTURE)
@@ -50,6 +51,7 @@ def test_authors_logits(tmp_path: Path, arch: str, shape: tuple[int, ...]) -> No
     )
 
 
+@pytest.mark.slow
 def test_golden_check_is_sensitive_to_the_dilation_convention(tmp_path: Path) -> None:
     """mmseg's contracted dilation has the same weights but must not pass as the authors' net."""
     golden = np.load(FIXTURE)

@@ -23,6 +23,7 @@ def model() -> torch.nn.Module:
 X = deterministic_images((2, 3, 48, 40), seed=2)
 
 
+@pytest.mark.slow
 def test_folding_removes_every_bn_and_keeps_logits(model: torch.nn.Module) -> None:
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
@@ -31,6 +32,7 @@ def test_folding_removes_every_bn_and_keeps_logits(model: torch.nn.Module) -> No
         torch.testing.assert_close(folded(X)["out"], model(X)["out"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, tol", [("fp32", 1e-5), ("bf16", 0.05)])
 def test_optimized_model_matches_eager(model: torch.nn.Module, precision: str, tol: float) -> None:
     fast = optimize_for_inference(model, precision=precision)
@@ -43,6 +45,7 @@ def test_optimized_model_matches_eager(model: torch.nn.Module, precision: str, t
         fast.train()
 
 
+@pytest.mark.slow
 def test_load_model_precision_and_compile(tmp_path: Path, model: torch.nn.Module) -> None:
     d = save_weights(model, tmp_path / "w", WeightsMeta(model.config))
     fast = pspnet.load_model(d, precision="bf16")

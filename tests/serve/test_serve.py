@@ -597,6 +597,7 @@ def serve_subprocess(weights: Path) -> Iterator[int]:
     assert "EVERY network interface" not in out and "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_serve_entry_point_in_a_subprocess(weights: Path) -> None:
     with serve_subprocess(weights) as port:
         status, _, body = request(port, "GET", "/health")
@@ -661,6 +662,7 @@ def assert_same_mask(body: bytes, expected: tuple[np.ndarray, np.ndarray]) -> No
     assert np.array_equal(mask[clear], labels[clear])
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_export_is_served_with_its_metadata(start, tiny, tmp_path) -> None:
     path = tmp_path / "model.onnx"
@@ -747,6 +749,7 @@ def test_missing_onnxruntime_is_one_clear_error(monkeypatch, tmp_path) -> None:
         load_model(tmp_path / "m.onnx")
 
 
+@pytest.mark.slow
 def test_serve_entry_point_serves_an_exported_file(tiny, exports) -> None:
     with serve_subprocess(exports["logits.ts"]) as port:
         assert json.loads(request(port, "GET", "/health")[2])["classes"] == list(CLASSES)

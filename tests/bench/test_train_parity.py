@@ -34,6 +34,7 @@ def test_moving_average_and_log_reading(tp_mod, tmp_path):
     assert tp_mod.read_run_log(tmp_path / "missing.jsonl").finished_at is None
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:train.precision is bf16 but this CPU has no native bf16")
 def test_three_runs_compared_resumed_and_reported(tp_mod, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tp_mod, "git_commit", lambda *_: "abc1234")

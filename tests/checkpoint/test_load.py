@@ -34,6 +34,7 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
         return model.eval()(X)["out"]
 
 
+@pytest.mark.slow
 def test_create_save_load_same_logits(tmp_path: Path) -> None:
     model = pspnet.create_model("pspnet_r18", 3, output_stride=16, bins=(1, 3), head_channels=64)
     fill_deterministic(model, 1)
@@ -73,6 +74,7 @@ def _roundtrip_foreign(tmp_path: Path, foreign: Path, model: torch.nn.Module) ->
     assert torch.equal(_logits(load_model(out)), _logits(direct))
 
 
+@pytest.mark.slow
 def test_semseg_layout(tmp_path: Path) -> None:
     model = pspnet.create_model("pspnet50", 4)
     sd = fill_deterministic(model, 2)
@@ -82,6 +84,7 @@ def test_semseg_layout(tmp_path: Path) -> None:
     _roundtrip_foreign(tmp_path, path, model)
 
 
+@pytest.mark.slow
 def test_mmseg_layout_v1c_stem_and_meta(tmp_path: Path) -> None:
     model = pspnet.create_model(
         "pspnet50", 3, stem_width=32, contract_dilation=True, align_corners=False
@@ -97,6 +100,7 @@ def test_mmseg_layout_v1c_stem_and_meta(tmp_path: Path) -> None:
     assert not loaded.config.align_corners and loaded.meta.classes == ("x", "y", "z")
 
 
+@pytest.mark.slow
 def test_mit_semseg_encoder_decoder_pair(tmp_path: Path) -> None:
     model = pspnet.create_model(
         "pspnet50", 6, contract_dilation=True, align_corners=False, aux_channels=512
@@ -320,6 +324,7 @@ def test_a_damaged_training_checkpoint_gives_one_error_through_resume_and_load_m
 # Paths and file kinds
 
 
+@pytest.mark.slow
 def test_safetensors_path_gets_the_same_options_as_its_directory(tmp_path: Path) -> None:
     model = pspnet.create_model("pspnet_r18", 3, output_stride=16, bins=(1, 3), head_channels=64)
     fill_deterministic(model, 8)

@@ -487,7 +487,7 @@ def test_protocol_descriptions_agree_with_their_settings() -> None:
             assert ("one scale" in text) != multi, name
             assert ("No flip" in text) != proto.flip, name
             assert ("with horizontal flip" in text) == proto.flip, name
-    doc = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
     if doc.is_file():  # the page quotes each description in full
         lines = doc.read_text().splitlines()
         for name, proto in PROTOCOLS.items():

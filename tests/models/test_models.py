@@ -10,7 +10,13 @@ from pspnet.config import ConfigError
 from pspnet.models.backbone import stage_dilations
 
 
-@pytest.mark.parametrize("arch", pspnet.list_models())
+# The deep ResNets take several seconds each on a CPU.
+_SLOW_ARCHS = ("pspnet101", "pspnet152", "pspnet_r101")
+
+
+@pytest.mark.parametrize("arch", [
+    pytest.param(a, marks=pytest.mark.slow) if a in _SLOW_ARCHS else a for a in pspnet.list_models()
+])  # fmt: skip
 def test_every_arch_gives_input_sized_logits(arch: str) -> None:
     model = pspnet.create_model(arch, 3).eval()
     with torch.no_grad():
@@ -20,6 +26,7 @@ def test_every_arch_gives_input_sized_logits(arch: str) -> None:
     assert torch.isfinite(out["out"]).all()
 
 
+@pytest.mark.slow
 def test_training_mode_adds_aux_and_every_parameter_gets_a_gradient() -> None:
     model = pspnet.create_model("pspnet_r18", 4).train()
     out = model(torch.randn(2, 3, 45, 61))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import load_bench_script, one_torch_thread
 import torch
-from test_camvid_report import CLASSES, COLOURS, make_fake_camvid
+from camvid_fake import CLASSES, COLOURS, make_fake_camvid
 
 from pspnet.checkpoint import WeightsMeta, load_model, save_weights
 from pspnet.data.datasets import SegmentationDataset, camvid_samples

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "ablation.py"
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "ablation.py"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -15,6 +17,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           timeout=600, check=False)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sweep_resumes_and_reports(tmp_path: Path) -> None:
     work, out = tmp_path / "abl", tmp_path / "docs" / "ablation"
     tiny = ["--size", "48", "--iters", "1", "--batch-size", "2", "--n-train", "4",
