@@ -36,6 +36,7 @@ from pspnet.data.scenes import (
     BOAT,
     CAR,
     ROAD,
+    SCENES_PALETTE,
     WATER,
     _check_size,
     _draw_vessel,
@@ -64,16 +65,11 @@ FIELD, ROCK = 0, 3
 
 #: Display colours (palette of the label PNGs, colours in ``classes.txt``).
 CONTEXT_PALETTE: np.ndarray = np.array(
-    [
-        [150, 200, 110],  # field
-        [20, 60, 160],  # water
-        [90, 90, 90],  # road
-        [140, 100, 60],  # rock
-        [240, 140, 0],  # boat
-        [200, 20, 60],  # car
-    ],
+    # water, road, boat and car keep the surface scenes' colours (and indices)
+    [[150, 200, 110], SCENES_PALETTE[WATER], SCENES_PALETTE[ROAD], [140, 100, 60],
+     SCENES_PALETTE[BOAT], SCENES_PALETTE[CAR]],
     dtype=np.uint8,
-)
+)  # field, water, road, rock, boat, car
 CONTEXT_PALETTE.setflags(write=False)
 
 #: Default ``gap`` as a fraction of the smaller image side.
