@@ -309,6 +309,7 @@ def _loop(run: Run) -> str:
     """Train until the schedule ends or the budget is spent; returns the stop reason."""
     tc, st, schedule, budget = run.cfg.train, run.state, run.schedule, run.budget
     data_iter: Iterator[Any] | None = None
+    planned = schedule.max_iter  # the schedule the last step's learning rate was set for
     run.model.train()
     while schedule.max_iter is None or st.it < schedule.max_iter:
         t_step = time.perf_counter()
@@ -319,6 +320,7 @@ def _loop(run: Run) -> str:
             run.sampler.set_epoch(epoch, st.it % run.spe)
             data_iter = iter(run.loader)
         lr = schedule.apply(run.optimizer, st.it)
+        planned = schedule.max_iter
         main, aux, ckpt_now, stop_now = _step(run, data_iter, epoch)
         st.it += 1
         if budget is not None:
@@ -335,18 +337,18 @@ def _loop(run: Run) -> str:
             )
             return "time_budget"
         if run.val_enabled and st.val_every and (
-            st.it % st.val_every == 0 or st.it == schedule.max_iter
-        ) and _val_fits(run):
+                st.it % st.val_every == 0 or st.it == schedule.max_iter) and _val_fits(run):
             _validate(run)
             if budget is not None and schedule.max_iter is not None and st.it < schedule.max_iter:
                 _replan(run)  # with the measured cost of a validation
-        if (
-            st.it % run.spe == 0
-            or (tc.checkpoint_interval and st.it % tc.checkpoint_interval == 0)
-            or ckpt_now
-            or st.it == schedule.max_iter
-        ):
+        if (st.it % run.spe == 0 or (tc.checkpoint_interval and st.it % tc.checkpoint_interval == 0)
+                or ckpt_now or st.it == schedule.max_iter):
             _checkpoint(run)
+    if planned is not None and schedule.max_iter is not None and schedule.max_iter < planned:
+        # A re-plan ended the schedule at this step, before the end the last step's learning
+        # rate was set for: the time budget stopped the run, not the schedule.
+        run.log.say(f"time budget of {tc.time_budget} min spent at iteration {st.it}")
+        return "time_budget"
     return "completed"
 
 
