@@ -17,13 +17,18 @@ machine must not change the result) with the same seeds, then is evaluated on th
 split (whole image, single scale). Two steps, both restartable (finished runs are kept in
 ``WORK/results.jsonl`` and skipped)::
 
-    python bench/ablation.py run [--data scenes|camvid] [--seeds 0 1 2] [--iters N] ...
+    python bench/ablation.py run [--data scenes|context|camvid] [--seeds 0 1 2] [--iters N] ...
     python bench/ablation.py report [--work-dir W] [--out docs/ablation]
 
 ``report`` writes ``<out>.md`` (docs/ablation.md by default): mean +- standard deviation and the
 range over the seeds for each row, the per-seed numbers, whether each of the paper's orderings
 holds (and whether the difference is larger than the seed-to-seed spread), and a bar chart with
 the per-seed points. Only measured numbers are reported.
+
+``--data context`` uses the demo's context scenes (:mod:`pspnet.data.context_scenes`: the class
+of a vessel is decided only by water or road at least ``--gap`` pixels away), with the demo's
+shrink-only scale augmentation; its report adds the orderings on the context classes (mean of
+boat and car IoU) and the vessel accuracy.
 """
 
 from __future__ import annotations
@@ -88,9 +93,11 @@ class Setup:
     arch: str
     output_stride: int
     lr: float
+    gap: int | None = None
 
     def key(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        # gap only where it applies, so the setup files of surface-scene sweeps stay valid
+        return {k: v for k, v in self.__dict__.items() if not (k == "gap" and v is None)}
 
 
 def _data(setup: Setup, work: Path, n_train: int, n_val: int) -> dict[str, Any]:
@@ -103,6 +110,16 @@ def _data(setup: Setup, work: Path, n_train: int, n_val: int) -> dict[str, Any]:
         return {"root": str(root), "train_list": str(root / "train.txt"),
                 "val_list": str(root / "val.txt"), "class_names": str(root / "classes.txt"),
                 "crop_size": setup.size, "scale": [0.75, 1.25]}
+    if setup.data == "context":
+        from pspnet.data.scenes import generate_scenes
+
+        root = generate_scenes(work / f"context_{setup.size}_gap{setup.gap}", n_train=n_train,
+                               n_val=n_val, size=(setup.size, setup.size), seed=0,
+                               progress=False, mode="context", gap=setup.gap)
+        # Shrink only: a crop must never cut away the band that decides the class.
+        return {"root": str(root), "train_list": str(root / "train.txt"),
+                "val_list": str(root / "val.txt"), "class_names": str(root / "classes.txt"),
+                "crop_size": setup.size, "scale": [0.75, 1.0]}
     if setup.data == "camvid":
         try:
             root = require_camvid(("train", "val"), default=DEFAULT_CAMVID)
@@ -110,7 +127,7 @@ def _data(setup: Setup, work: Path, n_train: int, n_val: int) -> dict[str, Any]:
             raise AblationError(str(e)) from None
         return {"dataset": "camvid", "root": str(root), "class_names": str(root / "classes.txt"),
                 "crop_size": [setup.size * 3 // 4, setup.size]}
-    raise AblationError(f"--data must be scenes or camvid, got {setup.data!r}")
+    raise AblationError(f"--data must be scenes, context or camvid, got {setup.data!r}")
 
 
 def _config(setup: Setup, row: str, seed: int, data: dict[str, Any], work: Path) -> Any:
@@ -135,6 +152,14 @@ def _config(setup: Setup, row: str, seed: int, data: dict[str, Any], work: Path)
     })  # fmt: skip
 
 
+def _vessel_accuracy(confusion: Any) -> float | None:
+    """Of the boat/car pixels predicted boat or car, the share named right (None: no such)."""
+    import numpy as np
+
+    sub = np.asarray(confusion)[np.ix_([4, 5], [4, 5])].astype(np.float64)
+    return float(np.trace(sub) / sub.sum()) if sub.sum() > 0 else None
+
+
 def _done(results: Path) -> dict[tuple[str, int], dict[str, Any]]:
     if not results.is_file():
         return {}
@@ -153,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pspnet.engine.train import train
 
     setup = Setup(args.data, args.size, args.iters, args.batch_size, args.arch,
-                  args.output_stride, args.lr)
+                  args.output_stride, args.lr, args.gap if args.data == "context" else None)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     setup_file = work / "setup.json"
@@ -173,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     todo = [(r, s) for s in args.seeds for r in rows if (r, s) not in done]
     print(f"{len(todo)} runs to do ({len(done)} done) in {work}", flush=True)
     # The validation set is the same for every run: list it once.
-    if setup.data == "scenes":
+    if setup.data in ("scenes", "context"):
         val = SegmentationDataset(list_file_samples(data["root"], data["val_list"]), 6)
     else:
         from pspnet.data.datasets import get_dataset_spec
@@ -190,6 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "allAcc": metrics.all_acc, "iou": [float(x) for x in metrics.iou],
             "iterations": result.iterations, "train_s": result.elapsed_s,
             "wall_s": time.perf_counter() - t0, "final_loss": result.final_loss,
+            "vessel_acc": _vessel_accuracy(metrics.confusion) if setup.data == "context" else None,
         }  # fmt: skip
         with results.open("a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -202,9 +228,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 # Report
 
 
+def _context_points(r: dict[str, Any]) -> float:
+    """Mean IoU of boat (4) and car (5), the classes only context decides, in points."""
+    vals = [v for v in (r["iou"][4], r["iou"][5]) if v is not None and math.isfinite(v)]
+    return 100 * sum(vals) / len(vals) if vals else math.nan
+
+
 def _ordering_checks(done: dict[tuple[str, int], dict[str, Any]], seeds: dict[str, list[int]],
-                     per_row: dict[str, list[float]]) -> list[list[str]]:
-    """One table row per paper's claim: the paired difference over the common seeds."""
+                     per_row: dict[str, list[float]], score: Any = None) -> list[list[str]]:
+    """One table row per paper's claim: the paired difference over the common seeds, of
+    ``score(record)`` (default: mIoU in points)."""
+    score = score or (lambda r: 100 * r["mIoU"])
     checks: list[list[str]] = []
     for desc, better, worse in ORDERINGS:
         if better not in per_row or worse not in per_row:
@@ -213,7 +247,7 @@ def _ordering_checks(done: dict[tuple[str, int], dict[str, Any]], seeds: dict[st
         # Paired by seed: the same seed gives both rows the same data order and augmentations.
         a = {(row, s): r for (row, s), r in done.items()}
         common = sorted(set(seeds[better]) & set(seeds[worse]))
-        diffs = [100 * (a[(better, s)]["mIoU"] - a[(worse, s)]["mIoU"]) for s in common]
+        diffs = [score(a[(better, s)]) - score(a[(worse, s)]) for s in common]
         mean, sd = mean_sd(diffs)
         wins = sum(d > 0 for d in diffs)
         verdict = "holds" if mean > 0 else "does not hold"
@@ -222,6 +256,25 @@ def _ordering_checks(done: dict[tuple[str, int], dict[str, Any]], seeds: dict[st
         checks.append([desc, f"`{better}` − `{worse}`", f"{mean:+.2f} ± {sd:.2f}",
                        f"{wins} of {len(diffs)}", verdict])
     return checks
+
+
+def _runs_table(done: dict[tuple[str, int], dict[str, Any]], ctx: bool) -> list[str]:
+    """Every run; boat/car columns only where classes 4 and 5 are boat and car (``ctx``)."""
+    runs = [[f"`{row}`", str(seed), f"{100 * r['mIoU']:.2f}"]
+            + ([f"{_context_points(r):.2f}",
+                "n/a" if r.get("vessel_acc") is None else f"{r['vessel_acc']:.3f}"] if ctx else [])
+            + [str(r["iterations"]), f"{r['train_s'] / 60:.1f}"]
+            for (row, seed), r in sorted(done.items())]
+    return md_table(["row", "seed", "val mIoU"] + (["boat/car IoU", "vessel acc."] if ctx else [])
+                    + ["iterations", "train min"], runs)
+
+
+def _where(args: argparse.Namespace, out: bool = False) -> str:
+    """`` --work-dir W`` (and `` --out O``) where they are not the defaults, as given."""
+    text = "" if Path(args.work_dir) == DEFAULT_WORK else f" --work-dir {args.work_dir}"
+    if out and Path(args.out) != DEFAULT_OUT:
+        text += f" --out {args.out}"
+    return text
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -238,8 +291,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     for (row, seed), r in sorted(done.items(), key=lambda kv: (list(ROWS).index(kv[0][0]), kv[0][1])):
         per_row.setdefault(row, []).append(100 * r["mIoU"])
         seeds.setdefault(row, []).append(seed)
-        if setup["data"] == "scenes":  # boat (4) and car (5): the classes context decides
-            per_row_ctx.setdefault(row, []).append(50 * (r["iou"][4] + r["iou"][5]))
+        if setup["data"] in ("scenes", "context"):  # boat and car: the classes context decides
+            per_row_ctx.setdefault(row, []).append(_context_points(r))
     # Bars: mean mIoU per row; dots: the seeds; whiskers: +- one standard deviation.
     chart = spread_bars(out / "ablation_miou.png", per_row, "val mIoU (%)")
     machine = format_machine(machine_info())
@@ -254,8 +307,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         "```sh",
         f"python bench/ablation.py run --data {setup['data']} --size {setup['size']} "
         f"--iters {setup['iters']} --batch-size {setup['batch_size']} "
-        f"--output-stride {setup['output_stride']} --seeds {' '.join(map(str, sorted({s for v in seeds.values() for s in v})))}",
-        "python bench/ablation.py report",
+        f"--output-stride {setup['output_stride']}"
+        + (f" --gap {setup['gap']}" if setup.get("gap") is not None else "")
+        + f" --seeds {' '.join(map(str, sorted({s for v in seeds.values() for s in v})))}"
+        + _where(args),
+        "python bench/ablation.py report" + _where(args, out=True),
         "```",
         "",
         f"Commit `{git_commit(REPO)}`; machine: {machine}.",
@@ -281,12 +337,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     lines += md_table(
         ["paper's claim", "rows", "paired difference (mIoU points)", "seeds where it holds",
          "here"], checks)
+    if per_row_ctx:
+        lines += ["", "On the context classes (mean of boat and car IoU, points):", ""]
+        lines += md_table(
+            ["paper's claim", "rows", "paired difference (boat/car IoU points)",
+             "seeds where it holds", "here"],
+            _ordering_checks(done, seeds, per_row_ctx, _context_points))
     lines += ["", "Paired difference: mean ± sd over the seeds of (better row − worse row) with "
               "the same seed. \"Beyond the seed spread\": |mean| > sd.", ""]
     lines += ["## Every run", ""]
-    runs = [[f"`{row}`", str(seed), f"{100 * r['mIoU']:.2f}", str(r["iterations"]),
-             f"{r['train_s'] / 60:.1f}"] for (row, seed), r in sorted(done.items())]
-    lines += md_table(["row", "seed", "val mIoU", "iterations", "train min"], runs)
+    lines += _runs_table(done, ctx=bool(per_row_ctx))
     md = out.parent / f"{out.name}.md"
     md.write_text("\n".join(lines) + "\n")
     print(f"wrote {md}")
@@ -297,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train and evaluate the rows x seeds not done yet")
-    r.add_argument("--data", default="scenes", choices=["scenes", "camvid"])
+    r.add_argument("--data", default="scenes", choices=["scenes", "context", "camvid"])
+    r.add_argument("--gap", type=int, default=48, help="context scenes: the neutral band (px)")
     r.add_argument("--size", type=int, default=192, help="scene side / CamVid crop width")
     r.add_argument("--iters", type=int, default=60)
     r.add_argument("--batch-size", type=int, default=8)

@@ -21,8 +21,17 @@ images after the first, which is a warm-up and, compiled, the compilation). The 
 turns on every image, so a noisy host slows them alike. Where the CPU has no native bf16
 (AVX512-BF16/AMX) bf16 is emulated and its time is not a speed claim; the output says so.
 
-Writes ``<out>.json`` and ``<out>.md`` (``--out``, default ``docs/bench/fast_path``) with the
-command, commit and machine. The data default is the CamVid test split from ``$PSPNET_CAMVID``
+``--speed`` measures the cost of the path around the network instead (no data or weights
+needed: a randomly initialised ``--arch`` with ``--classes`` classes at ``--size``, batch 1,
+fp32): the compiled network alone called on a prepared tensor, the same network through
+``load_model(..., compile=True)`` and ``predict_labels`` (what ``pspnet predict`` /
+``evaluate`` / ``serve`` run) and through ``model(x)["out"]`` (float32 logits), and fp32
+eager; taking turns in one process, medians and ratios, and the peak memory each adds::
+
+    python bench/fast_path.py --speed [--arch pspnet50 --size 473 --classes 150 --repeats 5]
+
+Writes ``<out>.json`` and ``<out>.md`` (``--out``, default ``docs/bench/fast_path``, or
+``docs/bench/fast_path_speed`` with ``--speed``) with the command, commit and machine. The data default is the CamVid test split from ``$PSPNET_CAMVID``
 or ``<repo>/../shared/data/camvid``.
 """
 
@@ -281,6 +290,116 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     return doc
 
 
+#: --speed variants -> what each runs (all fp32, batch 1).
+SPEED_VARIANTS: dict[str, str] = {
+    "eager": "fp32 eager network, model(x)['out'] (the reference)",
+    "network": "folded network compiled alone (inductor freezing), called on the prepared tensor",
+    "labels": "load_model(compile=True) + predict_labels (predict / evaluate / serve)",
+    "logits": "load_model(compile=True), model(x)['out'] (float32 NCHW logits)",
+    "before": "the labels path before: float32 NCHW copy after the graph, softmax, sum, argmax",
+}
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _peak_added_mib(fn: Any) -> float:
+    """Peak resident memory one call of ``fn`` adds to the process (MiB; Linux /proc)."""
+    from pspnet.benchmark.timing import peak_rss_mib, reset_peak_rss
+
+    before = _rss_mib()
+    reset_peak_rss()
+    fn()
+    return (peak_rss_mib() or 0.0) - before
+
+
+def speed_fns(arch: str, size: int, classes: int, tmp: Path) -> dict[str, Any]:
+    """The --speed variants as zero-argument callables on one random network and input."""
+    import torch
+
+    from pspnet.checkpoint import WeightsMeta, load_model, save_weights
+    from pspnet.inference import predict_labels
+    from pspnet.models.fuse import _freezing, fold_batchnorm
+    from pspnet.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(arch, classes, aux=False).eval()
+    save_weights(model, tmp / "w", WeightsMeta(model=model.config))
+    fast = load_model(tmp / "w", compile=True)
+    network = torch.compile(fold_batchnorm(model), dynamic=False)
+    x = torch.randn(1, 3, size, size)
+
+    def run_network() -> Any:
+        with torch.inference_mode(), _freezing(True):
+            return network(x)["out"]
+
+    def run_eager() -> Any:
+        with torch.inference_mode():
+            return model(x)["out"]
+
+    def run_labels() -> Any:
+        with torch.inference_mode():
+            return predict_labels(fast, x)
+
+    def run_before() -> Any:  # the previous InferenceModel.forward + predict + argmax
+        with torch.inference_mode():
+            out = fast.native_logits(x).float().contiguous()
+            total = torch.zeros_like(out)
+            total += out.softmax(dim=1)
+            return total.argmax(dim=1)
+
+    return {"eager": run_eager, "network": run_network, "labels": run_labels,
+            "logits": lambda: fast(x)["out"], "before": run_before}
+
+
+def speed(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """--speed: time the variants in turn, write ``<out>.json`` / ``<out>.md``."""
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fns = speed_fns(args.arch, args.size, args.classes, Path(tmp))
+        t0 = time.perf_counter()
+        for fn in fns.values():  # warm-up: compiles each graph once
+            fn()
+        warm_s = time.perf_counter() - t0
+        peak = {name: _peak_added_mib(fn) for name, fn in fns.items()}
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(args.repeats):
+            for name, fn in fns.items():  # in turn: host noise hits every variant alike
+                t1 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t1)
+    med = {n: statistics.median(t) * 1e3 for n, t in times.items()}
+    rows = {n: {"what": SPEED_VARIANTS[n], "ms_median": med[n], "ms_all": [1e3 * t for t in
+            times[n]], "vs_eager": med["eager"] / med[n], "vs_network": med[n] / med["network"],
+            "peak_added_mib": peak[n]} for n in fns}
+    doc = {"arch": args.arch, "size": args.size, "classes": args.classes,
+           "repeats": args.repeats, "threads": torch.get_num_threads(),
+           "warmup_s": round(warm_s, 1), "variants": rows,
+           "command": shlex.join(["python", "bench/fast_path.py", *argv]),
+           "commit": git_commit(REPO), "machine": machine_info(),
+           "date": time.strftime("%Y-%m-%d %H:%M")}
+    lines = [f"{args.arch} {args.size}x{args.size}, {args.classes} classes, batch 1, fp32, "
+             f"{args.repeats} rounds in turn; machine: {format_machine(doc['machine'])}", "",
+             "| variant | what | ms (median) | vs fp32 eager | time / network alone | "
+             "peak memory added (MiB) |", "|---|---|---|---|---|---|"]
+    for n, r in rows.items():
+        lines.append(f"| `{n}` | {r['what']} | {r['ms_median']:.0f} | {r['vs_eager']:.2f}x | "
+                     f"{r['vs_network']:.3f} | {r['peak_added_mib']:.0f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    Path(f"{out}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return doc
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``bench/fast_path.py`` argument parser."""
     p = argparse.ArgumentParser(
@@ -288,8 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="mIoU, label agreement and time of the inference fast paths vs fp32.",
         epilog=f"The CamVid copy is read from ${CAMVID_ENV} or {DEFAULT_CAMVID}.",
     )
-    p.add_argument("--weights", required=True, help="a pspnet weight directory (e.g. "
-                   "work_dirs/camvid_2h/best)")
+    p.add_argument("--weights", help="a pspnet weight directory (e.g. "
+                   "work_dirs/camvid_2h/best); required unless --speed")
+    p.add_argument("--speed", action="store_true", help="time the path around the network "
+                   "instead (random weights, no data; see --arch, --size, --classes, --repeats)")
+    p.add_argument("--arch", default="pspnet50", help="--speed: architecture (default pspnet50)")
+    p.add_argument("--size", type=int, default=473, help="--speed: input side (default 473)")
+    p.add_argument("--classes", type=int, default=150, help="--speed: classes (default 150)")
+    p.add_argument("--repeats", type=int, default=5, help="--speed: rounds (default 5)")
     p.add_argument("--data-root", help="root of --list's paths (default: CamVid)")
     p.add_argument("--list", help="list file of `image label` lines (with --data-root)")
     p.add_argument("--split", default="test", help="CamVid split when no --list (default test)")
@@ -297,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"of {', '.join(VARIANTS)} (fp32-eager is always run)")
     p.add_argument("--compile", action="store_true", help="also the torch.compile variants")
     p.add_argument("--limit", type=int, help="only the first N images (a smoke test)")
-    p.add_argument("--out", default=str(DEFAULT_OUT),
+    p.add_argument("--out", default=None,
                    help="output prefix: <out>.json and <out>.md (default docs/bench/fast_path)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -310,8 +435,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.out is None:
+        args.out = str(DEFAULT_OUT) + ("_speed" if args.speed else "")
     try:
-        run(args, argv)
+        if args.speed:
+            speed(args, argv)
+        elif not args.weights:
+            raise FastPathError("--weights is required (a pspnet weight directory), or give "
+                                "--speed to time the path around a random network")
+        else:
+            run(args, argv)
     except (FastPathError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

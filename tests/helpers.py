@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -59,3 +61,43 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def sideways_jpeg(path: Path, height: int = 40, width: int = 24) -> Path:
+    """A phone-style JPEG: upright it is ``height`` x ``width``, red above green; its pixels
+    are stored turned a quarter left, with EXIF orientation 6 ("rotate 90 clockwise to show")."""
+    upright = Image.new("RGB", (width, height), (255, 0, 0))
+    upright.paste((0, 255, 0), (0, height // 2, width, height))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise: red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+#: index, name, colour; 255 is void (ignored).
+CLASSES = [(0, "sky", (70, 130, 180)), (1, "road", (128, 64, 128)), (2, "car", (0, 0, 142)),
+           (255, "void", (0, 0, 0))]  # fmt: skip
+
+
+def colour_folders(root: Path, n: int, size: tuple[int, int] = (12, 16)) -> dict[str, Path]:
+    """What a labelling tool exports: ``n`` photos of ``size`` (H, W) with colour masks (sky
+    over road, a car, a void corner) in ``photos/`` and ``masks/``, and ``classes.txt`` with
+    the colours."""
+    images, labels = root / "photos", root / "masks"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    h, w = size
+    for i in range(n):
+        mask = np.zeros((h, w, 3), np.uint8)
+        mask[: h // 2] = CLASSES[0][2]
+        mask[h // 2:] = CLASSES[1][2]
+        x = 2 + i % (w // 2)
+        mask[h // 2 + 1: h // 2 + 1 + h // 4, x: x + w // 4] = CLASSES[2][2]
+        mask[0, 0] = CLASSES[3][2]
+        photo = (mask // 2 + np.random.default_rng(i).integers(0, 60, mask.shape)).astype(np.uint8)
+        Image.fromarray(photo).save(images / f"shot_{i}.jpg")
+        Image.fromarray(mask).save(labels / f"shot_{i}.png")
+    classes = root / "classes.txt"
+    classes.write_text("".join(f"{i}\t{name}\t{r} {g} {b}\n" for i, name, (r, g, b) in CLASSES))
+    return {"images": images, "labels": labels, "classes": classes}

@@ -1,51 +1,111 @@
-"""The embedded demo runs end to end (a few seconds of training) and writes a report."""
+"""The embedded demo: fixed iterations and seeds, restartable, the seed-agreement check, report."""
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from pspnet import demo
+from pspnet.checkpoint import load_model
+from pspnet.cli import build_parser
 from pspnet.config import ConfigError
-from pspnet.data.scenes import ScenesMismatchError
-from pspnet.demo import run_demo
+from pspnet.data.scenes import BOAT, CAR
+from pspnet import create_model
+from pspnet.data.context_scenes import render_context_scene
+from pspnet.data.scenes import WATER
+from pspnet.demo import (DEMO_MODELS, DemoResult, DemoSettings, demo_model_options, run_demo,
+                         seed_agreement, vessel_accuracy)
+from pspnet.demo import run as demo_run
+
+# --------------------------------------------------------------------------------------------
+# The seed-agreement check on hand-made numbers
 
 
-@pytest.mark.slow
-def test_demo_end_to_end(tmp_path: Path) -> None:
-    report = run_demo(tmp_path / "demo", minutes=0.1, n_train=16, n_val=3, size=64,
-                      progress=False)
-    html = report.read_text()
-    assert "FCN" in html and "PSPNet" in html and "mIoU" in html
-    md = (tmp_path / "demo" / "report.md").read_text()
-    assert "| boat |" in md and "| car |" in md
-    assert (tmp_path / "demo" / "iou_per_class.png").is_file()
-    assert len(list((tmp_path / "demo").glob("compare_*.png"))) == 3
-    # Re-running reuses the data and the finished runs instead of starting over.
-    again = run_demo(tmp_path / "demo", minutes=0.1, n_train=16, n_val=3, size=64,
-                     progress=False)
-    assert again == report
-    # ... but never with another budget: that would keep the old one.
-    with pytest.raises(ConfigError, match=r"--minutes 0.1, not --minutes 0.2"):
-        run_demo(tmp_path / "demo", minutes=0.2, n_train=16, n_val=3, size=64, progress=False)
+def test_agreement_holds_when_ahead_on_every_seed_by_more_than_the_spread() -> None:
+    a = seed_agreement([0.168, 0.203, 0.224])
+    assert a.ahead == 3 and a.holds
+    assert a.mean == pytest.approx(0.19833, abs=1e-5)
+    assert a.spread == pytest.approx(statistics.stdev([0.168, 0.203, 0.224]))  # n - 1
+    assert a.line() == ("PSPNet ahead on the context classes on 3 of 3 seeds; mean gap +0.198 "
+                        "vs seed spread 0.028 (sd of the paired differences): holds")
+
+
+def test_agreement_does_not_hold_with_one_seed_behind() -> None:
+    a = seed_agreement([0.30, 0.25, -0.01])
+    assert a.ahead == 2 and not a.holds
+    assert a.mean > a.spread  # the gap alone would pass: the seed behind decides
+    assert a.line().startswith("PSPNet ahead on the context classes on 2 of 3 seeds;")
+    assert a.line().endswith(": does not hold")
+
+
+def test_agreement_does_not_hold_when_the_gap_is_within_the_spread() -> None:
+    a = seed_agreement([0.01, 0.50, 0.02])
+    assert a.ahead == 3 and not a.holds
+    assert a.spread == pytest.approx(0.28006, abs=1e-5) and a.mean == pytest.approx(0.17667,
+                                                                                    abs=1e-5)
+    # Two seeds: mean 2, sd sqrt(2) -> holds; mean 1, sd sqrt(2) -> does not.
+    assert seed_agreement([1.0, 3.0]).holds and not seed_agreement([0.0001, 2.0]).holds
+
+
+def test_agreement_edge_cases() -> None:
+    one = seed_agreement([0.5])
+    assert one.ahead == 1 and not one.holds and math.isnan(one.spread)
+    assert "n/a with one seed: does not hold" in one.line()
+    tie = seed_agreement([0.0, 0.0, 0.0])  # equal is not ahead
+    assert tie.ahead == 0 and not tie.holds
+    missing = seed_agreement([0.2, math.nan, 0.3])  # a class absent from truth and prediction
+    assert missing.ahead == 2 and not missing.holds
+    with pytest.raises(ValueError, match="at least one"):
+        seed_agreement([])
+
+
+def test_vessel_accuracy_counts_boat_car_confusions_only() -> None:
+    conf = np.zeros((6, 6), np.int64)
+    conf[BOAT, BOAT], conf[BOAT, CAR], conf[CAR, CAR], conf[CAR, BOAT] = 30, 10, 20, 40
+    conf[BOAT, 0] = conf[0, CAR] = 1000  # vessel vs background: not counted
+    assert vessel_accuracy(conf) == pytest.approx(50 / 100)
+    assert math.isnan(vessel_accuracy(np.zeros((6, 6))))
+
+
+# --------------------------------------------------------------------------------------------
+# Settings and the CLI
+
+
+def test_settings_are_validated_naming_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"--seeds must be an integer >= 1, got 0"):
+        DemoSettings(seeds=0)
+    with pytest.raises(ConfigError, match=r"--iterations must be an integer >= 1, got 2.5"):
+        DemoSettings(iterations=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"--gap 60 leaves no room .* use --gap 14 or less"):
+        DemoSettings(size=32, gap=60)
+    with pytest.raises(ConfigError, match=r"--width must be an integer >= 1, got 0"):
+        DemoSettings(width=0)
+    with pytest.raises(ConfigError, match=r"--min-scale must be in \[0.25, 1\], got 1.5"):
+        DemoSettings(min_scale=1.5)
+    assert DemoSettings(seeds=3, seed_start=5).seed_list() == [5, 6, 7]
+
+
+def test_cli_defaults_are_the_demo_defaults() -> None:
+    args = build_parser().parse_args(["demo"])
+    d = DemoSettings()
+    assert (args.iterations, args.seeds, args.seed_start, args.size, args.gap, args.width,
+            args.min_scale) == (d.iterations, d.seeds, d.seed_start, d.size, d.gap, d.width,
+                                d.min_scale)
+    assert (d.iterations, d.seeds, d.size, d.gap, d.batch_size) == (90, 3, 128, 48, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Refusing runs trained with other settings (no training: the scene generator is stopped)
 
 
 class _Stop(Exception):
     """Raised by the fake scene generator: the tests stop before any data or training."""
-
-
-def _fake_run(out: Path, name: str, settings: dict[str, object] | None,
-              config_yaml: str | None = None) -> Path:
-    work = out / "runs" / name
-    (work / "checkpoints").mkdir(parents=True)
-    (work / "checkpoints" / "last.pt").write_bytes(b"")
-    if settings is not None:
-        (work / "demo_settings.json").write_text(json.dumps(settings))
-    if config_yaml is not None:
-        (work / "config.yaml").write_text(config_yaml)
-    return work
 
 
 @pytest.fixture
@@ -56,72 +116,179 @@ def no_scenes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
         calls.append(kwargs)
         raise _Stop
 
-    monkeypatch.setattr(demo, "generate_scenes", fake)
+    monkeypatch.setattr(demo_run, "generate_scenes", fake)
     return calls
 
 
-SETTINGS = {"minutes": 0.5, "seed": 0, "n_train": 600, "n_val": 100}
+SMALL = DemoSettings(iterations=2, seeds=1, size=32, gap=12, n_train=8, n_val=2, batch_size=2)
+
+
+def _fake_run(out: Path, seed: int, stamp: dict[str, object] | None) -> Path:
+    work = out / "runs" / f"fcn_32px_gap12_w64_s{seed}_2it"
+    (work / "checkpoints").mkdir(parents=True)
+    (work / "checkpoints" / "last.pt").write_bytes(b"")
+    if stamp is not None:
+        (work / "demo_settings.json").write_text(json.dumps(stamp))
+    return work
 
 
 def test_demo_refuses_to_resume_a_run_with_other_settings(
     tmp_path: Path, no_scenes: list[dict[str, object]]
 ) -> None:
-    _fake_run(tmp_path, "pspnet_64", SETTINGS)
-    with pytest.raises(ConfigError, match=r"pspnet_64 holds a demo run trained with "
-                                          r"--minutes 0.5, not --minutes 2; .*--fresh"):
-        run_demo(tmp_path, minutes=2, size=64)
-    with pytest.raises(ConfigError, match=r"--seed 0, not --seed 1"):
-        run_demo(tmp_path, minutes=0.5, seed=1, size=64)
-    with pytest.raises(ConfigError, match=r"n_train=600, not n_train=16"):
-        run_demo(tmp_path, minutes=0.5, n_train=16, size=64)
+    _fake_run(tmp_path, 0, {**SMALL.run_settings(0), "n_train": 600})
+    with pytest.raises(ConfigError, match=r"fcn_32px_gap12_w64_s0_2it holds a demo run trained with "
+                                          r"other settings \(n_train=600, not 8\).*--fresh"):
+        run_demo(tmp_path, SMALL)
     assert no_scenes == []  # refused before anything was generated
-    with pytest.raises(_Stop):  # the same settings resume; another size has its own runs
-        run_demo(tmp_path, minutes=0.5, size=64)
-    with pytest.raises(_Stop):
-        run_demo(tmp_path, minutes=2, size=32)
-
-
-def test_demo_reads_the_budget_of_runs_without_a_settings_file(
-    tmp_path: Path, no_scenes: list[dict[str, object]]
-) -> None:
-    _fake_run(tmp_path, "fcn_64", None, "train:\n  time_budget: 4.0\n  seed: 0\n")
-    with pytest.raises(ConfigError, match=r"--minutes 4, not --minutes 8"):
-        run_demo(tmp_path, minutes=8, size=64)
-    with pytest.raises(_Stop):
-        run_demo(tmp_path, minutes=4, size=64)
-    _fake_run(tmp_path, "pspnet_64", None)
+    _fake_run(tmp_path, 1, None)
     with pytest.raises(ConfigError, match="settings are unknown; re-run with --fresh"):
-        run_demo(tmp_path, minutes=4, size=64)
+        run_demo(tmp_path, DemoSettings(**{**SMALL.__dict__, "seed_start": 1}))
+    with pytest.raises(_Stop):  # other seeds have their own runs
+        run_demo(tmp_path, DemoSettings(**{**SMALL.__dict__, "seed_start": 2}))
 
 
-def test_demo_fresh_deletes_the_earlier_runs_first(
+def test_demo_fresh_deletes_the_runs_of_its_seeds_only(
     tmp_path: Path, no_scenes: list[dict[str, object]]
 ) -> None:
-    old = [_fake_run(tmp_path, f"{k}_64", SETTINGS) for k in ("fcn", "pspnet")]
-    other_size = _fake_run(tmp_path, "fcn_32", SETTINGS)
+    mine, other = _fake_run(tmp_path, 0, None), _fake_run(tmp_path, 1, None)
     with pytest.raises(_Stop):
-        run_demo(tmp_path, minutes=2, size=64, fresh=True)
-    assert not any(w.exists() for w in old) and other_size.is_dir()
-    assert no_scenes[-1]["overwrite"] is True  # scenes made with another seed are replaced
+        run_demo(tmp_path, SMALL, fresh=True)
+    assert not mine.exists() and other.is_dir()
+    assert no_scenes[-1]["overwrite"] is True and no_scenes[-1]["mode"] == "context"
 
 
-def test_demo_names_fresh_when_the_scenes_differ(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    def other_params(*args: object, **kwargs: object) -> Path:
-        raise ScenesMismatchError("holds a scenes data set generated with other parameters")
-
-    monkeypatch.setattr(demo, "generate_scenes", other_params)
-    with pytest.raises(FileExistsError, match=r"scenes_64 holds scenes generated with other "
-                                              r"parameters .*--fresh"):
-        run_demo(tmp_path, seed=1, size=64)
+# --------------------------------------------------------------------------------------------
+# End to end: tiny scenes, 2-3 iterations
 
 
-def test_demo_keeps_other_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only a scenes mismatch is told to use --fresh; another FileExistsError passes unchanged."""
-    def file_in_the_way(*args: object, **kwargs: object) -> Path:
-        raise FileExistsError("a file sits where the scenes folder should be")
+def _records(out: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
-    monkeypatch.setattr(demo, "generate_scenes", file_in_the_way)
-    with pytest.raises(FileExistsError, match="a file sits where") as info:
-        run_demo(tmp_path, seed=1, size=64)
-    assert "--fresh" not in str(info.value)
+
+TINY = DemoSettings(iterations=3, seeds=2, size=32, gap=12, n_train=8, n_val=2, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DemoResult]:
+    """The demo once at 32 px: 2 seeds x 2 models x 3 iterations (shared by the tests below)."""
+    out = tmp_path_factory.mktemp("demo") / "a"
+    return out, run_demo(out, TINY, progress=False)
+
+
+@pytest.mark.slow
+def test_demo_trains_the_fixed_iterations_and_reports(tiny_demo: tuple[Path, DemoResult]) -> None:
+    out, result = tiny_demo
+    recs = _records(out)
+    assert [(r["model"], r["seed"]) for r in recs] == [
+        ("fcn", 0), ("pspnet", 0), ("fcn", 1), ("pspnet", 1)]
+    assert all(r["iterations_done"] == 3 for r in recs)  # the iterations asked, no time budget
+    log = (out / str(recs[0]["weights"])).parent / "log.jsonl"
+    ends = [json.loads(x) for x in log.read_text().splitlines() if '"event": "end"' in x]
+    assert ends[-1]["iteration"] == 3 and ends[-1]["reason"] == "completed"
+    # The report: files, the per-seed paired table, the verdict line.
+    assert result.report == out / "report.html"
+    for name in ("report.md", "report.html", "metrics.json", "iou_per_class.png",
+                 "compare_00000.png", "compare_00001.png"):
+        assert (out / name).is_file(), name
+    md = (out / "report.md").read_text()
+    assert result.line.startswith("PSPNet ahead on the context classes on ")
+    assert f"**{result.line}**" in md and result.line in result.report.read_text()
+    assert "| paired PSPNet − FCN | seed 0 | seed 1 | seeds where PSPNet is ahead |" in md
+    assert "**3 iterations** per run, for seeds 0, 1" in md
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["verdict"] == result.line and len(summary["runs"]) == 4
+    assert summary["agreement"]["holds"] == result.agreement.holds
+
+
+@pytest.mark.slow
+def test_demo_restarts_without_redoing_finished_runs(
+    tiny_demo: tuple[Path, DemoResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "moved"  # a moved output folder is resumed too (paths are relative)
+    shutil.copytree(tiny_demo[0], out)
+    trained: list[str] = []
+    real_train = demo_run.train
+
+    def counting_train(cfg, progress=True):  # type: ignore[no-untyped-def]
+        trained.append(Path(cfg.train.work_dir).name)
+        return real_train(cfg, progress=progress)
+
+    monkeypatch.setattr(demo_run, "train", counting_train)
+    assert run_demo(out, TINY, progress=False).line == tiny_demo[1].line and trained == []
+    recs = _records(out)
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:3]))
+    again = run_demo(out, TINY, progress=False)  # as if killed before the last run was recorded
+    assert trained == ["pspnet_32px_gap12_w64_s1_3it"]
+    assert again.agreement == tiny_demo[1].agreement
+
+
+@pytest.mark.slow
+def test_demo_same_seed_same_numbers_other_seed_other_weights(
+    tiny_demo: tuple[Path, DemoResult], tmp_path: Path
+) -> None:
+    run_demo(tmp_path / "b", DemoSettings(**{**TINY.__dict__, "seeds": 1}), progress=False)
+    a, b = _records(tiny_demo[0]), _records(tmp_path / "b")
+    for ra, rb in zip(a[:2], b):  # seed 0 of both models, trained again from scratch
+        assert ra["metrics"] == rb["metrics"] and ra["vessel_acc"] == rb["vessel_acc"]
+
+    def weights(out: Path, rec: dict[str, object]) -> dict[str, torch.Tensor]:
+        return load_model(out / str(rec["weights"])).state_dict()
+
+    wa, wb = weights(tiny_demo[0], a[1]), weights(tmp_path / "b", b[1])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bit-identical training
+    w1 = weights(tiny_demo[0], a[3])  # PSPNet, seed 1
+    assert not all(torch.equal(wa[k], w1[k]) for k in wa)  # the seed matters
+
+
+# --------------------------------------------------------------------------------------------
+# Context beyond the FCN's whole receptive field (the scene geometry the demo is moving to)
+
+
+#: 384-px scenes, vessels at least 264 px from the context, backbone width 16.
+BEYOND_REACH = DemoSettings(size=384, gap=264, width=16)
+
+
+def _logits(model: str, image: np.ndarray) -> torch.Tensor:
+    s = BEYOND_REACH
+    torch.manual_seed(0)
+    net = create_model(**demo_model_options(model, s)).eval()
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - 0.5  # (1, 3, H, W)
+    with torch.no_grad():
+        return net(x)["out"][0]  # (classes, H, W)
+
+
+def test_the_fcn_cannot_see_the_context_and_pspnet_can() -> None:
+    """One scene rendered on water and on road: identical pixels but the context band. The
+    demo's FCN gives every vessel pixel the very same logits (the band lies beyond its whole
+    receptive field, so no amount of training can name the vessels); PSPNet's pyramid sees it."""
+    s = BEYOND_REACH
+    img_w, lab_w = render_context_scene(np.random.default_rng(5), (s.size, s.size), gap=s.gap,
+                                        context="water")
+    img_r, lab_r = render_context_scene(np.random.default_rng(5), (s.size, s.size), gap=s.gap,
+                                        context="road")
+    vessels = lab_w == BOAT
+    assert vessels.any() and (lab_r[vessels] == CAR).all()
+    assert ((img_w != img_r).any(-1) == np.isin(lab_w, [WATER])).all()  # only the band differs
+    changed = {}
+    for model in DEMO_MODELS:
+        diff = (_logits(model, img_w) - _logits(model, img_r)).abs().amax(0)  # (H, W)
+        changed[model] = float(diff[torch.from_numpy(vessels)].max())
+    assert changed["fcn"] < 1e-5, changed
+    assert changed["pspnet"] > 1e-3, changed
+
+
+def test_the_fcn_reach_is_what_the_demo_assumes() -> None:
+    """The receptive field, measured: the gradient of the centre output pixel reaches 257 px
+    at most (257 up/left, 249 down/right), fewer than the gap; the width does not change it."""
+    s = BEYOND_REACH
+    torch.manual_seed(0)
+    net = create_model(**demo_model_options("fcn", s)).eval()
+    size = 640
+    x = torch.randn(1, 3, size, size, requires_grad=True)
+    net(x)["out"][0, :, size // 2, size // 2].sum().backward()
+    rows, cols = torch.nonzero(x.grad.abs().sum((0, 1)) > 0, as_tuple=True)
+    reach = max(size // 2 - int(rows.min()), int(rows.max()) - size // 2,
+                size // 2 - int(cols.min()), int(cols.max()) - size // 2)
+    assert reach == 257
+    assert s.gap > reach
+    assert DemoSettings().width == 64 and DemoSettings().gap < reach  # today's default: within

@@ -27,8 +27,8 @@ EDGES: dict[str, set[str]] = {
     "pspnet.models": {"pspnet.config"},
     "pspnet.data": {"pspnet.config"},
     "pspnet.report": {"pspnet.config", "pspnet.data", "pspnet.precision"},
-    "pspnet.inference": {"pspnet.precision"},  # autocast dtypes, the Precision type
-    "pspnet.checkpoint": {"pspnet.config", "pspnet.data", "pspnet.models"},
+    "pspnet.inference": {"pspnet.config", "pspnet.precision"},  # LIMITS; autocast dtypes
+    "pspnet.checkpoint": {"pspnet.config", "pspnet.data", "pspnet.hub", "pspnet.models"},
     "pspnet": {"pspnet.checkpoint", "pspnet.config", "pspnet.models"},
     "pspnet.engine": set(),
     "pspnet.engine.distributed": set(),
@@ -41,6 +41,7 @@ EDGES: dict[str, set[str]] = {
         "pspnet.engine.optim", "pspnet.inference",
     },
     "pspnet.engine.budget": set(),
+    "pspnet.engine.safety": {"pspnet.config", "pspnet.engine.distributed"},
     "pspnet.engine.run_log": {"pspnet.checkpoint"},
     "pspnet.engine.run_config": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.distributed",
@@ -53,13 +54,18 @@ EDGES: dict[str, set[str]] = {
     "pspnet.engine.state": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.budget",
         "pspnet.engine.distributed", "pspnet.engine.losses", "pspnet.engine.metrics",
-        "pspnet.engine.optim", "pspnet.engine.run_log",
+        "pspnet.engine.optim", "pspnet.engine.run_log", "pspnet.engine.safety",
+    },
+    "pspnet.engine.run_report": {  # the report of a run: scores its weights, draws the page
+        "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.evaluate",
+        "pspnet.engine.metrics", "pspnet.engine.state", "pspnet.report",
     },
     "pspnet.engine.train": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.budget",
         "pspnet.engine.distributed", "pspnet.engine.evaluate", "pspnet.engine.losses",
         "pspnet.engine.optim", "pspnet.engine.run_config", "pspnet.engine.run_log",
-        "pspnet.engine.setup", "pspnet.engine.state", "pspnet.precision",
+        "pspnet.engine.run_report", "pspnet.engine.safety", "pspnet.engine.setup",
+        "pspnet.engine.state", "pspnet.precision",
     },
     "pspnet.export": {"pspnet", "pspnet.checkpoint", "pspnet.config"},
     "pspnet.serve": {
@@ -68,18 +74,18 @@ EDGES: dict[str, set[str]] = {
     },
     "pspnet.demo": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.evaluate",
-        "pspnet.engine.metrics", "pspnet.engine.predict", "pspnet.engine.train", "pspnet.inference",
-        "pspnet.report",
+        "pspnet.engine.predict", "pspnet.engine.train", "pspnet.inference", "pspnet.report",
     },
     "pspnet.benchmark": {
         "pspnet.config", "pspnet.data", "pspnet.engine.distributed", "pspnet.inference",
         "pspnet.models", "pspnet.precision", "pspnet.report",
     },
     "pspnet.cli": {
+        "pspnet",  # __version__ for --version
         "pspnet.benchmark", "pspnet.checkpoint", "pspnet.hub", "pspnet.config", "pspnet.data", "pspnet.demo",
         "pspnet.engine.distributed", "pspnet.engine.evaluate", "pspnet.engine.metrics",
-        "pspnet.engine.predict", "pspnet.engine.train", "pspnet.export", "pspnet.inference",
-        "pspnet.models", "pspnet.serve",
+        "pspnet.engine.predict", "pspnet.engine.run_report", "pspnet.engine.train",
+        "pspnet.export", "pspnet.inference", "pspnet.models", "pspnet.report", "pspnet.serve",
     },
     "pspnet.__main__": {"pspnet.cli"},
 }

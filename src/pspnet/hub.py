@@ -1,19 +1,23 @@
-"""The weight zoo: public PSPNet and ImageNet weights, with hash-checked downloads.
+"""The weight zoo: public PSPNet and ImageNet weights, by name, with hash-checked downloads.
 
 Every entry names its source and the mIoU its source reports, with the protocol, so a user can
 check a converted model against the published number. Hashes: torchvision and OpenMMLab publish
 the first 8 hex digits of the file's SHA-256 in the file name (``...-15a8b914.pth``); we check
-that prefix (as ``torch.hub`` does with ``check_hash=True``). Only that prefix is known and
-checked: the full digest of a download is not recorded anywhere, and a cached file is re-hashed
-against the prefix each time it is reused. Entries without any published hash (mit-semseg) are
-refused unless the caller passes ``allow_unverified=True``; the computed digest is then printed
-(to stderr) so the caller can pin it by hand. The authors' semseg weights live on Google Drive
-behind a confirmation page: their entries carry the page and the instructions instead of a URL.
+that prefix (with ``torch.hub.download_url_to_file(..., hash_prefix=...)``, torch's own transfer
+code). Only that prefix is known and checked: the full digest of a download is not recorded
+anywhere, and a cached file is re-hashed against the prefix each time it is reused. Entries
+without any published hash (mit-semseg) are refused unless the caller passes
+``allow_unverified=True``; the computed digest is then printed (to stderr) so the caller can pin
+it by hand. The authors' semseg weights live on Google Drive behind a confirmation page: their
+entries carry the instructions and the file name to place in the cache instead of a URL.
+
+:func:`resolve` turns a name into the file to load (downloaded into the cache when missing):
+:func:`pspnet.load_model` calls it, so a zoo name works wherever a weights path does.
 
 A download that cannot reach its server (no network, a proxy needed, an HTTP error) raises
-:class:`DownloadError` naming the URL, and where to put a file downloaded by hand: a file placed
-at the destination is used when its SHA-256 matches (or, for unverified entries, with
-``allow_unverified=True``).
+:class:`DownloadError` naming the URL, and where to put a file downloaded by hand (the exact
+cache path): a file placed there is used when its SHA-256 matches (or, for unverified entries,
+with ``allow_unverified=True`` or through :func:`resolve`, which takes a file placed by hand).
 
 Nothing here runs at import time, and nothing here is called by the tests with a network URL:
 the tests exercise :func:`download` on local ``file://`` URLs and on a refused loopback port.
@@ -25,12 +29,9 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 __all__ = [
     "ZooEntry",
@@ -38,6 +39,7 @@ __all__ = [
     "cache_dir",
     "download",
     "fetch",
+    "resolve",
     "sha256_file",
     "HashMismatch",
     "DownloadError",
@@ -68,6 +70,8 @@ class ZooEntry:
     notes: str = ""
     kind: str = "segmenter"
     """``segmenter`` (convert/load as a PSPNet) or ``backbone`` (ImageNet initialisation)."""
+    manual_file: str = ""
+    """For entries without URLs: the file's name, placed by hand in ``cache_dir() / name``."""
 
 
 def _mm(cfg: str, stamp: str, h: str) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
@@ -106,17 +110,17 @@ ZOO: dict[str, ZooEntry] = {
                  "pspnet50", 150, "ade20k", 41.89,
                  "semseg test.py single scale with flip, base size 512, crop 473, ADE20K val",
                  notes="download train_epoch_100.pth from the Google Drive link of the "
-                       "hszhao/semseg README, then: pspnet convert FILE OUT_DIR"),
+                       "hszhao/semseg README", manual_file="train_epoch_100.pth"),
         ZooEntry("semseg_pspnet101_voc2012", (), (), "hszhao/semseg README (Google Drive)",
                  "pspnet101", 21, "voc2012", 79.07,
                  "semseg test.py single scale with flip, base size 512, crop 473, VOC 2012 val",
-                 notes="download train_epoch_50.pth from the hszhao/semseg README's Google Drive "
-                       "link, then: pspnet convert FILE OUT_DIR"),
+                 notes="download train_epoch_50.pth from the Google Drive link of the "
+                       "hszhao/semseg README", manual_file="train_epoch_50.pth"),
         ZooEntry("semseg_pspnet101_cityscapes", (), (), "hszhao/semseg README (Google Drive)",
                  "pspnet101", 19, "cityscapes", 78.63,
                  "semseg test.py single scale with flip, base size 2048, crop 713, Cityscapes val",
-                 notes="download train_epoch_200.pth from the hszhao/semseg README's Google Drive "
-                       "link, then: pspnet convert FILE OUT_DIR"),
+                 notes="download train_epoch_200.pth from the Google Drive link of the "
+                       "hszhao/semseg README", manual_file="train_epoch_200.pth"),
         ZooEntry("resnet18_imagenet", (f"{_TV}/resnet18-f37072fd.pth",), ("f37072fd",),
                  "torchvision IMAGENET1K_V1", "pspnet_r18", 1000, "imagenet", None,
                  "ImageNet top-1 69.76", kind="backbone"),
@@ -193,13 +197,14 @@ def download(
     sha256: str | None,
     allow_unverified: bool = False,
     progress: bool = True,
-    timeout: float = 60.0,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically, verifying its SHA-256.
 
-    The file is streamed to a temporary name beside ``dest`` and renamed only after the hash
-    matched, so an interrupted or tampered download never leaves a file that looks valid.
-    An existing ``dest`` whose hash matches is reused without downloading.
+    The transfer is ``torch.hub.download_url_to_file``: it streams to a temporary name beside
+    ``dest``, checks the hash prefix, and renames only after it matched, so an interrupted or
+    tampered download never leaves a file that looks valid. An existing ``dest`` whose hash
+    matches is reused without downloading. Socket time-outs are Python's default (none unless
+    ``socket.setdefaulttimeout`` set one): torch's transfer takes no time-out argument.
 
     Args:
         url: ``https://``, ``http://`` or ``file://`` URL.
@@ -207,66 +212,58 @@ def download(
         sha256: Expected digest, full or a prefix of at least 8 hex digits; None when unknown.
         allow_unverified: Accept a file with no known digest (its digest is printed).
         progress: Show a progress bar on stderr.
-        timeout: Socket timeout in seconds.
 
     An existing ``dest`` with no known digest is reused when ``allow_unverified`` is True (its
     digest is printed), so a file placed by hand is used instead of downloaded again.
 
     Raises:
-        HashMismatch: The digest differs (the partial file is deleted).
+        HashMismatch: The digest differs (nothing is kept), or ``sha256`` is a prefix shorter
+            than 8 hex digits (too short to be a check; refused before downloading).
         DownloadError: The server cannot be reached or refuses the file (no network, a proxy
             needed, an HTTP error, a connection cut): the message names the URL and where to
             place the file downloaded by hand. No partial file is left.
         ValueError: No digest is known and ``allow_unverified`` is False.
     """
+    from torch.hub import download_url_to_file  # lazy: `import pspnet.hub` stays light
+
     dest = Path(dest)
     if sha256 is None and not allow_unverified:
         raise ValueError(
             f"{url} has no published SHA-256, so its integrity cannot be checked; pass "
             "--allow-unverified (allow_unverified=True) to accept it and pin the digest printed"
         )
-    if dest.is_file() and sha256 and _matches(sha256_file(dest), sha256):
+    expected = sha256.lower() if sha256 is not None else None
+    if expected is not None and len(expected) < 8:
+        raise HashMismatch(
+            f"{url}: the expected SHA-256 {sha256!r} is shorter than 8 hex digits, too short to "
+            "check; give at least the 8 digits the source publishes"
+        )
+    if dest.is_file() and expected and _matches(sha256_file(dest), expected):
         return dest
-    if dest.is_file() and sha256 is None:
+    if dest.is_file() and expected is None:
         print(f"unverified file {dest}: sha256 {sha256_file(dest)}", file=sys.stderr)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                _copy(resp, out, total, progress, desc=dest.name)
-        except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
-                ConnectionError) as e:  # fmt: skip
-            raise DownloadError(_download_failed(url, dest, sha256, e)) from None
-        digest = sha256_file(tmp)
-        if sha256 is not None and not _matches(digest, sha256):
-            raise HashMismatch(
-                f"{url}: SHA-256 {digest} does not match the expected {sha256}; the download is "
-                "corrupt or the file was changed upstream. Nothing was kept; try again, and "
-                "report it if it persists."
-            )
-        if sha256 is None:
-            print(f"unverified download {dest.name}: sha256 {digest}", file=sys.stderr)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        download_url_to_file(url, str(dest), hash_prefix=expected, progress=progress)
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
+            ConnectionError) as e:  # fmt: skip
+        raise DownloadError(_download_failed(url, dest, sha256, e)) from None
+    except RuntimeError as e:  # torch's hash check: 'invalid hash value (expected .., got ..)'
+        if "invalid hash value" not in str(e):
+            raise
+        raise HashMismatch(
+            f"{url}: SHA-256 does not match the expected {sha256} ({e}); the download is "
+            "corrupt or the file was changed upstream. Nothing was kept; try again, and "
+            "report it if it persists."
+        ) from None
+    if expected is None:
+        print(f"unverified download {dest.name}: sha256 {sha256_file(dest)}", file=sys.stderr)
     return dest
 
 
-def _copy(src: IO[bytes], dst: IO[bytes], total: int | None, progress: bool, desc: str) -> None:
-    from tqdm import tqdm  # lazy: only downloads need it
-
-    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress) as bar:
-        while block := src.read(1 << 20):
-            dst.write(block)
-            bar.update(len(block))
-
-
-def fetch(name: str, *, allow_unverified: bool = False, progress: bool = True) -> Path:
-    """Download a zoo entry into the cache; returns the file (or the directory for pairs)."""
+def _entry(name: str) -> ZooEntry:
+    """The zoo entry ``name``, or a ValueError suggesting the closest name."""
     entry = ZOO.get(name)
     if entry is None:
         import difflib
@@ -274,13 +271,74 @@ def fetch(name: str, *, allow_unverified: bool = False, progress: bool = True) -
         close = difflib.get_close_matches(name, ZOO, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown zoo entry {name!r}.{hint} Available: {', '.join(ZOO)}")
+    return entry
+
+
+def _file_name(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
+
+
+def fetch(name: str, *, allow_unverified: bool = False, progress: bool = True) -> Path:
+    """Download a zoo entry into the cache; returns the file (or the directory for pairs).
+
+    Raises:
+        ValueError: An unknown name (with the closest one), or an entry that cannot be
+            downloaded automatically (the message says how to get it).
+        DownloadError: No network (the message names the URL and the cache path to fill).
+        HashMismatch: A download with the wrong SHA-256.
+    """
+    entry = _entry(name)
     if not entry.urls:
-        raise ValueError(f"{name} cannot be downloaded automatically: {entry.notes}")
+        raise ValueError(
+            f"{name} cannot be downloaded automatically: {entry.notes}, and place it at "
+            f"{cache_dir() / name / entry.manual_file} (then the name {name} loads it), or "
+            "pass the file's path instead of the name"
+        )
     target = cache_dir() / name
     files = [
-        download(u, target / u.rsplit("/", 1)[-1], sha256=h, allow_unverified=allow_unverified,
+        download(u, target / _file_name(u), sha256=h, allow_unverified=allow_unverified,
                  progress=progress)
         for u, h in zip(entry.urls, entry.sha256)
     ]
     return target if len(files) > 1 else files[0]
 
+
+def resolve(name: str, *, progress: bool = True) -> Path:
+    """The weights a zoo name stands for: from the cache, downloaded (hash-checked) if missing.
+
+    Entries without a published hash (mit-semseg) are used when their files are in the cache
+    (put there by ``pspnet zoo --download NAME --allow-unverified`` or by hand), never
+    downloaded unverified behind the caller's back; entries without a URL (the authors' Google
+    Drive files) are used when their file was placed at ``cache_dir() / NAME / FILE``.
+
+    Args:
+        name: A key of :data:`ZOO`.
+        progress: Show a progress bar while downloading.
+
+    Returns:
+        The file, or the directory of a mit-semseg encoder/decoder pair.
+
+    Raises:
+        ValueError: Unknown name; or an entry that needs a manual step, naming the file(s) and
+            the exact cache path to put them at.
+        DownloadError: No network: names the URL to fetch and the exact cache path.
+        HashMismatch: A download with the wrong SHA-256.
+    """
+    entry = _entry(name)
+    target = cache_dir() / name
+    if entry.urls and None in entry.sha256:
+        files = [target / _file_name(u) for u in entry.urls]
+        if all(f.is_file() for f in files):
+            return target if len(files) > 1 else files[0]
+        raise ValueError(
+            f"{name} has no published SHA-256, so it is not downloaded implicitly: run "
+            f"`pspnet zoo --download {name} --allow-unverified` once (and compare the printed "
+            f"digests with ones you trust), or download {' and '.join(entry.urls)} and place "
+            f"them in {target}"
+        )
+    if not entry.urls and (target / entry.manual_file).is_file():
+        return target / entry.manual_file
+    try:
+        return fetch(name, progress=progress)
+    except DownloadError as e:
+        raise DownloadError(f"zoo entry {name}: {e}") from None

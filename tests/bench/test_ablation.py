@@ -46,3 +46,24 @@ def test_sweep_resumes_and_reports(tmp_path: Path) -> None:
     assert "not run" in md and ("holds" in md)
     for r in records:  # every measured number is in the per-run table
         assert f"{100 * r['mIoU']:.2f}" in md
+
+
+@pytest.mark.slow
+def test_context_scenes_sweep_reports_the_context_classes(tmp_path: Path) -> None:
+    work, out = tmp_path / "abl", tmp_path / "docs" / "ablation_context"
+    run = _run("run", "--data", "context", "--gap", "12", "--size", "48", "--iters", "1",
+               "--batch-size", "2", "--n-train", "4", "--n-val", "2", "--output-stride", "16",
+               "--work-dir", str(work), "--rows", "fcn", "b1236_avg", "--seeds", "0")
+    assert run.returncode == 0, run.stderr
+    setup = json.loads((work / "setup.json").read_text())
+    assert setup["data"] == "context" and setup["gap"] == 12
+    manifest = json.loads((work / "context_48_gap12" / "manifest.json").read_text())
+    assert manifest["mode"] == "context" and manifest["gap"] == 12
+    records = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
+    assert all("vessel_acc" in r for r in records)
+    rep = _run("report", "--work-dir", str(work), "--out", str(out))
+    assert rep.returncode == 0, rep.stderr
+    md = (out.parent / "ablation_context.md").read_text()
+    assert "--data context" in md and "--gap 12" in md
+    assert "On the context classes (mean of boat and car IoU, points):" in md
+    assert "| row | seed | val mIoU | boat/car IoU | vessel acc. | iterations | train min |" in md

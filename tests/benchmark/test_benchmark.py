@@ -93,9 +93,15 @@ def test_benchmark_cli_passes_the_data_flags(monkeypatch) -> None:
     seen: dict = {}
     monkeypatch.setattr(bench, "run_benchmark", lambda **kw: seen.update(kw) or {})
     monkeypatch.setattr(bench, "save", lambda *a: None)
-    args = build_parser().parse_args(["benchmark", "--no-data", "--data-source", "scenes"])
+    args = build_parser().parse_args(["benchmark", "--data-source", "scenes"])
     assert args.func(args) == 0
-    assert seen["data"] is False and seen["data_options"] == {"source": "scenes"}
+    assert seen["data"] is True and seen["data_options"] == {"source": "scenes"}
+    args = build_parser().parse_args(["benchmark", "--no-data"])
+    assert args.func(args) == 0 and seen["data"] is False
+    # --no-data with a data flag would ignore it: refused (tests/reliability/test_options.py)
+    args = build_parser().parse_args(["benchmark", "--no-data", "--data-source", "scenes"])
+    with pytest.raises(ValueError, match="--no-data"):
+        args.func(args)
     args = build_parser().parse_args(["benchmark"])
     args.func(args)
     assert seen["data"] is True and seen["data_options"] == {"source": "auto"}
@@ -105,3 +111,31 @@ def test_benchmark_cli_passes_the_data_flags(monkeypatch) -> None:
                                       "--no-cpu-archs"])
     args.func(args)
     assert seen["sizes"] == () and seen["data"] is True and not seen["train"]
+
+
+def test_benchmark_device_flag_reaches_run_benchmark(monkeypatch) -> None:
+    from pspnet.cli import build_parser
+
+    seen: dict = {}
+    monkeypatch.setattr(bench, "run_benchmark", lambda **kw: seen.update(kw) or {})
+    monkeypatch.setattr(bench, "save", lambda *a: None)
+    args = build_parser().parse_args(["benchmark"])
+    args.func(args)
+    assert seen["device"] == "cpu"
+    args = build_parser().parse_args(["benchmark", "--device", "cuda:0"])
+    args.func(args)
+    assert seen["device"] == "cuda:0"
+
+
+def test_cuda_benchmark_without_cuda_names_the_device(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda'.*--device cpu"):
+        bench.run_benchmark(device="cuda", sizes=(48,), progress=None)
+
+
+def test_gemm_peak_on_a_named_device() -> None:
+    import torch
+
+    assert bench.matmul_peak(torch.float32, 64, repeats=1, device="cpu") > 0

@@ -25,12 +25,14 @@ FORMS = {
 
 
 def _train_reader():
-    """train's `data.class_names` reader, wherever the training-data code lives."""
-    try:
-        from pspnet.data.training import _read_class_names
-    except ImportError:
-        from pspnet.engine.train import _read_class_names
-    return _read_class_names
+    """train's `data.class_names` reader: (names, palette) of the file."""
+    from pspnet.data.training import _read_class_file
+
+    def read(path: Path, num_classes: int):
+        found = _read_class_file(path, num_classes)
+        return found.names, found.palette
+
+    return read
 
 
 @pytest.fixture(params=sorted(FORMS))

@@ -186,3 +186,18 @@ def test_exif_orientation_reported_but_not_applied(tmp_path: Path) -> None:
     plain = tmp_path / "plain.png"
     im.save(plain)
     assert exif_orientation(plain) == 1
+
+
+def test_exif_orientation_applied_on_request_for_prediction(tmp_path: Path) -> None:
+    from helpers import sideways_jpeg
+
+    path = sideways_jpeg(tmp_path / "phone.jpg", height=40, width=24)
+    stored = read_image(path)
+    assert stored.shape == (24, 40, 3) and stored[12, 5, 0] > 200  # sideways: red on the left
+    upright = read_image(path, apply_exif=True)
+    assert upright.shape == (40, 24, 3)
+    assert upright[5, 12, 0] > 200 and upright[5, 12, 1] < 50  # red on top
+    assert upright[35, 12, 1] > 200 and upright[35, 12, 0] < 50  # green below
+    plain = tmp_path / "plain.png"
+    Image.fromarray(upright).save(plain)  # no tag: unchanged either way
+    assert np.array_equal(read_image(plain, apply_exif=True), read_image(plain))

@@ -14,10 +14,12 @@ from pspnet.data.io import DataError, Sample
 from pspnet.data.label_maps import (
     CITYSCAPES_LABEL_TO_TRAIN_ID,
     CityscapesLabelIds,
+    ClassFileColors,
     ColorToIndex,
     IdentityMap,
     ReduceZeroLabel,
     make_label_map,
+    run_label_map,
 )
 from pspnet.data.validation import scan_labels
 
@@ -86,3 +88,59 @@ def test_label_map_registry() -> None:
     with pytest.raises(ConfigError, match="did you mean 'reduce_zero_label'"):
         make_label_map("reduce_zero")
     assert IdentityMap()(np.array([[1]], np.uint8)).dtype == np.int64
+
+
+# ------------------------------------------------------------------ class files with colours
+
+#: A class file's colours: three classes and a void colour (index 255).
+COLOURS = {0: (128, 128, 128), 1: (128, 64, 128), 2: (64, 0, 128), 255: (0, 0, 0)}
+
+
+def test_class_file_colours_map_masks_and_pass_index_labels() -> None:
+    cmap = ClassFileColors(COLOURS, ignore_index=250, source="class file c.txt")
+    rgb = np.array([[[128, 128, 128], [64, 0, 128], [0, 0, 0], [128, 64, 128]]], np.uint8)
+    assert cmap(rgb).tolist() == [[0, 2, 250, 1]]  # the void colour -> the ignore index
+    index = np.array([[0, 2, 250]], np.uint8)  # an index PNG (palette or L) stays as stored
+    assert cmap(index).tolist() == [[0, 2, 250]]
+    # Index labels go through the run's own map (ADE20K-style here).
+    behind = ClassFileColors(COLOURS, index_map=ReduceZeroLabel())
+    assert behind(np.array([[0, 1, 3]], np.uint8)).tolist() == [[255, 0, 2]]
+
+
+def test_an_unknown_colour_is_an_error_naming_colour_count_and_fix() -> None:
+    cmap = ClassFileColors(COLOURS, source="class file c.txt")
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0] = (250, 170, 30)
+    rgb[1, 0] = (7, 7, 7)
+    with pytest.raises(DataError, match=r"^4 pixels have colours that are not in class file "
+                                        r"c\.txt: RGB\(250, 170, 30\) \(3 px\), RGB\(7, 7, 7\) "
+                                        r"\(1 px\); add each colour .*255<TAB>void<TAB>R G B"):
+        cmap(rgb)
+    grey = np.full((1, 2, 3), 5, np.uint8)
+    with pytest.raises(DataError, match="all grey: an index label saved as RGB"):
+        cmap(grey)
+
+
+def test_run_label_map_uses_the_colours_only_when_there_are_some() -> None:
+    assert run_label_map(None, None) is None
+    assert isinstance(run_label_map("reduce_zero_label", {}), ReduceZeroLabel)
+    cmap = run_label_map("reduce_zero_label", COLOURS, ignore_index=255)
+    assert isinstance(cmap, ClassFileColors) and isinstance(cmap.index_map, ReduceZeroLabel)
+    with pytest.raises(ConfigError, match="unknown label map"):
+        run_label_map("nope", COLOURS)
+
+
+def test_colour_masks_through_the_dataset_name_the_file(tmp_path: Path, write_image) -> None:
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0] = COLOURS[2]
+    img = write_image(tmp_path / "i.png", np.zeros((2, 3, 3), np.uint8))
+    good = write_image(tmp_path / "good.png", rgb)
+    rgb[1, 2] = (1, 2, 3)
+    bad = write_image(tmp_path / "bad.png", rgb)
+    cmap = ClassFileColors(COLOURS)
+    ds = SegmentationDataset([Sample(img, good, "g"), Sample(img, bad, "b")], 3, label_map=cmap)
+    assert ds[0]["label"].tolist() == [[2, 2, 2], [255, 255, 255]]
+    with pytest.raises(DataError, match=r"bad\.png: 1 pixels have colours .*RGB\(1, 2, 3\)"):
+        ds[1]
+    with pytest.raises(DataError, match=r"bad\.png: 1 pixels"):
+        scan_labels(ds)  # before training: the same error, so no step runs on a wrong class

@@ -96,3 +96,17 @@ def test_folder_pairing_with_label_suffix(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         samples = folder_samples(tmp_path / "img", tmp_path / "lbl", label_suffix="_mask")
     assert samples[0].label == tmp_path / "lbl" / "x_mask.png"
+
+
+def test_unmatched_stems_are_counted_and_the_first_few_named(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    for i in range(14):
+        Image.new("RGB", (2, 2)).save(tmp_path / "img" / f"im{i:02d}.jpg")
+    for i in range(2):
+        Image.new("L", (2, 2)).save(tmp_path / "lbl" / f"im{i:02d}.png")
+    with pytest.raises(DataError) as e:
+        folder_samples(tmp_path / "img", tmp_path / "lbl")
+    msg = str(e.value)
+    assert msg.startswith("12 of 14 images in ") and "have no label in" in msg
+    assert "im02, im03," in msg and "im11 and 2 more;" in msg and "im12" not in msg

@@ -22,6 +22,7 @@ from pspnet.data.context_scenes import (
     CONTEXT_CLASSES,
     CONTEXT_PALETTE,
     FIELD,
+    _MAX_DEPTH,
     ROCK,
     check_gap,
     max_gap,
@@ -385,3 +386,49 @@ def test_generate_context_mode(tmp_path):
         generate_scenes(tmp_path / "x", **params, gap=20)
     with pytest.raises(ValueError, match="mode"):
         generate_scenes(tmp_path / "x", **params, mode="lava")  # type: ignore[arg-type]
+
+
+def test_context_lies_along_one_side_or_two_adjacent_sides(context_scenes):
+    """The context is a band along one image side or two adjacent ones (never opposite sides),
+    covering the whole of each such side and no deeper than the deepest band allowed."""
+    deepest = int(np.ceil(_MAX_DEPTH * 96))
+    side_pixels = {"top": np.s_[0, :], "right": np.s_[:, -1], "bottom": np.s_[-1, :],
+                   "left": np.s_[:, 0]}
+    counts = {1: 0, 2: 0}
+    for _, label in context_scenes:
+        context = (label == WATER) | (label == ROAD)
+        sides = [s for s, idx in side_pixels.items() if context[idx].all()]
+        assert len(sides) in (1, 2), sides
+        assert set(sides) not in ({"top", "bottom"}, {"left", "right"})
+        counts[len(sides)] += 1
+        # Every context pixel lies within the band depth of one of its sides.
+        rows, cols = np.nonzero(context)
+        depth = {"top": rows, "bottom": 95 - rows, "left": cols, "right": 95 - cols}
+        assert np.all(np.min([depth[s] for s in sides], axis=0) < deepest)
+    assert counts[1] > 30 and counts[2] > 30  # both layouts occur
+
+
+def test_context_rocks_and_field_never_depend_on_the_context():
+    """Forced water or road: the rocks (distractors in the vessels' colours) and the field are
+    the same pixels with the same labels; rocks never cover the context band."""
+    for seed in range(10):
+        img_w, lab_w = render_context_scene(np.random.default_rng([7, seed]), (64, 64), gap=14,
+                                            context="water")
+        img_r, lab_r = render_context_scene(np.random.default_rng([7, seed]), (64, 64), gap=14,
+                                            context="road")
+        for cls in (FIELD, ROCK):
+            assert np.array_equal(lab_w == cls, lab_r == cls)
+            assert np.array_equal(img_w[lab_w == cls], img_r[lab_r == cls])
+        band = (lab_w == WATER)
+        assert not (band & (lab_r == ROCK)).any()
+
+
+def test_the_demo_geometry_keeps_its_gap():
+    """The demo's own scenes (128 px, gap 48): the gap fits, and every vessel pixel is at least
+    48 px from the water or road."""
+    assert max_gap((128, 128)) >= 48
+    for i in range(8):
+        _, label = render_context_scene(np.random.default_rng([0, 0, i]), (128, 128), gap=48)
+        vessel = (label == BOAT) | (label == CAR)
+        context = (label == WATER) | (label == ROAD)
+        assert vessel.any() and chebyshev_distance(vessel, context) >= 48

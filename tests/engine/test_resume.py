@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from _engine_tiny import tiny_config
 from pspnet.config import Config
-from pspnet.engine import train as train_mod
+from pspnet.engine import state as state_mod
 from pspnet.checkpoint.training import find_checkpoint, load_checkpoint
 from pspnet.engine.train import train
 
@@ -113,7 +113,7 @@ def test_kill9_then_resume_is_bit_identical(
     assert _same(_weights(work), _weights(reference)), "resumed weights differ from the reference"
 
     # Negative control: resuming without restoring the RNG states (dropout masks) diverges.
-    monkeypatch.setattr(train_mod, "restore_rng", lambda state: None)
+    monkeypatch.setattr(state_mod, "restore_rng", lambda state: None)
     train(_cfg(tiny_data, control, resume="auto"), progress=False)
     assert not _same(_weights(control), _weights(reference))
 

@@ -99,3 +99,21 @@ def test_batch_of_one_in_training_is_explained() -> None:
     model = pspnet.create_model("pspnet_r18", 2).train()
     with pytest.raises(ValueError, match="batch size of at least 2"):
         model(torch.randn(1, 3, 32, 32))
+
+
+def test_base_width_narrows_every_stage_and_keeps_the_output() -> None:
+    """``model.base_width`` (the demo's narrow backbone): the stage widths follow it, the head
+    adapts, the logits keep their shape; a bad width is refused naming the key."""
+    net = pspnet.create_model("pspnet_r18", 5, base_width=16, head_channels=32, aux_channels=16)
+    assert net.backbone.out_channels == {"aux": 64, "out": 128}
+    assert net.backbone.conv1.out_channels == 16
+    assert net.backbone.layer4[0].conv1.out_channels == 128
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 65, 65))["out"].shape == (1, 5, 65, 65)
+    full = sum(p.numel() for p in pspnet.create_model("pspnet_r18", 5).backbone.parameters())
+    narrow = sum(p.numel() for p in net.backbone.parameters())
+    assert narrow < full / 12  # about 1/16: parameters scale with the width squared
+    for bad in (0, -8, 1.5, True):
+        with pytest.raises(ConfigError, match="model.base_width"):
+            pspnet.create_model("pspnet_r18", 5, base_width=bad)

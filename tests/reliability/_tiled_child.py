@@ -23,23 +23,10 @@ from pspnet.config import Preprocessing
 from pspnet.inference import predict_labels_tiled
 from pspnet.models.registry import create_model
 
-
-def _status(key: str) -> int:
-    """A ``/proc/self/status`` memory field, in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
+from _proc_memory import reset_peak as _reset_peak  # noqa: E402 - beside this script
+from _proc_memory import status as _status  # noqa: E402
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _photo(h: int, w: int) -> np.ndarray:

@@ -99,13 +99,19 @@ def run_benchmark(
     progress: Callable[[str], None] | None = print,
     data: bool = True,
     data_options: dict[str, Any] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run the selected cases; returns ``{"machine", "peaks", "results"}``.
 
     With ``data`` the training data pipeline is timed too (:func:`bench_data_pipeline`, called
-    with ``data_options``); its summary and verdict are under ``"data_pipeline"``.
+    with ``data_options``); its summary and verdict are under ``"data_pipeline"``. On a CUDA
+    ``device`` only the inference cases run there (fp16 too); the sliding, training and data
+    cases are CPU cases and are skipped.
     """
     say = progress or (lambda s: None)
+    if device.startswith("cuda"):
+        return _run_cuda(arch, sizes, variants, num_classes, warmup, repeats, gemm_size, say,
+                         device)
     native_bf16 = cpu_has_native_bf16()
     if not native_bf16:
         # Emulated bf16 is several times slower than fp32: timing it only wastes the run.
@@ -150,6 +156,29 @@ def run_benchmark(
     if pipeline is not None:
         doc["data_pipeline"] = pipeline
     return doc
+
+
+def _run_cuda(
+    arch: str, sizes: tuple[int, ...], variants: tuple[str, ...], num_classes: int, warmup: int,
+    repeats: int, gemm_size: int, say: Callable[[str], None], device: str,
+) -> dict[str, Any]:
+    """:func:`run_benchmark`'s inference cases on a CUDA device (GEMM peaks measured there)."""
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available in this torch build "
+                         f"({torch.__version__}); use --device cpu or install a CUDA build")
+    peaks = {d: matmul_peak(getattr(torch, t), gemm_size, device=device)
+             for d, t in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"))}
+    say("GEMM peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    results: list[BenchResult] = []
+    for size in sizes:
+        for r in bench_inference(arch, size, variants, num_classes=num_classes, warmup=warmup,
+                                 repeats=repeats, peaks=peaks, device=device):
+            say(f"{r.case:<42} {r.variant:<18} {r.ms:9.1f} ms  x{r.speedup:4.2f}  "
+                f"{100 * r.peak_fraction:5.1f}% peak")
+            results.append(r)
+    info = {**machine_info(), "device": torch.cuda.get_device_name(device),
+            "native_bf16": torch.cuda.is_bf16_supported()}
+    return {"machine": info, "peaks": peaks, "results": [asdict(r) for r in results]}
 
 
 def format_markdown(doc: dict[str, Any]) -> str:

@@ -65,17 +65,25 @@ def peak_rss_mib() -> float | None:
     return None
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    """Measured GEMM throughput in GFLOP/s for ``dtype`` (median of ``repeats``)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5, device: str = "cpu") -> float:
+    """Measured GEMM throughput in GFLOP/s for ``dtype`` on ``device`` (median of ``repeats``)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     a @ b  # warm-up (oneDNN/AMX kernel selection)
     times = []
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         a @ b
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _sync(device: str) -> None:
+    """Wait for queued GPU work, so a wall-clock time covers it."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def count_flops(fn: Callable[[], Any]) -> float:
@@ -107,13 +115,20 @@ _VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
     "bf16-cl": {"precision": "bf16", "fold_bn": False},
     "bf16-folded": {"precision": "bf16"},
     "bf16-compile": {"precision": "bf16", "compile": True},
+    "fp16-folded": {"precision": "fp16"},
     "fp16-compile": {"precision": "fp16", "compile": True},
 }
 
 
-def _inference_variant(model: nn.Module, variant: str) -> nn.Module:
+def _inference_variant(model: nn.Module, variant: str, x: torch.Tensor | None = None) -> nn.Module:
     if variant == "fp32-eager":
         return model
+    if variant == "int8-compile" and x is not None:
+        # Calibrated on the timing input itself: this case measures speed; accuracy is
+        # bench/int8_camvid.py's (real calibration images).
+        from pspnet.models.quantize import quantize_pt2e
+
+        return quantize_pt2e(model, [x.cpu()])
     if variant in _VARIANT_OPTIONS:
         return optimize_for_inference(model, **_VARIANT_OPTIONS[variant])
     raise ValueError(f"unknown variant {variant!r}; choices: {', '.join(INFERENCE_VARIANTS)}")
@@ -131,7 +146,7 @@ def bench_inference(
     results = []
     base_ms = None
     for variant in ("fp32-eager",) + tuple(v for v in variants if v != "fp32-eager"):
-        m = _inference_variant(model, variant)
+        m = _inference_variant(model, variant, x)
         reset_peak_rss()
 
         def run(m: nn.Module = m) -> None:
@@ -143,7 +158,8 @@ def bench_inference(
         t = _time({variant: run}, warmup, repeats)[variant]
         ms = statistics.median(t) * 1e3
         base_ms = base_ms or ms
-        peak = peaks["bf16" if "bf16" in variant or "fp16" in variant else "fp32"]
+        arith = variant.split("-")[0]
+        peak = peaks.get(arith, peaks["bf16" if arith == "fp16" else "fp32"])
         results.append(BenchResult(
             case=f"{arch} inference {size}x{size} b1", variant=variant, ms=ms,
             ms_min=min(t) * 1e3, ms_max=max(t) * 1e3, gflop=flops / 1e9,

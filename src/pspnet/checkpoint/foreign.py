@@ -17,7 +17,8 @@ from pspnet.checkpoint.training import (
     train_checkpoint_info,
     validate_train_checkpoint,
 )
-from pspnet.checkpoint.weights import is_weight_dir
+from pspnet.checkpoint.weights import checked_palette, is_weight_dir
+from pspnet.config import ConfigError
 from pspnet.models.registry import MODELS
 
 #: Layout name :func:`read_foreign` gives a training checkpoint.
@@ -302,5 +303,8 @@ def read_foreign(path: str | Path) -> tuple[dict[str, Tensor], str, dict[str, An
     if classes:
         info["classes"] = tuple(str(c) for c in classes)
     if palette:
-        info["palette"] = tuple(tuple(int(x) for x in c) for c in palette)
+        try:
+            info["palette"] = checked_palette(palette)
+        except ConfigError as e:
+            raise CheckpointError(f"{p}: the palette in its meta is unusable: {e}") from None
     return convert_state_dict(sd, layout), layout, info

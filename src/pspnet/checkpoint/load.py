@@ -1,5 +1,5 @@
 """Loading models: :func:`load_model` (THE loader), :func:`load_foreign`, :func:`convert` and
-:func:`load_backbone_weights`.
+:func:`load_backbone_weights`; :func:`resolve_weights` turns a zoo name into its file for all.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pspnet import hub
+from pspnet.checkpoint.calibration import CALIBRATION_FIX, Calibration, calibration_images
 from pspnet.checkpoint.exported import exported_kind, open_export
 from pspnet.checkpoint.files import EXPECTED_WEIGHTS, CheckpointError, read_torch_file
 from pspnet.checkpoint.foreign import (
@@ -29,6 +31,36 @@ from pspnet.config import ModelConfig
 from pspnet.models import PSPNet, build_model
 from pspnet.models.fuse import optimize_for_inference
 from pspnet.models.registry import MODELS, model_config
+
+
+def resolve_weights(path: str | Path, *, progress: bool = True) -> Path:
+    """A weights argument as a path: the path itself, or the file a zoo name stands for.
+
+    An existing path always wins over a zoo name spelled the same. A name of
+    :data:`pspnet.hub.ZOO` (``pspnet zoo`` lists them) is resolved in the cache
+    (``$PSPNET_HOME``, default ``~/.cache/pspnet``) and downloaded, hash-checked, when missing
+    (:func:`pspnet.hub.resolve`). Anything else is returned as a path.
+
+    Raises:
+        ValueError: A zoo name that needs a manual step, or cannot be downloaded
+            (:class:`pspnet.hub.DownloadError`: the message names the URL and the cache path to
+            put the file at), or whose download has the wrong SHA-256.
+    """
+    p = Path(path)
+    if p.exists() or str(path) not in hub.ZOO:
+        return p
+    return hub.resolve(str(path), progress=progress)
+
+
+def missing_weights(p: Path) -> CheckpointError:
+    """The error for a weights argument that is neither a path nor a zoo name."""
+    import difflib
+
+    close = difflib.get_close_matches(str(p), hub.ZOO, n=1)
+    hint = f"; did you mean the zoo entry {close[0]!r}?" if close else ""
+    return CheckpointError(
+        f"{p} does not exist ({EXPECTED_WEIGHTS}, or a zoo name: `pspnet zoo` lists them){hint}"
+    )
 
 
 def _check_fixed_config(
@@ -81,7 +113,9 @@ def load_foreign(
     align_corners=False``; mmseg's V1c stem width 32 is read from the weights). A training
     checkpoint is rebuilt from its stored model config instead (options cannot override it).
     """
-    p = Path(path)
+    p = resolve_weights(path)
+    if not p.exists():
+        raise missing_weights(p)
     sd, layout, info = read_foreign(p)
     if layout == TRAIN_LAYOUT:
         return _load_train_checkpoint(p, sd, info, arch, num_classes, options)
@@ -128,12 +162,14 @@ def load_model(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     compile: bool = False,
+    calibration: Calibration | None = None,
     **options: Any,
 ) -> nn.Module:
     """Load a PSPNet for inference from any supported weight file.
 
     Args:
-        path: One of our weight directories (or its ``model.safetensors``, which is the same),
+        path: A zoo name (``pspnet zoo``; see :func:`resolve_weights`), or one of our weight
+            directories (or its ``model.safetensors``, which is the same),
             a training checkpoint (``WORK_DIR/checkpoints/last.pt``: rebuilt from its stored
             model config), or a foreign checkpoint (hszhao/semseg ``.pth``, mmsegmentation
             ``.pth``, a mit-semseg directory or encoder/decoder file), or an ONNX / TorchScript
@@ -145,7 +181,11 @@ def load_model(
         device: Where to put the model.
         precision: ``"fp32"`` (the eager model, exact), ``"bf16"`` or ``"fp16"``: a folded,
             channels-last, low-precision copy (:func:`pspnet.models.fuse.optimize_for_inference`).
+            ``"int8"``: post-training int8 quantization calibrated on ``calibration``
+            (:func:`pspnet.models.quantize.quantize_pt2e`; needs torchao), always compiled.
         compile: Also ``torch.compile`` it (the first call per input shape compiles).
+        calibration: int8 only: calibration images (paths, a folder or a list file; see
+            :mod:`pspnet.checkpoint.calibration`), e.g. 32 training images.
         **options: :class:`~pspnet.config.ModelConfig` fields overriding what the file implies
             (foreign files only), e.g. ``align_corners=True`` for mmseg's 769x769 models.
 
@@ -163,14 +203,18 @@ def load_model(
             it), an unsafe pickle, weights that contradict ``arch`` / ``num_classes`` /
             ``options``, ``precision`` / ``compile`` for an export, or an ONNX export without
             onnxruntime installed (the message names the extra).
+        ValueError: A zoo name that cannot be resolved (see :func:`resolve_weights`).
     """
-    p = Path(path)
+    p = resolve_weights(path)
     kind = exported_kind(p)
     if kind is not None:  # an ONNX / TorchScript file from `pspnet export`
+        if calibration is not None:
+            raise CheckpointError(f"{p} is an exported model; calibration images quantize "
+                                  "PyTorch weights (export with --int8 to quantize an export)")
         return open_export(p, kind, arch, num_classes, precision=precision, compile=compile,
                            **options)
     if not p.exists():
-        raise CheckpointError(f"{p} does not exist ({EXPECTED_WEIGHTS})")
+        raise missing_weights(p)
     if p.is_file() and p.suffix == ".safetensors" and is_weight_dir(p.parent):
         p = p.parent  # the tensor file of a weight directory: load the directory, same options
     if is_weight_dir(p):
@@ -182,18 +226,40 @@ def load_model(
         model, meta, _ = load_foreign(p, arch, num_classes, **options)
     model.meta = meta  # type: ignore[assignment]
     model = model.to(device).eval()
+    if precision == "int8" or calibration is not None:
+        return _quantized(model, precision, calibration)
     if precision != "fp32" or compile:
         return optimize_for_inference(model, precision=precision, compile=compile)  # type: ignore[arg-type]
     return model
 
 
+def _quantized(model: PSPNet, precision: str, calibration: Calibration | None) -> nn.Module:
+    """``precision="int8"``: the model quantized on its calibration images."""
+    if precision != "int8":
+        raise CheckpointError(f"calibration images are for precision='int8', not "
+                              f"{precision!r}; leave calibration out or use int8")
+    if calibration is None:
+        raise CheckpointError(f"precision='int8' needs calibration images; {CALIBRATION_FIX}")
+    from pspnet.models.quantize import quantize_pt2e  # lazy: torchao only when asked for
+
+    images = calibration_images(calibration, model.meta.preprocess)  # type: ignore[union-attr]
+    try:
+        return quantize_pt2e(model, images)
+    except ImportError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def load_backbone_weights(model: PSPNet, path: str | Path) -> LoadReport:
     """Initialise ``model.backbone`` from ImageNet ResNet weights (torchvision or deep-stem).
+
+    ``path`` may be a zoo name (``resnet18_imagenet``; see :func:`resolve_weights`).
 
     Raises:
         CheckpointError: When the file's stem or blocks do not match the model's backbone.
     """
-    p = Path(path)
+    p = resolve_weights(path)
+    if not p.exists():
+        raise missing_weights(p)
     sd, _ = unwrap_state_dict(read_torch_file(p), p)
     sd = convert_state_dict(sd, "resnet" if detect_layout(sd) in ("resnet", "mit-encoder")
                             else detect_layout(sd))
@@ -267,7 +333,7 @@ def convert(
     Raises:
         CheckpointError: The source cannot be read or converted, or the class list does not fit.
     """
-    s = Path(src)
+    s = resolve_weights(src)
     if is_weight_dir(s) or (s.suffix == ".safetensors" and is_weight_dir(s.parent)):
         raise CheckpointError(why_not_loadable(s if s.is_dir() else s.parent))
     if classes_file is not None:

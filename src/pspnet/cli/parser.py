@@ -12,22 +12,29 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pspnet import __version__
 from pspnet.cli.data import cmd_data_check
 from pspnet.cli.deploy import cmd_export, cmd_serve
-from pspnet.cli.run import cmd_benchmark, cmd_demo, cmd_evaluate, cmd_predict, cmd_train
+from pspnet.cli.run import (
+    cmd_benchmark, cmd_demo, cmd_evaluate, cmd_predict, cmd_report, cmd_train,
+)
 from pspnet.cli.weights import cmd_convert, cmd_info, cmd_list_models, cmd_zoo
-from pspnet.config.flags import TRAIN_FLAGS
+from pspnet.config.flags import TRAIN_FLAGS, add_deprecated_alias
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EPILOG = """examples:
-  pspnet demo                                      # train PSPNet + FCN on generated scenes, report
+  pspnet demo                                      # PSPNet vs FCN on generated scenes, 3 seeds, report
   pspnet train --data-root D --train-list D/train.txt --val-list D/val.txt --num-classes 11 \\
       --time-budget 30 --work-dir runs/camvid
+  pspnet train --images photos/ --labels masks/ --val-fraction 0.2 --num-classes 4 \\
+      --classes-file classes.txt --work-dir runs/mine    # own folders, colour masks
   torchrun --nproc-per-node 2 -m pspnet train --config configs/ade20k_pspnet50.yaml
+  pspnet report runs/camvid                        # curves, per-class IoU, overlays: HTML
   pspnet evaluate --weights runs/camvid/best --data-root D --val-list D/test.txt --out eval/ \\
       --save-predictions
+  pspnet evaluate --weights runs/mine/best --val-list runs/mine/val.txt --out eval/
   pspnet list-models
   pspnet zoo                                       # public weights, sources, reported mIoU
   pspnet zoo --download mmseg_pspnet_r50_ade20k
@@ -115,8 +122,12 @@ def _tile_batch(text: str) -> int:
 
 def _add_speed_flags(s: argparse.ArgumentParser) -> None:
     """--precision, --tile-batch, --fast, --compile: the same for predict and evaluate."""
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision (default fp32)")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
+                   help="autocast precision (default fp32); int8: post-training quantization "
+                        "on --calibration-list images (needs torchao: the int8 extra)")
+    s.add_argument("--calibration-list", default=None, metavar="FILE",
+                   help="with --precision int8: calibration images, one path per line "
+                        "(relative to the file's folder), or a folder; e.g. 32 training images")
     s.add_argument("--tile-batch", type=_tile_batch, default=4, metavar="N",
                    help="crops per forward pass with --mode slide (default 4); fewer lower the "
                         "peak memory, more can be faster on a GPU")
@@ -137,7 +148,27 @@ def _add_set(s: argparse.ArgumentParser, help: str) -> None:
 def _add_weights(s: argparse.ArgumentParser) -> None:
     """``--weights`` of the verbs that run a model: anything :func:`pspnet.load_model` opens."""
     s.add_argument("--weights", required=True,
-                   help="weight directory, foreign checkpoint, or exported .onnx/.ts file")
+                   help="weight directory, foreign checkpoint, exported .onnx/.ts file, or a "
+                        "zoo name (pspnet zoo; downloaded to the cache on first use)")
+
+
+def _add_classes_file(s: argparse.ArgumentParser, help: str) -> None:
+    """``--classes-file`` (every verb's one name for a class file; ``--class-names`` is its
+    deprecated, hidden alias)."""
+    s.add_argument("--classes-file", metavar="FILE", help=help)
+    add_deprecated_alias(s, "--class-names", "--classes-file", "classes_file")
+
+
+def _add_folders(s: argparse.ArgumentParser) -> None:
+    """``--images DIR --labels DIR``: samples paired by file stem, instead of a list file."""
+    s.add_argument("--images", metavar="DIR",
+                   help="image folder, paired with --labels by file stem (instead of a list)")
+    s.add_argument("--labels", metavar="DIR", help="label folder of --images")
+
+
+#: --classes-file help of the verbs that read labels.
+_CLASSES_HELP = ("class names, one a line, or `index<TAB>name<TAB>R G B` lines: then colour-coded "
+                 "(RGB) labels are mapped to those classes")
 
 
 def _add_device(s: argparse.ArgumentParser) -> None:
@@ -150,12 +181,17 @@ def _add_quiet(s: argparse.ArgumentParser, help: str = "no progress bar") -> Non
 
 def _add_window_flags(s: argparse.ArgumentParser, crop_help: str) -> None:
     """--mode, --crop-size, --scales, --flip: how predict and evaluate run the model."""
-    s.add_argument("--mode", choices=["whole", "slide"], default="whole",
+    # No defaults here (None): the handlers tell a flag the user gave from one left out, so
+    # that a flag that would be ignored (or overridden by a --protocol) is an error.
+    s.add_argument("--mode", choices=["whole", "slide"],
                    help="whole image or sliding window (default whole)")
     s.add_argument("--crop-size", type=int, help=crop_help)
-    s.add_argument("--scales", type=float, nargs="+", default=[1.0],
+    s.add_argument("--scales", type=float, nargs="+",
                    help="test scales, averaged (default 1.0)")
     s.add_argument("--flip", action="store_true", help="average with the flipped image")
+    s.add_argument("--max-pixels", type=int, default=120_000_000,
+                   help="largest image, W*H pixels (default 120000000; a guard against "
+                        "decompression bombs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"pspnet {__version__}",
+                   help="print the version of pspnet and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     _add_list_models(sub)
@@ -178,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_report(sub)
     _add_export(sub)
     _add_predict(sub)
     _add_data(sub)
@@ -204,11 +243,11 @@ def _add_zoo(sub: Subparsers) -> None:
 def _add_convert(sub: Subparsers) -> None:
     """The ``convert`` verb."""
     s = sub.add_parser("convert", help="convert a semseg/mmseg/mit-semseg file to our format")
-    s.add_argument("src", help="foreign checkpoint (.pth) or mit-semseg directory")
+    s.add_argument("src", help="foreign checkpoint (.pth), mit-semseg directory, or zoo name")
     s.add_argument("dst", help="output directory (model.safetensors + config.json)")
     s.add_argument("--arch", help="architecture (inferred from the file when omitted)")
     s.add_argument("--num-classes", type=int, help="checked against the file")
-    s.add_argument("--classes-file", help="class names, one a line (or CamVid classes.txt)")
+    _add_classes_file(s, "class names, one a line (or CamVid classes.txt)")
     _add_set(s, "model options the file lacks (one or more), e.g. "
                         "align_corners=true")
     s.set_defaults(func=cmd_convert)
@@ -217,7 +256,7 @@ def _add_convert(sub: Subparsers) -> None:
 def _add_info(sub: Subparsers) -> None:
     """The ``info`` verb."""
     s = sub.add_parser("info", help="describe a weight directory or checkpoint")
-    s.add_argument("path", help="weight directory or foreign checkpoint (.pth)")
+    s.add_argument("path", help="weight directory, foreign checkpoint (.pth), or zoo name")
     s.add_argument("--arch", help="architecture of a foreign checkpoint (default: inferred)")
     s.add_argument("--num-classes", type=int, help="classes of a foreign checkpoint (checked)")
     _add_set(s, "options of a foreign checkpoint (one or more), e.g. "
@@ -230,15 +269,24 @@ def _add_demo(sub: Subparsers) -> None:
     s = sub.add_parser("demo", help="the embedded demo: generated scenes, PSPNet vs FCN, a report")
     s.add_argument("--out", default="demo_out",
                    help="output folder: data, models, report (default demo_out)")
-    s.add_argument("--minutes", type=float, default=4.0,
-                   help="training budget per model, in minutes (default 4)")
-    s.add_argument("--seed", type=int, default=0,
-                   help="seed of the scenes and training (default 0)")
-    s.add_argument("--size", type=int, default=256,
-                   help="scene size in pixels (default 256; larger: context further from "
-                        "object interiors)")
+    s.add_argument("--iterations", type=int, default=90,
+                   help="training steps per run, the same on every machine (default 90)")
+    s.add_argument("--seeds", type=int, default=3,
+                   help="number of training seeds; the claim is checked over them (default 3)")
+    s.add_argument("--seed-start", type=int, default=0,
+                   help="first seed: seeds SEED_START .. SEED_START+SEEDS-1 (default 0)")
+    s.add_argument("--size", type=int, default=128, help="scene size in pixels (default 128)")
+    s.add_argument("--gap", type=int, default=48,
+                   help="pixels between every vessel and the deciding water or road (default 48)")
+    s.add_argument("--width", type=int, default=64,
+                   help="channels of the backbone's first stage (default 64, ResNet-18's); "
+                        "16 keeps the receptive field at 1/16 of the parameters")
+    s.add_argument("--min-scale", type=float, default=0.75,
+                   help="smallest random scale of the training scenes (default 0.75); use 1 "
+                        "with a --gap beyond the FCN's 257-px reach")
     s.add_argument("--fresh", action="store_true",
-                   help="start over: delete the runs of this --size in --out, then train")
+                   help="start over: delete the runs of these settings and seeds in --out, "
+                        "then train")
     _add_quiet(s, "no progress bars")
     s.set_defaults(func=cmd_demo)
 
@@ -253,7 +301,8 @@ def _add_benchmark(sub: Subparsers) -> None:
     s.add_argument("--variants", nargs="+",
                    default=["fp32-eager", "fp32-folded", "fp32-compile", "bf16-cl", "bf16-folded",
                             "bf16-compile"],
-                   help="bf16 variants are skipped on CPUs without native bf16")
+                   help="bf16 variants are skipped on CPUs without native bf16; int8-compile "
+                        "(int8 PT2E + inductor, needs torchao) is timed when named")
     s.add_argument("--warmup", type=int, default=2, help="untimed runs per case (default 2)")
     s.add_argument("--repeats", type=int, default=5, help="timed runs per case (default 5)")
     s.add_argument("--no-sliding", action="store_true", help="skip the 2048x1024 sliding case")
@@ -261,7 +310,7 @@ def _add_benchmark(sub: Subparsers) -> None:
     s.add_argument("--no-cpu-archs", action="store_true", help="skip the pspnet_r18 train step")
     s.add_argument("--no-data", action="store_true",
                    help="skip the data pipeline case (DataLoader images/s vs the training step)")
-    s.add_argument("--data-source", choices=["auto", "camvid", "scenes"], default="auto",
+    s.add_argument("--data-source", choices=["auto", "camvid", "scenes"],
                    help="data pipeline case: CamVid (--camvid-root or $PSPNET_CAMVID; auto "
                         "falls back to generated scenes)")
     s.add_argument("--camvid-root", metavar="DIR",
@@ -269,6 +318,8 @@ def _add_benchmark(sub: Subparsers) -> None:
                         "$PSPNET_CAMVID)")
     s.add_argument("--allocator", choices=["system", "tcmalloc", "jemalloc"], default="system",
                    help="preload another malloc (fewer page faults; see docs/benchmarks.md)")
+    s.add_argument("--device", default="cpu",
+                   help="cpu, or cuda[:N] (inference cases only, fp16 variants too)")
     s.add_argument("--json", help="write the results as JSON")
     s.add_argument("--markdown", help="write the results as a Markdown table")
     s.set_defaults(func=cmd_benchmark)
@@ -280,7 +331,8 @@ def _add_serve(sub: Subparsers) -> None:
     _add_weights(s)
     s.add_argument("--host", default="127.0.0.1",
                    help="bind address; anything but loopback exposes the model to the network")
-    s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    s.add_argument("--port", type=int, default=8000,
+                   help="TCP port, 0..65535 (default 8000; 0 picks a free one)")
     s.add_argument("--max-body-mb", type=float, default=20.0,
                    help="largest request body, in MB (default 20)")
     s.add_argument("--max-pixels", type=int, default=16_000_000,
@@ -309,9 +361,13 @@ def _add_evaluate(sub: Subparsers) -> None:
     """The ``evaluate`` verb."""
     s = sub.add_parser("evaluate", help="mIoU/mAcc/allAcc of weights on a labelled list")
     _add_weights(s)
-    s.add_argument("--data-root", required=True, help="root the list file's paths are relative to")
-    s.add_argument("--val-list", required=True,
-                   help="'image label' per line, or one sample name per line")
+    s.add_argument("--data-root",
+                   help="root the list file's paths are relative to (default: the working "
+                        "directory)")
+    s.add_argument("--val-list",
+                   help="'image label' per line, or one sample name per line (or --images "
+                        "--labels)")
+    _add_folders(s)
     s.add_argument("--out", required=True, help="writes metrics.json, confusion.png")
     _add_window_flags(s, crop_help="sliding-window crop in pixels (--mode slide, or a sliding --protocol)")
     s.add_argument("--protocol", help="a named preset (docs/evaluation.md): semseg, mmseg-whole ...")
@@ -322,7 +378,7 @@ def _add_evaluate(sub: Subparsers) -> None:
     s.add_argument("--save-predictions", action="store_true",
                    help="write OUT/predictions/<stem>.png (class indices, original size)")
     s.add_argument("--num-classes", type=int, help="default: from the weights")
-    s.add_argument("--class-names", help="class names file (default: from the weights)")
+    _add_classes_file(s, _CLASSES_HELP + " (default names: from the weights)")
     s.add_argument("--ignore-index", type=int, default=255,
                    help="label value left out of the metrics (default 255)")
     s.add_argument("--label-map", help="reduce_zero_label (ADE20K), cityscapes_label_ids")
@@ -332,10 +388,24 @@ def _add_evaluate(sub: Subparsers) -> None:
     s.set_defaults(func=cmd_evaluate)
 
 
+def _add_report(sub: Subparsers) -> None:
+    """The ``report`` verb."""
+    s = sub.add_parser("report", help="a training run as one HTML page (needs pspnet[report])")
+    s.add_argument("work_dir", metavar="WORK_DIR", help="the --work-dir of a `pspnet train` run")
+    s.add_argument("--max-images", type=int, default=100,
+                   help="validation images scored at most, evenly spaced (default 100)")
+    s.add_argument("--overlays", type=int, default=4,
+                   help="validation images in the overlay grid (default 4)")
+    _add_device(s)
+    _add_quiet(s)
+    s.set_defaults(func=cmd_report)
+
+
 def _add_export(sub: Subparsers) -> None:
     """The ``export`` verb."""
     s = sub.add_parser("export", help="export to ONNX or TorchScript, checked against eager")
-    s.add_argument("--weights", required=True, help="weight directory or foreign checkpoint")
+    s.add_argument("--weights", required=True,
+                   help="weight directory, foreign checkpoint, or a zoo name (pspnet zoo)")
     s.add_argument("--format", choices=["onnx", "torchscript"], required=True,
                    help="file format to write")
     s.add_argument("--out", required=True, help="output file (.onnx or .ts)")
@@ -345,6 +415,12 @@ def _add_export(sub: Subparsers) -> None:
                    help="export (and fixed) input width, pixels (default 473)")
     s.add_argument("--dynamic", action="store_true",
                    help="ONNX graph valid at any size (exact shape-generic pyramid pooling)")
+    s.add_argument("--int8", action="store_true",
+                   help="ONNX only: quantize to int8 with ONNX Runtime static quantization, "
+                        "calibrated on --calibration-list images")
+    s.add_argument("--calibration-list", default=None, metavar="FILE",
+                   help="with --int8: calibration images, one path per line (relative to the "
+                        "file's folder), or a folder; e.g. 32 training images")
     s.add_argument("--output", choices=["logits", "labels"], default="logits",
                    help="class scores or argmax class indices (default logits)")
     s.add_argument("--no-check", action="store_true", help="skip the parity check against eager")
@@ -360,8 +436,11 @@ def _add_predict(sub: Subparsers) -> None:
     _add_window_flags(s, crop_help="sliding-window crop (with --mode slide)")
     _add_speed_flags(s)
     _add_device(s)
-    s.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1 (default 0.5)")
+    s.add_argument("--alpha", type=float, help="overlay opacity, 0..1 (default 0.5)")
     s.add_argument("--no-overlay", action="store_true", help="write only the masks")
+    s.add_argument("--max-memory-gb", type=float, default=2.0,
+                   help="bound on one prediction's memory besides model and image; a whole-image "
+                        "pass above it runs as a sliding window (default 2; inf: no bound)")
     s.add_argument("--skip-bad", action="store_true",
                    help="report unreadable inputs and go on (default: stop at the first)")
     _add_quiet(s)
@@ -375,13 +454,12 @@ def _add_data(sub: Subparsers) -> None:
     s = dsub.add_parser("check", help="scan a data set for problems before training")
     s.add_argument("--data-root", default=".", help="root the list file's paths are relative to")
     s.add_argument("--list", help="list file: 'image label' per line (or CamVid-style names)")
-    s.add_argument("--images", help="image folder (paired with --labels by file stem)")
-    s.add_argument("--labels", help="label folder")
+    _add_folders(s)
     s.add_argument("--dataset", help="named layout: camvid, ade20k, voc2012, cityscapes")
-    s.add_argument("--split", default="train", help="split of a --dataset (default train)")
+    s.add_argument("--split", help="split of a --dataset (default train)")
     s.add_argument("--num-classes", type=int,
-                   help="number of classes (required without --dataset)")
-    s.add_argument("--classes-file", help="class names, one a line (or CamVid classes.txt)")
+                   help="number of classes (default: the --dataset's or the --classes-file's)")
+    _add_classes_file(s, _CLASSES_HELP)
     s.add_argument("--ignore-index", type=int, default=255,
                    help="label value that marks void pixels (default 255)")
     s.add_argument("--label-map", help="reduce_zero_label (ADE20K), cityscapes_label_ids, none")

@@ -26,6 +26,12 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 def cmd_zoo(args: argparse.Namespace) -> int:
     from pspnet import hub
 
+    if args.allow_unverified and not args.download:
+        raise ValueError("--allow-unverified applies to --download NAME only; add it, or leave "
+                         "--allow-unverified out")
+    if args.verbose and args.download:
+        raise ValueError("--verbose shows the list's details; --download prints only the "
+                         "downloaded path; leave one of them out")
     if args.download:
         path = hub.fetch(args.download, allow_unverified=args.allow_unverified)
         print(path)
@@ -40,12 +46,17 @@ def cmd_zoo(args: argparse.Namespace) -> int:
                 print(f"    {u}  sha256:{h or 'unpublished'}")
             if e.notes:
                 print(f"    note: {e.notes}")
+    print(f"A name works wherever weights are expected (--weights NAME, info NAME, train "
+          f"--init-weights NAME); it is downloaded to {hub.cache_dir()}/NAME on first use.")
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from pspnet.checkpoint import convert, load_model
 
+    from pspnet.cli.common import check_output_dir
+
+    check_output_dir(args.dst, "dst")
     out = convert(
         args.src,
         args.dst,

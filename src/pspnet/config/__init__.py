@@ -7,8 +7,9 @@ so a model file always says how it was built.
 
 Modules: :mod:`~pspnet.config.core` (dict <-> dataclass conversion, YAML, overrides, merge),
 :mod:`~pspnet.config.model` (:class:`ModelConfig`, :class:`Preprocessing`),
-:mod:`~pspnet.config.training` (:class:`Config` and its data / optim / train sections) and
-:mod:`~pspnet.config.flags` (the ``pspnet train`` flags, one row per flag).
+:mod:`~pspnet.config.training` (:class:`Config` and its data / optim / train sections),
+:mod:`~pspnet.config.limits` (:data:`LIMITS`: every bound on a size that decides an
+allocation) and :mod:`~pspnet.config.flags` (the ``pspnet train`` flags, one row per flag).
 
 This package imports nothing from the rest of :mod:`pspnet` (it is the bottom layer).
 """
@@ -22,6 +23,7 @@ from pspnet.config.core import (
     parse_override,
     to_dict,
 )
+from pspnet.config.limits import INFERENCE_MEMORY_BYTES, LIMITS, Limit, check_finite, check_limit
 from pspnet.config.model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, Preprocessing
 from pspnet.config.training import (
     LIGHT_ARCHS,
@@ -52,4 +54,9 @@ __all__ = [
     "default_head_channels",
     "TRAIN_DEFAULT_ARCH",
     "LIGHT_ARCHS",
+    "LIMITS",
+    "INFERENCE_MEMORY_BYTES",
+    "Limit",
+    "check_limit",
+    "check_finite",
 ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pspnet.config.core import _check
+from pspnet.config.limits import check_finite, check_limit
 
 #: ImageNet statistics on the 0..255 scale, RGB order (what the authors normalise with).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -46,6 +47,11 @@ class ModelConfig:
     authors' ResNets, mmseg's V1c uses 32). Ignored for plain-stem archs."""
     contract_dilation: bool = False
     """Halve the dilation of the first 3x3 of each dilated stage (mmseg, mit-semseg)."""
+    base_width: int | None = None
+    """Channels of the first residual stage; each later stage doubles them (and a plain stem
+    outputs them). None: 64, the ResNets' width (what pretrained weights have). A narrower
+    backbone keeps the receptive field, which depth and dilation decide, at a fraction of the
+    cost: the demo trains with 16."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.arch, str) and bool(self.arch), "model.arch", "must be a name")
@@ -54,6 +60,8 @@ class ModelConfig:
             "model.num_classes",
             f"must be a positive integer, got {self.num_classes!r}",
         )
+        # Sizes that decide allocations are bounded before a layer is built (pspnet.config.limits).
+        check_limit("num_classes", self.num_classes, "model.num_classes")
         _check(
             self.output_stride in (8, 16, 32),
             "model.output_stride",
@@ -65,25 +73,24 @@ class ModelConfig:
             "model.bins",
             f"must be a non-empty list of positive integers, got {self.bins!r}",
         )
+        check_limit("bins_count", len(self.bins), "model.bins (number of bins)")
+        for i, b in enumerate(self.bins):
+            check_limit("bin", b, f"model.bins[{i}]")
         _check(
             self.pooling in ("avg", "max"),
             "model.pooling",
             f"must be 'avg' or 'max', got {self.pooling!r}",
         )
+        for key in ("ppm_channels", "head_channels", "aux_channels", "stem_width", "base_width"):
+            value = getattr(self, key)
+            if value is not None or key in ("head_channels", "aux_channels"):
+                _check(isinstance(value, int) and not isinstance(value, bool), f"model.{key}",
+                       f"must be a positive integer, got {value!r}")
+                check_limit("channels", value, f"model.{key}")
         _check(
-            self.ppm_channels is None or self.ppm_channels >= 1,
-            "model.ppm_channels",
-            f"must be positive or null, got {self.ppm_channels!r}",
-        )
-        _check(
-            0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout!r}"
-        )
-        _check(self.head_channels >= 1, "model.head_channels", "must be positive")
-        _check(self.aux_channels >= 1, "model.aux_channels", "must be positive")
-        _check(
-            self.stem_width is None or self.stem_width >= 1,
-            "model.stem_width",
-            f"must be positive or null, got {self.stem_width!r}",
+            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            "model.dropout",
+            f"must be in [0, 1), got {self.dropout!r}",
         )
 
 
@@ -101,11 +108,16 @@ class Preprocessing:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        _check(len(self.mean) == 3, "preprocess.mean", "must have 3 values")
+        _check(len(self.mean) == 3, "preprocess.mean", f"must have 3 values, got {self.mean!r}")
+        _check(len(self.std) == 3, "preprocess.std", f"must have 3 values, got {self.std!r}")
+        # NaN passes `s > 0` as False but `mean` is never compared: without this check a NaN
+        # mean turns every input into NaN and every pixel into class 0.
+        check_finite(self.mean, "preprocess.mean")
+        check_finite(self.std, "preprocess.std")
         _check(
-            len(self.std) == 3 and all(s > 0 for s in self.std),
+            all(s > 0 for s in self.std),
             "preprocess.std",
-            "must have 3 positive values",
+            f"must have 3 positive values (images are divided by it), got {self.std!r}",
         )
         _check(
             self.channel_order in ("RGB", "BGR"),

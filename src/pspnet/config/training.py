@@ -24,6 +24,7 @@ from pspnet.config.core import (
     load_yaml,
     to_dict,
 )
+from pspnet.config.limits import check_limit
 from pspnet.config.model import ModelConfig, Preprocessing
 
 #: Model defaults of a training :class:`Config` (CPU friendly). ``head_channels`` follows the
@@ -49,6 +50,17 @@ class DataConfig:
     """Data root; paths in the list files are relative to it."""
     train_list: str | None = None
     """Training list file (``image_path label_path`` per line)."""
+    images_dir: str | None = None
+    """Folder of training images paired with ``labels_dir`` by file stem (``a.jpg`` with
+    ``a.png``): own data without a list file, instead of ``train_list`` or ``dataset``.
+    Relative to the working directory, not to ``root``."""
+    labels_dir: str | None = None
+    """Folder of the labels of ``images_dir`` (index PNGs, or colour masks read through a
+    ``class_names`` file with ``R G B`` columns)."""
+    val_fraction: float | None = None
+    """With ``images_dir``: the share of the pairs held out for validation (0 < f < 1), drawn
+    with ``train.seed`` and written to ``WORK_DIR/split.json`` (plus ``train.txt``/``val.txt``
+    list files), which later runs in that work dir (a resume) reuse. None: no validation."""
     val_list: str | None = None
     """Validation list file; None (and no ``dataset``) means no validation during training."""
     dataset: str | None = None
@@ -101,6 +113,8 @@ class DataConfig:
             "data.crop_size",
             f"must be one size or [height, width], each at least 8, got {self.crop_size!r}",
         )
+        for side in self.crop_size or ():
+            check_limit("crop", side, "data.crop_size", low=8)
         for key, rng in (("data.scale", self.scale), ("data.rotate", self.rotate)):
             if rng is not None:
                 object.__setattr__(self, key.split(".")[1], tuple(float(v) for v in rng))
@@ -110,6 +124,8 @@ class DataConfig:
             "data.scale",
             f"must be positive, got {self.scale!r}",
         )
+        if self.scale is not None:
+            check_limit("scale", self.scale[1], "data.scale (its high end)", low=0)
         _check(
             isinstance(self.skip_bad, int) and self.skip_bad >= 0,
             "data.skip_bad",
@@ -124,6 +140,36 @@ class DataConfig:
             isinstance(self.ignore_index, int) and self.ignore_index >= 0,
             "data.ignore_index",
             f"must be a non-negative integer, got {self.ignore_index!r}",
+        )
+        self._check_folders()
+
+    def _check_folders(self) -> None:
+        """``images_dir``/``labels_dir`` come together, alone, and ``val_fraction`` with them."""
+        if self.images_dir is None and self.labels_dir is None:
+            _check(
+                self.val_fraction is None,
+                "data.val_fraction",
+                "splits image and label folders: give --images DIR --labels DIR with it (a "
+                "list file's validation set is --val-list)",
+            )
+            return
+        for key, value, flag in (("images_dir", self.images_dir, "--images"),
+                                 ("labels_dir", self.labels_dir, "--labels")):
+            _check(value is not None and str(value).strip() != "", f"data.{key}",
+                   f"is missing: give both --images DIR and --labels DIR ({flag} is not set)")
+        for key, flag in (("train_list", "--train-list"), ("val_list", "--val-list"),
+                          ("dataset", "data.dataset"), ("root", "--data-root")):
+            _check(
+                getattr(self, key) is None,
+                f"data.{key}",
+                f"({flag}) cannot be combined with image and label folders (--images/--labels): "
+                "give the folders or a list file / data set, not both",
+            )
+        f = self.val_fraction
+        _check(
+            f is None or (isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1),
+            "data.val_fraction",
+            f"must be a share between 0 and 1 (e.g. 0.2 holds out a fifth), got {f!r}",
         )
 
 
@@ -205,9 +251,20 @@ class TrainConfig:
     threads: int | None = None
     """torch intra-op threads per process; None: torch's default."""
     resume: str | None = None
-    """``auto`` (the newest good checkpoint in work_dir, if any) or a checkpoint path."""
+    """``auto`` (the newest good checkpoint in work_dir, if any; else a new run) or a checkpoint
+    path (a file, or a work directory: an error if it holds no training checkpoint)."""
+    overwrite: bool = False
+    """Start a new run in a work_dir that holds one (its checkpoints, final/, best/ and log are
+    deleted first). Without it, that is an error; see ``pspnet.engine.safety``."""
     backbone_weights: str | None = None
-    """ImageNet ResNet weights for the backbone (torchvision or the authors' deep-stem file)."""
+    """ImageNet ResNet weights for the backbone (torchvision or the authors' deep-stem file),
+    a path or a zoo name (``resnet18_imagenet``). Not loaded when ``init_weights`` is set."""
+    init_weights: str | None = None
+    """Fine-tuning: start from these weights, a path to anything ``pspnet.load_model`` reads
+    but an export, or a zoo name. Every tensor whose name and shape match is loaded; the rest
+    (the classifiers, for another number of classes) keep their fresh initialisation; the log
+    says which. The model's architecture options follow the file unless the config sets them
+    (:mod:`pspnet.checkpoint.init_weights`). Not together with ``resume``."""
     val_interval: int | None = None
     """Validate every this many ``val_unit``; 0 disables; None: four evenly spaced
     validations (the last one at the end)."""
@@ -250,6 +307,13 @@ class TrainConfig:
             f"must divide train.batch_size ({self.batch_size}), got {self.accum_steps}",
         )
         _check(self.aux_weight >= 0, "train.aux_weight", "must be >= 0")
+        # Checked here, not where the augmentation uses it (inside a loader worker process).
+        _check(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool)
+            and 0 <= self.seed < 2**63,
+            "train.seed",
+            f"must be an integer from 0 to 2**63-1, got {self.seed!r}",
+        )
         _check(
             not isinstance(self.class_weights, tuple) or all(w > 0 for w in self.class_weights),
             "train.class_weights",
@@ -268,6 +332,20 @@ class TrainConfig:
             self.resume is None or bool(str(self.resume).strip()),
             "train.resume",
             "must be 'auto', a checkpoint path, or null",
+        )
+        _check(
+            self.init_weights is None or bool(str(self.init_weights).strip()),
+            "train.init_weights",
+            "must be a weights path, a zoo name, or null",
+        )
+        _check(
+            not (self.init_weights and self.resume),
+            "train.init_weights",
+            f"({self.init_weights!r}) starts a new run from other weights and train.resume "
+            f"({self.resume!r}) continues a run from its own checkpoint: give one of them "
+            "(--init-weights or --resume). To continue an interrupted fine-tuning run: "
+            "pspnet train --config WORK_DIR/config.yaml --set train.init_weights=null "
+            "--resume auto",
         )
         _check(
             self.device == "auto"

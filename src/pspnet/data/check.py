@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pspnet.config import check_limit
 from pspnet.data.io import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -345,6 +346,7 @@ def check_dataset(
     Raises:
         ValueError: ``class_names`` does not have ``num_classes`` entries.
     """
+    check_limit("num_classes", num_classes, "num_classes (--num-classes)")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(
             f"class_names has {len(class_names)} names but num_classes is {num_classes}; "

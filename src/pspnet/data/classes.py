@@ -1,12 +1,13 @@
-"""Class-name files: the one reader behind ``train --class-names``, ``evaluate --class-names``,
-``convert --classes-file``, ``data check --classes-file`` and the colour map of CamVid-style data.
+"""Class-name files: the one reader behind ``--classes-file`` (train, evaluate, convert, data
+check; ``--class-names`` is its deprecated alias) and the colour map of colour-coded labels.
 
 A file lists one class a line in one of three forms (blank lines and ``#`` comments skipped):
 
 * ``name`` — the classes in file order;
 * ``index<TAB>name`` — the index gives the order;
 * ``index<TAB>name<TAB>R G B`` — CamVid's ``classes.txt``: the colours become the palette and
-  the colour map of colour-coded labels.
+  the colour map of colour-coded labels
+  (:class:`~pspnet.data.label_maps.ClassFileColors`).
 
 With indices, those below 255 are the classes and must be exactly ``0 .. n-1``; an entry with
 index 255 or above (``255<TAB>void<TAB>0 0 0``) names a non-class value and only has a colour.

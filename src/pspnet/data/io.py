@@ -16,6 +16,8 @@ place:
   *indices*, never their luminance (``convert("L")`` of a VOC label would give garbage classes).
 * Pixels are returned as stored: EXIF orientation is reported (:func:`exif_orientation`) but not
   applied. Label PNGs carry no EXIF, so rotating only the photo would misalign it with its label.
+  Prediction on photos (``predict``, ``serve``), where no label exists, asks for the upright
+  picture instead (``read_image(..., apply_exif=True)``, :func:`exif_upright`).
 
 This module imports only the standard library, numpy and Pillow.
 """
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DataError",
@@ -44,6 +46,7 @@ __all__ = [
     "read_label",
     "decode_label",
     "exif_orientation",
+    "exif_upright",
     "image_size",
 ]
 
@@ -110,8 +113,8 @@ class Sample:
 
 def _pixel_limit_fix(max_pixels: int) -> str:
     return (
-        f"if the file is genuine, raise the limit with --max-pixels (now {max_pixels:,}); "
-        "otherwise remove it from the data set"
+        f"if the file is genuine, raise the limit (now {max_pixels:,}: --max-pixels of "
+        "predict, evaluate, serve and data check); otherwise remove it from the data set"
     )
 
 
@@ -126,7 +129,7 @@ def _pillow_bomb_error(path: Path, err: Exception, max_pixels: int) -> Oversized
     count = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
     pil_limit = f" of {int(m.group(2)):,} pixels" if m else ""
     return OversizedImageError(
-        f"{path}: image has {count}; --max-pixels ({max_pixels:,}) allows it but Pillow's own "
+        f"{path}: image has {count}; the pixel limit ({max_pixels:,}) allows it but Pillow's own "
         f"decompression-bomb limit{pil_limit} (PIL.Image.MAX_IMAGE_PIXELS) refuses it; raise "
         "PIL.Image.MAX_IMAGE_PIXELS in the calling program, or downscale the file"
     )
@@ -272,6 +275,19 @@ def exif_orientation(path: str | os.PathLike[str] | Image.Image) -> int:
         ) from None
 
 
+def exif_upright(im: Image.Image) -> Image.Image:
+    """``im`` rotated and mirrored as its EXIF orientation tag says: the photo as a viewer shows
+    it (a phone's portrait shot stands upright).
+
+    For prediction only (``predict``, ``serve``): a training label was drawn on the stored
+    pixels, so training and evaluation read photos as stored. An image without a tag, or with a
+    broken EXIF block, is returned unchanged.
+    """
+    if _orientation_of(im) == 1:
+        return im
+    return ImageOps.exif_transpose(im)
+
+
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """Return (width, height) of an allowed image from its header, without decoding pixels.
 
@@ -322,12 +338,14 @@ def _owned(arr: np.ndarray, dtype: type) -> np.ndarray:
     return np.require(arr, dtype=dtype, requirements=["C", "W"])
 
 
-def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read a photo as an RGB array, pixels as stored.
+def read_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, apply_exif: bool = False
+) -> np.ndarray:
+    """Read a photo as an RGB array, pixels as stored (or upright with ``apply_exif``).
 
-    EXIF orientation is *not* applied: label files carry no EXIF tag, so rotating the photo
-    alone would misalign it with its label. Use :func:`exif_orientation` (or ``pspnet data check``)
-    to find such files.
+    By default EXIF orientation is *not* applied: label files carry no EXIF tag, so rotating the
+    photo alone would misalign it with its label. Use :func:`exif_orientation` (or ``pspnet
+    data check``) to find such files.
 
     Grayscale, palette, RGBA (alpha dropped, not composited), CMYK and 16-bit grayscale (scaled
     to 8 bits) images are converted to RGB.
@@ -335,6 +353,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     Args:
         path: The image file.
         max_pixels: Refuse images with more than this many pixels.
+        apply_exif: Turn the photo upright by its EXIF orientation (:func:`exif_upright`), for
+            prediction where no label must match the stored pixels.
 
     Returns:
         A C-contiguous ``uint8`` array of shape (H, W, 3), RGB order.
@@ -343,7 +363,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         DataError: See :func:`open_image`; also for float images, which have no defined 0..255
             scale.
     """
-    return image_to_rgb(open_image(path, max_pixels=max_pixels), str(path))
+    im = open_image(path, max_pixels=max_pixels)
+    return image_to_rgb(exif_upright(im) if apply_exif else im, str(path))
 
 
 def image_to_rgb(im: Image.Image, name: str) -> np.ndarray:

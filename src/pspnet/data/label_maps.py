@@ -30,8 +30,10 @@ __all__ = [
     "ReduceZeroLabel",
     "CityscapesLabelIds",
     "ColorToIndex",
+    "ClassFileColors",
     "LABEL_MAPS",
     "make_label_map",
+    "run_label_map",
     "CITYSCAPES_LABEL_TO_TRAIN_ID",
 ]
 
@@ -225,6 +227,75 @@ class ColorToIndex(LabelMap):
         return f"ColorToIndex({len(self.colors)} colours, ignore_index={self.ignore_index})"
 
 
+class ClassFileColors(ColorToIndex):
+    """Labels read through a class file with ``R G B`` columns (``--classes-file`` in train,
+    evaluate and data check): colour masks become class indices, index labels pass unchanged.
+
+    * An RGB(A) label (what labelling tools export) is mapped colour -> index by exact match; a
+      colour given to an index of 255 or above (``255<TAB>void<TAB>0 0 0``) becomes
+      ``ignore_index``.
+    * A colour the file does not list is an error naming the colours and their pixel counts
+      (the dataset adds the file). Unknown colours are never silently ignored: one missing line
+      in the class file would otherwise drop a whole class from training. To ignore a colour on
+      purpose, list it under index 255.
+    * A single-channel or palette label holds indices already: it goes through ``index_map``
+      (None: unchanged), so one class file serves CamVid-style index labels too.
+
+    Args:
+        colors: Index -> (R, G, B), e.g. :attr:`pspnet.data.classes.ClassFile.colours`.
+        ignore_index: Value of pixels whose colour has an index of 255 or above.
+        index_map: The map for index labels (e.g. ``reduce_zero_label``), or None.
+        source: What to call the colour table in messages (the class file's path).
+    """
+
+    name = "class_file_colors"
+
+    def __init__(
+        self,
+        colors: Mapping[int, Sequence[int]],
+        ignore_index: int = 255,
+        *,
+        index_map: LabelMap | None = None,
+        source: str = "the class file",
+    ) -> None:
+        super().__init__(colors, ignore_index=ignore_index)
+        # Non-class entries (void) name a colour, not a class: their pixels are ignored.
+        values = np.where(self._values >= 255, self.ignore_index, self._values)
+        values.flags.writeable = False
+        self._values = values
+        self.index_map = index_map
+        self.source = source
+
+    def map_with_stats(self, label: np.ndarray) -> tuple[np.ndarray, int]:
+        if label.ndim == 2:
+            if self.index_map is not None:
+                return self.index_map.map_with_stats(label)
+            return label.astype(np.int64, copy=False), 0
+        out, found = self._match(label)
+        if not found.all():
+            raise DataError(self._unknown_message(label))
+        return out.astype(np.int64, copy=False), 0
+
+    def _unknown_message(self, rgb: np.ndarray) -> str:
+        colors = sorted(self.unknown_colors(rgb).items(), key=lambda kv: -kv[1])
+        total = sum(n for _, n in colors)
+        shown = ", ".join(f"RGB{c} ({n:,} px)" for c, n in colors[:5])
+        more = f" and {len(colors) - 5} more colours" if len(colors) > 5 else ""
+        grey = (
+            " (all grey: an index label saved as RGB? re-save it as a single-channel PNG)"
+            if all(r == g == b for (r, g, b), _ in colors) else ""
+        )  # fmt: skip
+        return (
+            f"{total:,} pixels have colours that are not in {self.source}: {shown}{more}{grey}; "
+            "add each colour as a class line (`index<TAB>name<TAB>R G B`), or as "
+            "`255<TAB>void<TAB>R G B` to ignore it (`pspnet data check` lists every file)"
+        )
+
+    def __repr__(self) -> str:
+        return (f"ClassFileColors({len(self.colors)} colours from {self.source}, "
+                f"index_map={self.index_map!r}, ignore_index={self.ignore_index})")
+
+
 def _rgb_key(rgb: tuple[int, ...]) -> int:
     return (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
 
@@ -259,6 +330,34 @@ def make_label_map(name: str | None, *, ignore_index: int = 255) -> LabelMap | N
             f"{', '.join(LABEL_MAPS)}"
         )
     return LABEL_MAPS[name](ignore_index=ignore_index)
+
+
+def run_label_map(
+    name: str | None,
+    colors: Mapping[int, Sequence[int]] | None,
+    *,
+    ignore_index: int = 255,
+    source: str = "the class file",
+) -> LabelMap | None:
+    """The label map of a run: ``name``'s map, behind the class file's colours if it has any.
+
+    The one place train, evaluate and data check decide how labels are read: without colours,
+    :func:`make_label_map` of ``name``; with colours (a class file with ``R G B`` columns),
+    :class:`ClassFileColors`, which maps colour masks and hands index labels to ``name``'s map.
+
+    Args:
+        name: A :data:`LABEL_MAPS` name, ``none`` or None.
+        colors: Index -> (R, G, B) from the class file, or None / empty.
+        ignore_index: The ignore value.
+        source: The class file, for messages.
+
+    Raises:
+        ConfigError: Unknown ``name``.
+    """
+    base = make_label_map(name, ignore_index=ignore_index)
+    if not colors:
+        return base
+    return ClassFileColors(colors, ignore_index, index_map=base, source=source)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -384,8 +384,9 @@ def folder_samples(
     if missing:
         raise DataError(
             f"{len(missing)} of {len(images)} images in {img_dir} have no label in {lbl_dir} "
-            f"(expected <name>{label_suffix}.png): {names_preview(missing)}; add the labels, "
-            "remove those images, or set the label suffix"
+            f"(expected <name>{label_suffix}.png, any image extension): "
+            f"{names_preview(missing)}; add the labels or remove those images (labels are "
+            "paired by file name without extension)"
         )
     extra = sorted(k for k in labels if k not in images)
     if extra:

@@ -19,13 +19,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pspnet.config import Config, ConfigError, DataConfig
-from pspnet.data.classes import read_class_file
+from pspnet.data.classes import ClassFile, read_class_file
 from pspnet.data.datasets import SegmentationDataset
-from pspnet.data.io import DataError, MissingDataFileError, image_size, read_image
-from pspnet.data.label_maps import make_label_map
-from pspnet.data.layouts import get_dataset_spec
+from pspnet.data.io import DataError, MissingDataFileError, Sample, image_size, read_image
+from pspnet.data.label_maps import run_label_map
+from pspnet.data.layouts import DatasetSpec, get_dataset_spec
 from pspnet.data.palette import default_palette
 from pspnet.data.samples import list_file_samples
+from pspnet.data.split import folder_split
 from pspnet.data.transforms import eval_transform, sample_rng, train_transform
 
 __all__ = [
@@ -37,8 +38,8 @@ __all__ = [
 AUTO_CROP_MAX = 320
 
 
-def _read_class_names(path: str | Path, num_classes: int) -> tuple[tuple[str, ...], Any]:
-    """Names (and a palette when the file has colours) from a class-names file."""
+def _read_class_file(path: str | Path, num_classes: int) -> ClassFile:
+    """The class file of ``data.class_names``: names, palette and colours."""
     try:
         found = read_class_file(path)  # a malformed file raises its own DataError
     except MissingDataFileError:
@@ -48,7 +49,7 @@ def _read_class_names(path: str | Path, num_classes: int) -> tuple[tuple[str, ..
             f"`data.class_names`: {path} lists {len(found.names)} classes but model.num_classes "
             f"is {num_classes} (--num-classes)"
         )
-    return found.names, found.palette
+    return found
 
 
 class _TrainSet(Dataset):
@@ -100,22 +101,13 @@ def build_data(cfg: Config) -> TrainData:
             f"`model.num_classes` is {k} but data set {spec.name!r} has {spec.num_classes} "
             "classes (--num-classes)"
         )
-    if dc.train_list:
-        root = Path(dc.root) if dc.root else Path(".")
-        train_samples = list_file_samples(root, dc.train_list)
-        val_samples = list_file_samples(root, dc.val_list) if dc.val_list else None
-    elif spec is not None:
-        if not dc.root:
-            raise ConfigError(f"`data.root` is required to read data set {spec.name!r}")
-        train_samples = spec.find_samples(dc.root, dc.train_split)
-        val_samples = spec.find_samples(dc.root, dc.val_split) if dc.val_split else None
-    else:
-        raise ConfigError(
-            "`data.train_list` is not set: give --data-root DIR --train-list FILE (a list of "
-            "`image label` lines) or data.dataset with data.root"
-        )
+    train_samples, val_samples = _find_samples(cfg, spec)
+    class_file = _read_class_file(dc.class_names, k) if dc.class_names else None
     map_name = dc.label_map if dc.label_map is not None else (spec.label_map if spec else None)
-    label_map = make_label_map(map_name, ignore_index=dc.ignore_index)
+    label_map = run_label_map(
+        map_name, class_file.colours if class_file else None, ignore_index=dc.ignore_index,
+        source=f"class file {dc.class_names}",
+    )  # fmt: skip
     train = SegmentationDataset(
         train_samples, k, ignore_index=dc.ignore_index, label_map=label_map
     )
@@ -130,13 +122,39 @@ def build_data(cfg: Config) -> TrainData:
         )
     names: tuple[str, ...] | None = None
     palette = None
-    if dc.class_names:
-        names, palette = _read_class_names(dc.class_names, k)
+    if class_file is not None:
+        names, palette = class_file.names, class_file.palette
     elif spec is not None:
         names = tuple(spec.class_names)
     if palette is None:
         palette = tuple(tuple(int(v) for v in c) for c in default_palette(k))
     return TrainData(train, val, names, palette)  # type: ignore[arg-type]
+
+
+def _find_samples(
+    cfg: Config, spec: DatasetSpec | None
+) -> tuple[list[Sample], list[Sample] | None]:
+    """(train, val or None) samples from list files, image/label folders or a data set."""
+    dc = cfg.data
+    if dc.train_list:
+        root = Path(dc.root) if dc.root else Path(".")
+        val = list_file_samples(root, dc.val_list) if dc.val_list else None
+        return list_file_samples(root, dc.train_list), val
+    if dc.images_dir and dc.labels_dir:
+        return folder_split(
+            dc.images_dir, dc.labels_dir, val_fraction=dc.val_fraction, seed=cfg.train.seed,
+            work_dir=cfg.train.work_dir,
+        )  # fmt: skip
+    if spec is not None:
+        if not dc.root:
+            raise ConfigError(f"`data.root` is required to read data set {spec.name!r}")
+        val = spec.find_samples(dc.root, dc.val_split) if dc.val_split else None
+        return spec.find_samples(dc.root, dc.train_split), val
+    raise ConfigError(
+        "`data.train_list` is not set: give --images DIR --labels DIR (image and label "
+        "folders), --data-root DIR --train-list FILE (a list of `image label` lines) or "
+        "data.dataset with data.root"
+    )
 
 
 def training_loader(
@@ -204,6 +222,24 @@ def drop_bad(
         kept, ds.num_classes, ignore_index=ds.ignore_index, label_map=ds.label_map,
         transform=ds.transform, max_pixels=ds.max_pixels,
     )  # fmt: skip
+
+
+def stop_workers(loader: DataLoader, data_iter: Iterator[Any] | None = None) -> None:
+    """Stop the loader's worker processes now, not when the loader is garbage-collected.
+
+    After an error the traceback keeps the loader (and its iterator) alive, and with them the
+    worker processes: in a notebook, or a test session, they would outlive the failed run.
+
+    Args:
+        loader: The training DataLoader (its persistent iterator, if any, is stopped).
+        data_iter: The iterator the loop was reading, if it is not the persistent one.
+    """
+    for it in (data_iter, getattr(loader, "_iterator", None)):
+        shutdown = getattr(it, "_shutdown_workers", None)  # only multi-process iterators
+        if shutdown is not None:
+            shutdown()
+    if getattr(loader, "_iterator", None) is not None:
+        loader._iterator = None  # a later iter(loader) starts fresh workers
 
 
 def next_batch(data_iter: Iterator[Any]) -> Any:

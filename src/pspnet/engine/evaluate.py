@@ -33,10 +33,10 @@ from pspnet.data.palette import default_palette, save_mask_png
 from pspnet.engine.distributed import get_rank, get_world_size, shard_indices
 from pspnet.engine.metrics import ConfusionMatrix, Convention, SegMetrics
 from pspnet.engine.optim import unwrap_model
-from pspnet.inference import InferenceOptions, get_protocol, normalise_images, predict
+from pspnet.inference import InferenceOptions, get_protocol, normalise_images, predict_labels
 from pspnet.inference.options import resolve_options
 
-__all__ = ["evaluate_model", "save_prediction_png", "write_metrics"]
+__all__ = ["evaluate_model", "resolved_options", "save_prediction_png", "write_metrics"]
 
 
 def _first(items: list[Any]) -> Any:
@@ -157,8 +157,20 @@ def _options(
     if options is not None and protocol is not None:
         raise TypeError("give options or protocol (its older name), not both")
     chosen = options if options is not None else protocol
-    base = get_protocol(chosen) if isinstance(chosen, str) else chosen
+    return resolved_options(net, chosen, **overrides)
+
+
+def resolved_options(
+    model: nn.Module, options: InferenceOptions | str | None = None, **overrides: Any
+) -> InferenceOptions:
+    """The options :func:`evaluate_model` runs ``model`` with, for the record (``metrics.json``).
+
+    A preset name is looked up, ``overrides`` are applied, and an ``align_corners`` left None
+    becomes the model's own.
+    """
+    base = get_protocol(options) if isinstance(options, str) else options
     opts = resolve_options(base, overrides)
+    net = unwrap_model(model)
     return opts.with_align_corners(bool(getattr(net, "align_corners", False)))
 
 
@@ -227,9 +239,8 @@ def _score(
         images = images.float()
         if normalise is not None:
             images = normalise_images(images, normalise)
-        probs = predict(net, images.to(device), opts, num_classes=cm.num_classes)
-        pred = probs.argmax(dim=1).cpu()  # (N, H, W)
-        del probs
+        # Labels only: no full-size float32 logits or probabilities are made for them.
+        pred = predict_labels(net, images.to(device), opts, num_classes=cm.num_classes).cpu()
         if pred.shape != labels.shape:
             raise ValueError(
                 f"prediction {tuple(pred.shape)} and label {tuple(labels.shape)} differ in "

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -14,16 +15,19 @@ from typing import Any
 
 import torch
 
+from pspnet.checkpoint.files import CheckpointError
+from pspnet.checkpoint.init_weights import with_init_model
 from pspnet.checkpoint.training import find_checkpoint, load_checkpoint
 from pspnet.config import Config, ConfigError, apply_overrides, load_yaml, merge
 from pspnet.config.flags import TRAIN_FLAGS, flags_tree
 from pspnet.data.layouts import get_dataset_spec
 from pspnet.data.training import TrainData, auto_crop
-from pspnet.engine.distributed import DistInfo, broadcast_object
+from pspnet.engine.distributed import DistInfo, broadcast_object, is_distributed
 from pspnet.precision import resolve_channels_last, resolve_precision
 from pspnet.report.machine import usable_cpus
 
-__all__ = ["CPU_OUTPUT_STRIDE", "build_config", "check_resume", "find_resume", "resolve_config"]
+__all__ = ["CPU_OUTPUT_STRIDE", "build_config", "check_finite", "check_resume", "find_resume",
+           "resolve_config"]
 
 #: Output stride ``pspnet train`` uses on a CPU when neither a config file nor ``--set`` gives
 #: one. Measured on two AVX2 cores (pspnet_r18, 240x320 crops, batch 8, fp32): ~2.3-2.9 s a
@@ -38,7 +42,9 @@ def build_config(
 ) -> Config:  # fmt: skip
     """The :class:`Config` of ``pspnet train``: defaults < config file < flags < overrides.
 
-    Without a config file, on a CPU, ``model.output_stride`` defaults to
+    With ``train.init_weights`` the model options the tree leaves unset come from those weights
+    (:func:`pspnet.checkpoint.init_weights.with_init_model`). Without a config file, on a CPU,
+    ``model.output_stride`` defaults to
     :data:`CPU_OUTPUT_STRIDE` (16) unless ``--set model.output_stride=...`` says otherwise; with
     a config file its values (the paper's 8 in ``configs/``) are used as written.
 
@@ -62,6 +68,7 @@ def build_config(
     tree: dict[str, Any] = load_yaml(config_file) if config_file else {}
     tree = merge(tree, flags_tree(flags))
     tree = apply_overrides(tree, list(overrides))
+    tree = with_init_model(tree)  # --init-weights: the architecture follows the file
     model = tree.setdefault("model", {})
     if model.get("num_classes") is None:
         dataset = tree.get("data", {}).get("dataset")
@@ -82,30 +89,80 @@ def _trains_on_cpu(tree: dict[str, Any]) -> bool:
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
+def check_finite(cfg: Config) -> None:
+    """Refuse a NaN or infinite hyper-parameter (``optim.lr=.inf`` would train to NaN weights).
+
+    Raises:
+        ConfigError: Naming the first such key and its value.
+    """
+    tree = cfg.to_dict()
+    for section in ("optim", "train", "data", "preprocess"):
+        for key, value in tree.get(section, {}).items():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+                raise ConfigError(
+                    f"`{section}.{key}` must be finite, got {value!r}: set a finite value "
+                    f"(--set {section}.{key}=...)"
+                )
+
+
 def find_resume(cfg: Config, info: DistInfo) -> tuple[Path, dict[str, Any]] | None:
     """The checkpoint ``train.resume`` names and its state, or None (nothing to resume).
 
-    Rank 0 chooses (``auto``: the newest readable checkpoint of the work dir); the other ranks
-    read the file it chose.
+    Rank 0 chooses (``auto``: the newest readable checkpoint of the work dir, None if it has
+    none); the other ranks read the file it chose.
+
+    Raises:
+        ConfigError: ``train.resume`` names a folder without a training checkpoint (a weights
+            directory, an empty folder): resuming nothing would silently start a new run.
+        CheckpointError: A checkpoint file that cannot be read.
     """
     resume = cfg.train.resume
     if not resume:
         return None
     found: tuple[Path, dict[str, Any]] | None = None
     path_str: str | None = None
+    error: Exception | None = None
     if info.is_main:
-        if resume == "auto":
-            found = find_checkpoint(Path(cfg.train.work_dir))
-        else:
-            p = Path(resume)
-            found = find_checkpoint(p) if p.is_dir() else (p, load_checkpoint(p))
+        try:
+            if resume == "auto":
+                found = find_checkpoint(Path(cfg.train.work_dir))
+            else:
+                found = _named_checkpoint(Path(resume))
+        except (ConfigError, CheckpointError) as e:
+            if not is_distributed():
+                raise
+            error = e  # every rank raises it, none waits for a broadcast that never comes
         path_str = str(found[0]) if found else None
-    path_str = broadcast_object(path_str)
+    path_str, error = broadcast_object((path_str, error))
+    if error is not None:
+        raise error
     if path_str is None:
         return None
     if found is None:  # the other ranks read the file rank 0 chose
         found = (Path(path_str), load_checkpoint(path_str))
     return found
+
+
+def _named_checkpoint(p: Path) -> tuple[Path, dict[str, Any]]:
+    """``--resume PATH``: a checkpoint file, a work directory or its ``checkpoints/`` folder."""
+    if not p.is_dir():
+        return p, load_checkpoint(p)
+    found = find_checkpoint(p)
+    if found is None and p.name == "checkpoints":
+        found = find_checkpoint(p.parent)
+    if found is not None:
+        return found
+    hint = (
+        " It is a weights directory (model.safetensors): to start a new run from weights use "
+        "train.backbone_weights; to continue a run give its work directory."
+        if (p / "model.safetensors").is_file() or (p / "config.json").is_file()
+        else " Give the work directory of the run to continue (the one holding checkpoints/)."
+    )
+    raise ConfigError(
+        f"--resume {p}: {p} holds no training checkpoint (no checkpoints/last.pt or prev.pt), "
+        f"so there is nothing to resume.{hint} To start a new run, leave --resume out."
+    )
 
 
 def check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int) -> Config:
@@ -160,7 +217,10 @@ def check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int) -> 
 
 def resolve_config(cfg: Config, data: TrainData, device: torch.device) -> Config:
     """Fill in what the config left to the data and the machine, so config.yaml and the
-    checkpoints say what actually ran: crop, precision, channels-last, workers."""
+    checkpoints say what actually ran: crop, precision, channels-last, workers.
+
+    ``train.overwrite`` is reset: it was acted on, and a config.yaml reused later must not
+    delete a run without being asked again."""
     crop = cfg.data.crop_size or auto_crop(data.train)
     precision = resolve_precision(cfg.train.precision, device)
     workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(2, usable_cpus())
@@ -168,7 +228,7 @@ def resolve_config(cfg: Config, data: TrainData, device: torch.device) -> Config
         cfg,
         data=dataclasses.replace(cfg.data, crop_size=tuple(crop), num_workers=workers),
         train=dataclasses.replace(
-            cfg.train, precision=precision,  # type: ignore[arg-type]
+            cfg.train, precision=precision, overwrite=False,  # type: ignore[arg-type]
             channels_last=resolve_channels_last(cfg.train.channels_last, device, precision),
         ),
     )

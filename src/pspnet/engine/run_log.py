@@ -60,6 +60,7 @@ class RunLog:
         self.file: Any = None
         self.tb: Any = None
         self.bar: Any = None
+        self._pending: list[str] = []  # events before open(): what the set-up loaded
 
     def open(self, work_dir: Path, config_yaml: str, tensorboard: bool) -> None:
         """Write ``config.yaml`` and open ``log.jsonl`` (appending) and TensorBoard (rank 0)."""
@@ -94,11 +95,22 @@ class RunLog:
             self.file.close()
 
     def event(self, kind: str, **fields: Any) -> None:
-        """One ``log.jsonl`` record: ``{"event": kind, "time": ..., **fields}``."""
-        if not self.is_main or self.file is None:
+        """One ``log.jsonl`` record: ``{"event": kind, "time": ..., **fields}``.
+
+        Records made before :meth:`open` (the set-up's, e.g. ``init_weights``) are written
+        right after the first record made after it (``start``), so that a run's records follow
+        its ``start`` as readers of the log expect.
+        """
+        if not self.is_main:
             return
         rec = {"event": kind, "time": round(time.time(), 3), **fields}
-        self.file.write(json.dumps(_json_safe(rec)) + "\n")
+        line = json.dumps(_json_safe(rec)) + "\n"
+        if self.file is None:
+            self._pending.append(line)
+            return
+        self.file.write(line)
+        self.file.writelines(self._pending)
+        self._pending.clear()
         self.file.flush()
 
     def scalars(self, it: int, values: dict[str, float]) -> None:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from pspnet.checkpoint import atomic_write_bytes, load_backbone_weights
-from pspnet.config import Config
+from pspnet.checkpoint.init_weights import init_from
+from pspnet.config import Config, TrainConfig
 from pspnet.data.datasets import SegmentationDataset
 from pspnet.data.io import DataError
 from pspnet.data.training import TrainData, drop_bad
@@ -130,17 +131,40 @@ def _scan(
 
 
 
+def _initialise(net: nn.Module, tc: TrainConfig, log: RunLog | None) -> None:
+    """Load ``train.init_weights`` (saying what was loaded, reset and missing) or, without
+    them, ``train.backbone_weights`` into the freshly built network."""
+    if not tc.init_weights:
+        if tc.backbone_weights:
+            load_backbone_weights(net, tc.backbone_weights)
+        return
+    report = init_from(net, tc.init_weights)
+    if log is None:
+        return
+    if tc.backbone_weights:
+        log.say(f"train.backbone_weights ({tc.backbone_weights}) not loaded: "
+                "train.init_weights initialises the backbone too")  # fmt: skip
+    for line in report.lines():
+        log.say(line)
+    log.event("init_weights", **report.to_dict())
+
+
 def build_network(
-    cfg: Config, info: DistInfo, state: dict[str, Any] | None
+    cfg: Config, info: DistInfo, state: dict[str, Any] | None, log: RunLog | None = None
 ) -> tuple[nn.Module, nn.Module]:
-    """``(net, model)``: the network, and what the step calls (``net`` or its DDP wrapper)."""
+    """``(net, model)``: the network, and what the step calls (``net`` or its DDP wrapper).
+
+    A new run (``state`` None) starts from ``train.init_weights`` or ``train.backbone_weights``
+    when set; ``log`` tells what the former loaded (rank 0).
+    """
     tc, device = cfg.train, info.device
     random.seed(tc.seed)
     np.random.seed(tc.seed % (1 << 32))
     torch.manual_seed(tc.seed)
     net = build_model(cfg.model)
-    if state is None and tc.backbone_weights:
-        load_backbone_weights(net, tc.backbone_weights)
+    net.config = cfg.model  # type: ignore[assignment]
+    if state is None:
+        _initialise(net, tc, log)
     if info.world_size > 1:
         # Different dropout masks per process (the weights are identical: DDP syncs them).
         torch.manual_seed(tc.seed + 1_000_003 * info.rank)

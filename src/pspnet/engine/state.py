@@ -6,16 +6,23 @@ and what the run returns (:class:`TrainResult`, :class:`TrainingDiverged`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pspnet.checkpoint import WeightsMeta
-from pspnet.checkpoint.training import TRAIN_CHECKPOINT_FORMAT, TRAIN_CHECKPOINT_VERSION, to_cpu
+from pspnet.checkpoint.training import (
+    TRAIN_CHECKPOINT_FORMAT,
+    TRAIN_CHECKPOINT_VERSION,
+    restore_rng,
+    to_cpu,
+)
 from pspnet.config import Config
 from pspnet.data.training import TrainData
 from pspnet.engine.budget import Budget
@@ -24,12 +31,17 @@ from pspnet.engine.losses import PSPLoss
 from pspnet.engine.metrics import SegMetrics
 from pspnet.engine.optim import PolySchedule
 from pspnet.engine.run_log import RunLog
+from pspnet.engine.safety import StopSignals, first_non_finite
 
-__all__ = ["Run", "TrainResult", "TrainState", "TrainingDiverged", "checkpoint_state"]
+__all__ = ["Run", "TrainResult", "TrainState", "TrainingDiverged", "check_saved_weights",
+           "checkpoint_state", "raise_diverged", "restore_state"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped before updating the weights.
+
+    Also raised when the weights became non-finite with a finite loss (nothing non-finite is
+    ever saved: :func:`check_saved_weights`); the losses are then NaN.
 
     Attributes:
         iteration: The 1-based optimizer step whose loss was not finite.
@@ -154,6 +166,10 @@ class Run:
     resumed_from: Path | None
     state: TrainState
     loader: Any = None
+    data_iter: Any = None
+    """The iterator over ``loader`` the loop is reading (to stop its workers after an error)."""
+    stop: StopSignals = dataclasses.field(default_factory=StopSignals)
+    """Whether SIGINT / SIGTERM asked the loop to stop (handlers installed during the loop)."""
     val_images: int = 0
     """Validation images of this process (for the budget's estimate)."""
     val_pixels_factor: float = 1.0
@@ -208,3 +224,73 @@ def checkpoint_state(run: Run, rng: list[Any]) -> dict[str, Any]:
         "world_size": run.info.world_size,
         "config": run.cfg.to_dict(),
     }  # fmt: skip
+
+
+def restore_state(run: Run, path: Path, ckpt: dict[str, Any]) -> None:
+    """Load a checkpoint's weights, optimiser, schedule, plan, scores and RNG states."""
+    st = run.state
+    run.net.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.schedule.load_state_dict(ckpt["schedule"])
+    st.it = int(ckpt["iteration"])
+    plan = ckpt.get("plan", {})
+    st.next_replan = int(plan.get("next_replan", -1))
+    if run.val_enabled and int(plan.get("val_every", -1)) >= 0:
+        st.val_every = int(plan["val_every"])  # 0: switched off by the budget
+    st.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+    st.best_miou = float(ckpt.get("best_miou", -1.0))
+    st.best_iter = int(ckpt.get("best_iter", -1))
+    st.last_val_iter = int(ckpt.get("last_val_iter", -1))
+    if int(ckpt.get("steps_per_epoch", run.spe)) != run.spe:
+        warnings.warn(
+            f"the training set changed size since {path}: an epoch was "
+            f"{ckpt.get('steps_per_epoch')} steps, now {run.spe}; the data order after "
+            "resuming differs from an uninterrupted run",
+            stacklevel=2,
+        )
+    rng = ckpt["rng"]
+    restore_rng(rng[run.info.rank] if isinstance(rng, list) else rng)
+    st.last_ckpt_path = path
+    st.last_ckpt_iter = st.it
+
+
+def raise_diverged(run: Run, epoch: int, main: float, aux: float, loss: Tensor) -> None:
+    """Log and raise :class:`TrainingDiverged` for a non-finite loss at step ``it + 1``."""
+    it, ck = run.state.it, run.state.last_ckpt_path
+    where = (
+        f"The last good checkpoint {ck} (iteration {run.state.last_ckpt_iter}) was kept."
+        if ck is not None else "No checkpoint had been written yet."
+    )  # fmt: skip
+    msg = (
+        f"training diverged: the loss is {float(loss.detach()):.6g} at iteration {it + 1} "
+        f"(epoch {epoch}; main loss {main:.6g}, aux loss {aux:.6g}). {where} Lower the "
+        "learning rate (optim.lr), check the data, or train in fp32 (train.precision=fp32)."
+    )
+    run.log.event("diverged", iter=it + 1, loss_main=main, loss_aux=aux,
+                  checkpoint=str(ck) if ck else None)  # fmt: skip
+    raise TrainingDiverged(msg, it + 1, main, aux, ck)
+
+
+def check_saved_weights(run: Run, what: str) -> None:
+    """Refuse to save weights holding a NaN or an infinity (``what``: ``checkpoint``,
+    ``best/``, ``final/``); a finite loss does not guarantee finite weights (an infinite
+    learning rate, a running statistic gone bad).
+
+    Raises:
+        TrainingDiverged: Naming the first bad tensor; nothing is written.
+    """
+    bad = first_non_finite(run.net.state_dict())
+    if bad is None:
+        return
+    st, ck = run.state, run.state.last_ckpt_path
+    kept = (f"The last good checkpoint {ck} (iteration {st.last_ckpt_iter}) was kept."
+            if ck is not None else "No checkpoint had been written yet.")  # fmt: skip
+    msg = (
+        f"training produced non-finite weights at iteration {st.it}: {bad} holds NaN or infinite "
+        f"values, so the {what} was not written. {kept} Lower the learning rate (optim.lr is "
+        f"{run.cfg.optim.lr:g}), check the data, or train in fp32 (train.precision=fp32)."
+    )
+    run.log.event("diverged", iter=st.it, tensor=bad, checkpoint=str(ck) if ck else None)
+    raise TrainingDiverged(msg, st.it, math.nan, math.nan, ck)

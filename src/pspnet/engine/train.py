@@ -28,7 +28,7 @@ Outputs in ``WORK_DIR`` (rank 0 only writes):
 * ``checkpoints/last.pt``, ``checkpoints/prev.pt`` and ``checkpoints/latest``: see below;
 * ``final/`` and ``best/`` (best validation mIoU): weight directories in our format
   (:func:`pspnet.checkpoint.save_weights`), loadable with ``pspnet.load_model``;
-* ``tb/`` when TensorBoard logging is on.
+* ``tb/`` when TensorBoard logging is on; ``report/index.html``: :mod:`pspnet.engine.run_report`.
 
 Checkpoints and resuming. A checkpoint is written with ``torch.save`` to a temporary file that
 is flushed to disk and then renamed over ``last.pt`` (the previous ``last.pt`` is first renamed
@@ -44,6 +44,16 @@ dropout masks, same weights as a run that was never interrupted. Resuming refuse
 model (``num_classes``, ``arch``, any model option), world size or batch size; the learning
 rate, schedule, seed and time budget come from the checkpoint (with a warning when the config
 says otherwise).
+
+The work directory is locked while a run uses it (``train.lock`` with the PID: a second run
+there fails naming it; a dead process's lock is taken over with a warning), and a previous run
+in it is not overwritten: a new run there needs ``--overwrite`` (``train.overwrite``), a
+``--resume`` that finds no checkpoint is an error (``resume: auto`` starts a new run in an
+empty work directory). SIGINT / SIGTERM stop the loop after the current step, which is
+checkpointed; :class:`TrainingInterrupted` names the file, and ``--resume`` continues
+bit-exactly from that step. Non-finite hyper-parameters are refused before anything runs, and
+non-finite weights are never saved (:class:`TrainingDiverged` names the first bad tensor).
+See :mod:`pspnet.engine.safety`.
 
 Reproducible data: the order of epoch ``e`` is ``randperm`` from a ``torch.Generator`` seeded
 by ``(seed, e)``, and sample ``i`` of epoch ``e`` is augmented with
@@ -66,34 +76,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from pspnet.checkpoint import save_weights
-from pspnet.checkpoint.training import restore_rng, rng_state, write_checkpoint
+from pspnet.checkpoint.training import rng_state, write_checkpoint
 from pspnet.config import Config, ConfigError, TrainConfig
 from pspnet.data.io import image_size
-from pspnet.data.training import build_data, next_batch, training_loader
+from pspnet.data.training import build_data, next_batch, stop_workers, training_loader
 from pspnet.engine.budget import AUTO_VALIDATIONS, Budget, Plan
-from pspnet.engine.distributed import (
-    DistInfo,
-    TrainBatchSampler,
-    all_gather_object,
-    barrier,
-    broadcast_object,
-    cleanup,
-    init_distributed,
-    is_distributed,
-)
+from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, all_gather_object, barrier,
+                                       broadcast_object, cleanup, init_distributed,
+                                       is_distributed)
 from pspnet.engine.evaluate import evaluate_model
 from pspnet.engine.losses import PSPLoss
 from pspnet.engine.optim import PolySchedule, build_optimizer
-from pspnet.engine.run_config import build_config, check_resume, find_resume, resolve_config
+from pspnet.engine.run_config import (build_config, check_finite, check_resume, find_resume,
+                                      resolve_config)
 from pspnet.engine.run_log import RunLog
+from pspnet.engine.run_report import report_after_training
 from pspnet.engine.setup import build_network, check_data
-from pspnet.engine.state import Run, TrainingDiverged, TrainResult, TrainState, checkpoint_state
+from pspnet.engine.safety import (IgnoreStopSignals, StopSignals, TrainingInterrupted,
+                                  check_work_dir, clear_run_outputs, lock_work_dir, on_main)
+from pspnet.engine.state import (Run, TrainingDiverged, TrainResult, TrainState,
+                                 check_saved_weights, checkpoint_state, raise_diverged,
+                                 restore_state)
 from pspnet.precision import autocast
 
-__all__ = ["TrainingDiverged", "TrainResult", "TrainState", "train", "train_from_args"]
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "TrainResult", "TrainState", "train",
+           "train_from_args"]
 
 DEFAULT_EPOCHS = 50
 
@@ -165,13 +175,20 @@ def train(config: Config, *, progress: bool = True) -> TrainResult:
 
 def _train(cfg: Config, info: DistInfo, progress: bool) -> TrainResult:
     t_start = time.perf_counter()
+    check_finite(cfg)
+    # One run at a time in a work directory: the lock is held from before anything is read
+    # there until the end (rank 0 holds it for the job).
+    lock = on_main(info, lambda: lock_work_dir(Path(cfg.train.work_dir)))
     log = RunLog(info.is_main)
     try:
         run = _setup(cfg, info, log, progress, t_start)
-        stop_reason = _loop(run)
+        with StopSignals() as run.stop:
+            stop_reason = _loop(run)
         return _finish(run, stop_reason)
     finally:
         log.close()
+        if lock is not None:
+            lock.release()
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,6 +198,11 @@ def _train(cfg: Config, info: DistInfo, progress: bool) -> TrainResult:
 def _setup(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: float) -> Run:
     """Config, data checks, model, optimiser, schedule, restored state, outputs, loader."""
     resumed = find_resume(cfg, info)
+    work_dir, overwrite = Path(cfg.train.work_dir), cfg.train.overwrite
+    on_main(info, lambda: check_work_dir(work_dir, resume=cfg.train.resume, overwrite=overwrite,
+                                         resumed=resumed[0] if resumed else None))
+    if overwrite and info.is_main:
+        clear_run_outputs(work_dir)  # asked for: the previous run goes before anything is written
     if resumed is not None:
         cfg = check_resume(cfg, resumed[1], resumed[0], info.world_size)
     data = build_data(cfg)
@@ -199,7 +221,7 @@ def _setup(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: fl
         len(data.train), tc.batch_size, accum_steps=tc.accum_steps, rank=info.rank,
         world_size=info.world_size, seed=tc.seed,
     )  # fmt: skip
-    net, model = build_network(cfg, info, resumed[1] if resumed else None)
+    net, model = build_network(cfg, info, resumed[1] if resumed else None, log)
     optimizer = build_optimizer(
         net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
         head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
@@ -223,9 +245,10 @@ def _setup(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: fl
         state=TrainState(val_every=_val_every(tc, schedule.max_iter, spe) if val_enabled else None),
     )  # fmt: skip
     if resumed is not None:
-        _restore(run, *resumed)
+        restore_state(run, *resumed)
     _open_outputs(run, class_weights)
     run.loader = training_loader(cfg, data.train, sampler, pin_memory=info.device.type == "cuda")
+    run.loader.worker_init_fn = IgnoreStopSignals(run.loader.worker_init_fn)  # see StopSignals
     if budget is not None and data.val is not None:
         w, h = image_size(data.val.samples[0].image)
         crop = cfg.data.crop_size
@@ -248,36 +271,6 @@ def _val_every(tc: TrainConfig, max_iter: int | None, spe: int) -> int | None:
             return None
         return max(1, math.ceil(max_iter / AUTO_VALIDATIONS))
     return tc.val_interval * (spe if tc.val_unit == "epoch" else 1)
-
-
-def _restore(run: Run, path: Path, ckpt: dict[str, Any]) -> None:
-    """Load a checkpoint's weights, optimiser, schedule, plan, scores and RNG states."""
-    st = run.state
-    run.net.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    if run.scaler is not None and ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
-    run.schedule.load_state_dict(ckpt["schedule"])
-    st.it = int(ckpt["iteration"])
-    plan = ckpt.get("plan", {})
-    st.next_replan = int(plan.get("next_replan", -1))
-    if run.val_enabled and int(plan.get("val_every", -1)) >= 0:
-        st.val_every = int(plan["val_every"])  # 0: switched off by the budget
-    st.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
-    st.best_miou = float(ckpt.get("best_miou", -1.0))
-    st.best_iter = int(ckpt.get("best_iter", -1))
-    st.last_val_iter = int(ckpt.get("last_val_iter", -1))
-    if int(ckpt.get("steps_per_epoch", run.spe)) != run.spe:
-        warnings.warn(
-            f"the training set changed size since {path}: an epoch was "
-            f"{ckpt.get('steps_per_epoch')} steps, now {run.spe}; the data order after "
-            "resuming differs from an uninterrupted run",
-            stacklevel=2,
-        )
-    rng = ckpt["rng"]
-    restore_rng(rng[run.info.rank] if isinstance(rng, list) else rng)
-    st.last_ckpt_path = path
-    st.last_ckpt_iter = st.it
 
 
 def _open_outputs(run: Run, class_weights: tuple[float, ...] | None) -> None:
@@ -307,21 +300,28 @@ def _open_outputs(run: Run, class_weights: tuple[float, ...] | None) -> None:
 
 def _loop(run: Run) -> str:
     """Train until the schedule ends or the budget is spent; returns the stop reason."""
-    tc, st, schedule, budget = run.cfg.train, run.state, run.schedule, run.budget
-    data_iter: Iterator[Any] | None = None
-    planned = schedule.max_iter  # the schedule the last step's learning rate was set for
     run.model.train()
+    try:
+        return _steps(run)
+    finally:  # a traceback keeps the loader alive, and its workers ignore SIGTERM: stop them
+        stop_workers(run.loader, run.data_iter)  # (or interpreter exit waits for them forever)
+
+
+def _steps(run: Run) -> str:
+    """The steps of :func:`_loop`, until the schedule ends or the budget is spent."""
+    tc, st, schedule, budget = run.cfg.train, run.state, run.schedule, run.budget
+    planned = schedule.max_iter  # the schedule the last step's learning rate was set for
     while schedule.max_iter is None or st.it < schedule.max_iter:
         t_step = time.perf_counter()
         epoch = st.it // run.spe
-        if data_iter is None or (st.it % run.spe == 0 and run.sampler.epoch != epoch):
+        if run.data_iter is None or (st.it % run.spe == 0 and run.sampler.epoch != epoch):
             # The order of each epoch depends only on (seed, epoch): resuming mid-epoch
             # starts the same permutation at the step where the run stopped.
             run.sampler.set_epoch(epoch, st.it % run.spe)
-            data_iter = iter(run.loader)
+            run.data_iter = iter(run.loader)
         lr = schedule.apply(run.optimizer, st.it)
         planned = schedule.max_iter
-        main, aux, ckpt_now, stop_now = _step(run, data_iter, epoch)
+        main, aux, ckpt_now, stop_now, interrupted = _step(run, run.data_iter, epoch)
         st.it += 1
         if budget is not None:
             budget.record_step(time.perf_counter() - t_step)
@@ -342,8 +342,10 @@ def _loop(run: Run) -> str:
             if budget is not None and schedule.max_iter is not None and st.it < schedule.max_iter:
                 _replan(run)  # with the measured cost of a validation
         if (st.it % run.spe == 0 or (tc.checkpoint_interval and st.it % tc.checkpoint_interval == 0)
-                or ckpt_now or st.it == schedule.max_iter):
+                or ckpt_now or st.it == schedule.max_iter or interrupted):
             _checkpoint(run)
+        if interrupted:
+            _interrupted(run)
     if planned is not None and schedule.max_iter is not None and schedule.max_iter < planned:
         # A re-plan ended the schedule at this step, before the end the last step's learning
         # rate was set for: the time budget stopped the run, not the schedule.
@@ -352,13 +354,16 @@ def _loop(run: Run) -> str:
     return "completed"
 
 
-def _step(run: Run, data_iter: Iterator[Any], epoch: int) -> tuple[float, float, bool, bool]:
+def _step(
+    run: Run, data_iter: Iterator[Any], epoch: int
+) -> tuple[float, float, bool, bool, bool]:
     """One optimizer step over ``accum_steps`` micro-batches.
 
     Returns:
-        ``(main, aux, checkpoint_now, stop_now)``: the losses averaged over the processes and
-        micro-batches, and rank 0's clock decisions (:func:`_clock_flags`), shared with every
-        rank in the same all-reduce as the losses (one collective per micro-batch).
+        ``(main, aux, checkpoint_now, stop_now, interrupted)``: the losses averaged over the
+        processes and micro-batches, rank 0's clock decisions (:func:`_clock_flags`) and
+        whether any process got SIGINT / SIGTERM, shared with every rank in the same all-reduce
+        as the losses (one collective per micro-batch), so all ranks stop at the same step.
 
     Raises:
         TrainingDiverged: A non-finite loss on any process, before the weights change.
@@ -368,7 +373,7 @@ def _step(run: Run, data_iter: Iterator[Any], epoch: int) -> tuple[float, float,
     optimizer.zero_grad(set_to_none=True)
     flags = (0.0, 0.0)
     main_v = aux_v = 0.0
-    f_ckpt = f_stop = 0.0
+    f_ckpt = f_stop = f_int = 0.0
     for m in range(tc.accum_steps):
         batch = next_batch(data_iter)
         images = batch["image"].to(device, non_blocking=True)
@@ -390,13 +395,14 @@ def _step(run: Run, data_iter: Iterator[Any], epoch: int) -> tuple[float, float,
                 parts["main"].float(), parts["aux"].float(), (~torch.isfinite(loss)).float(),
                 torch.tensor(flags[0], device=loss.device),
                 torch.tensor(flags[1], device=loss.device),
+                torch.tensor(float(run.stop.signum is not None), device=loss.device),
             ])  # fmt: skip
             if is_distributed():
                 torch.distributed.all_reduce(stats)
-            s_main, s_aux, bad, f_ckpt, f_stop = stats.tolist()
+            s_main, s_aux, bad, f_ckpt, f_stop, f_int = stats.tolist()
             w = info.world_size
             if bad > 0:
-                _diverged(run, epoch, s_main / w, s_aux / w, loss)
+                raise_diverged(run, epoch, s_main / w, s_aux / w, loss)
             main_v += s_main / w / tc.accum_steps
             aux_v += s_aux / w / tc.accum_steps
             (scaler.scale(loss / tc.accum_steps) if scaler is not None
@@ -406,7 +412,18 @@ def _step(run: Run, data_iter: Iterator[Any], epoch: int) -> tuple[float, float,
         scaler.update()
     else:
         optimizer.step()
-    return main_v, aux_v, f_ckpt > 0, f_stop > 0
+    # One process: a signal that came after the all-reduce stops this step too.
+    interrupted = f_int > 0 or (not is_distributed() and run.stop.signum is not None)
+    return main_v, aux_v, f_ckpt > 0, f_stop > 0, interrupted
+
+
+def _interrupted(run: Run) -> None:
+    """After SIGINT / SIGTERM: the checkpoint of this step is written; say how to resume."""
+    st, signum = run.state, run.stop.signum or 2
+    msg = (f"interrupted at iteration {st.it}: checkpoint saved to {st.last_ckpt_path}; "
+           f"continue with --resume auto --work-dir {run.work_dir} (the same options)")
+    run.log.event("interrupted", iter=st.it, checkpoint=str(st.last_ckpt_path), signal=signum)
+    raise TrainingInterrupted(msg, st.it, st.last_ckpt_path, signum)
 
 
 def _clock_flags(run: Run) -> tuple[float, float]:
@@ -415,22 +432,6 @@ def _clock_flags(run: Run) -> tuple[float, float]:
     ckpt = minutes > 0 and time.perf_counter() - run.state.last_ckpt_time >= minutes * 60
     stop = run.budget is not None and run.budget.out_of_time(run.elapsed())
     return float(ckpt), float(stop)
-
-
-def _diverged(run: Run, epoch: int, main: float, aux: float, loss: Tensor) -> None:
-    it, ck = run.state.it, run.state.last_ckpt_path
-    where = (
-        f"The last good checkpoint {ck} (iteration {run.state.last_ckpt_iter}) was kept."
-        if ck is not None else "No checkpoint had been written yet."
-    )  # fmt: skip
-    msg = (
-        f"training diverged: the loss is {float(loss.detach()):.6g} at iteration {it + 1} "
-        f"(epoch {epoch}; main loss {main:.6g}, aux loss {aux:.6g}). {where} Lower the "
-        "learning rate (optim.lr), check the data, or train in fp32 (train.precision=fp32)."
-    )
-    run.log.event("diverged", iter=it + 1, loss_main=main, loss_aux=aux,
-                  checkpoint=str(ck) if ck else None)  # fmt: skip
-    raise TrainingDiverged(msg, it + 1, main, aux, ck)
 
 
 def _log_step(run: Run, lr: float, main: float, aux: float) -> None:
@@ -519,6 +520,7 @@ def _validate(run: Run) -> None:
     if improved:
         st.best_miou = float(metrics.miou)
         st.best_iter = it
+        check_saved_weights(run, "best/")
         if run.info.is_main:
             save_weights(run.net, run.work_dir / "best",
                          run.weights_meta(f"best, iteration {it}, val mIoU {metrics.miou:.4f}"))
@@ -539,10 +541,10 @@ def _checkpoint(run: Run) -> None:
     """Everything an exact resume needs (rank 0 writes; every rank gives its RNG state)."""
     st, it = run.state, run.state.it
     t0 = time.perf_counter()
+    check_saved_weights(run, "checkpoint")  # every rank: the weights are the same on all
     rng = all_gather_object(rng_state())
     if run.info.is_main:
-        state = checkpoint_state(run, rng)
-        path = write_checkpoint(run.work_dir, state)
+        path = write_checkpoint(run.work_dir, checkpoint_state(run, rng))
         st.last_ckpt_path = path
         seconds = time.perf_counter() - t0
         if run.budget is not None:
@@ -557,16 +559,11 @@ def _checkpoint(run: Run) -> None:
 
 
 def _finish(run: Run, stop_reason: str) -> TrainResult:
-    """Last validation and checkpoint, ``final/`` weights, the ``end`` event."""
+    """Last validation and checkpoint, ``final/`` weights, the ``end`` event, the report."""
     st, it = run.state, run.state.it
     run.log.close_bar()
-    if (
-        run.val_enabled
-        and st.val_every != 0
-        and st.last_val_iter != it
-        and stop_reason == "completed"
-        and it > 0
-    ):
+    if (run.val_enabled and st.val_every != 0 and st.last_val_iter != it
+            and stop_reason == "completed" and it > 0):
         if _val_fits(run):
             _validate(run)
         else:
@@ -574,6 +571,7 @@ def _finish(run: Run, stop_reason: str) -> TrainResult:
     if st.last_ckpt_iter != it:
         _checkpoint(run)
     final_dir = run.work_dir / "final"
+    check_saved_weights(run, "final/")
     if run.info.is_main:
         save_weights(run.net, final_dir, run.weights_meta(f"final, iteration {it}"))
     best = st.best_iter >= 0
@@ -582,7 +580,7 @@ def _finish(run: Run, stop_reason: str) -> TrainResult:
         best_mIoU=st.best_miou if best else None, best_iter=st.best_iter if best else None,
     )  # fmt: skip
     barrier()
-    return TrainResult(
+    result = TrainResult(
         work_dir=run.work_dir,
         final_dir=final_dir,
         best_dir=run.work_dir / "best" if best else None,
@@ -598,3 +596,5 @@ def _finish(run: Run, stop_reason: str) -> TrainResult:
         resumed_from=run.resumed_from,
         config=run.cfg,
     )
+    report_after_training(run)  # report/index.html, after the clock; a failure only warns
+    return result

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from pspnet.checkpoint import WeightsMeta
 from pspnet.checkpoint.exported import EXPORT_FORMAT, EXPORT_VERSION, Output
-from pspnet.config import ModelConfig, Preprocessing, to_dict
+from pspnet.config import ModelConfig, Preprocessing, check_limit, to_dict
 
 #: Name of the exported graphs' input.
 INPUT_NAME = "images"
@@ -32,10 +32,12 @@ class Head(nn.Module):
 
 
 def check_args(height: int, width: int, output: str, rtol: float) -> tuple[int, int]:
-    """Refuse non-positive sizes, an unknown ``output`` and a non-positive ``rtol``."""
+    """Refuse non-positive or too large sizes (``LIMITS["export_side"]``), an unknown
+    ``output`` and a non-positive ``rtol``."""
     for name, v in (("height", height), ("width", width)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_limit("export_side", v, f"{name} (--{name})")
     if output not in ("logits", "labels"):
         raise ValueError(f"output must be 'logits' or 'labels', got {output!r}")
     if not rtol > 0:

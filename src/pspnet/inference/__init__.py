@@ -23,16 +23,23 @@ takes one (``predict(model, x, options)``) and/or keyword overrides that build o
 * :func:`predict_labels_tiled` - the same, but returns only the (H, W) argmax label map and never
   holds a (C, H, W) score tensor, for very large images (:mod:`.labels`).
 * :func:`predict` - multi-scale and flip test-time augmentation; returns probabilities.
+* :func:`predict_labels` - ``predict(...).argmax(1)`` for callers that want only labels
+  (``pspnet predict``, ``evaluate``, ``serve``), without full-size float32 logits.
 * :data:`PROTOCOLS` - named, documented evaluation presets (the authors' ``semseg`` test script
   and mmsegmentation's ``whole``/``slide`` modes), instances of :class:`InferenceOptions`
   (:mod:`.protocols`).
 
-Imports only torch, the standard library and :mod:`pspnet.precision`.
+* :mod:`.bounds` - the memory a prediction needs, and the mode that keeps it within
+  ``InferenceOptions.max_memory`` (file prediction and the server switch a too-large
+  whole-image pass to the sliding window).
+
+Imports only torch, the standard library, :mod:`pspnet.precision` and the size bounds of
+:mod:`pspnet.config.limits`.
 """
 
 from pspnet.inference.core import default_stride, normalise_images, rescaled_size, tile_starts
 from pspnet.inference.labels import predict_labels_tiled
-from pspnet.inference.multiscale import predict, predict_whole
+from pspnet.inference.multiscale import predict, predict_labels, predict_whole
 from pspnet.inference.options import MULTI_SCALES, PAD_MODES, InferenceOptions
 from pspnet.inference.protocols import DATASET_SETTINGS, PROTOCOLS, get_protocol
 from pspnet.inference.window import predict_sliding
@@ -52,4 +59,5 @@ __all__ = [
     "predict_sliding",
     "predict_labels_tiled",
     "predict",
+    "predict_labels",
 ]

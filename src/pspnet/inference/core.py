@@ -160,7 +160,13 @@ def _check_images(images: Tensor) -> None:
 
 
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
-    """Run ``model`` and return its (N, C, h, w) logits, unwrapping ``{"out": ...}`` dicts.
+    """Run ``model`` and return its (N, C, h, w) logits as it computed them.
+
+    A model with a ``native_logits`` method (:class:`pspnet.models.fuse.InferenceModel`) is
+    asked for its logits in the dtype and memory format its network produced (bf16,
+    channels-last, ...), not converted to float32 NCHW: callers convert only the part they use,
+    so no full-size float32 copy is made that nobody reads. Otherwise ``model(x)`` is used,
+    unwrapping ``{"out": ...}`` dicts.
 
     Raises:
         TypeError: The output is neither a tensor nor a mapping with an ``"out"`` tensor.
@@ -170,7 +176,8 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
         raise _labels_refusal(
             model, "a pass that must return per-class scores (use predict() in whole mode)"
         )
-    out = model(x)
+    native = getattr(model, "native_logits", None)
+    out = native(x) if callable(native) else model(x)
     if isinstance(out, Mapping):
         if "out" not in out:
             raise TypeError(
@@ -190,6 +197,15 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
     return out
 
 
+def _as_float(x: Tensor) -> Tensor:
+    """``x`` as float32 in the standard (NCHW) layout, in ONE copy (none if it already is).
+
+    ``x.float().contiguous()`` makes two copies of a bf16 channels-last tensor; the standard
+    layout keeps softmax and resizing on the kernels (and arithmetic) they always used.
+    """
+    return x.to(torch.float32, memory_format=torch.contiguous_format)
+
+
 def _resize(x: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
     """Bilinear resize of a (N, C, h, w) tensor; returns ``x`` itself when already that size."""
     if tuple(x.shape[-2:]) == tuple(size):
@@ -197,16 +213,24 @@ def _resize(x: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
+def _native_forward(model: nn.Module, x: Tensor, *, precision: Precision) -> Tensor:
+    """Logits for ``x`` as the model computed them: its dtype, layout and output size.
+
+    ``precision`` other than fp32 runs the forward under ``torch.autocast`` on the input's
+    device type. Nothing is converted or resized: see :func:`_forward` for that.
+    """
+    with autocast(x.device, precision):
+        return _logits(model, x)
+
+
 def _forward(model: nn.Module, x: Tensor, *, precision: Precision, align_corners: bool) -> Tensor:
     """Logits for ``x`` (N, 3, H, W) as float32 (N, C, H, W), at the input's resolution.
 
-    ``precision`` other than fp32 runs the forward under ``torch.autocast`` on the input's
-    device type; the result is upcast so averaging and softmax happen in float32.
+    The result is float32 so averaging and softmax happen in float32.
     """
-    with autocast(x.device, precision):
-        out = _logits(model, x)
+    out = _as_float(_native_forward(model, x, precision=precision))
     # Resize logits (not probabilities) to the input, as both reference implementations do.
-    return _resize(out.float(), (x.shape[-2], x.shape[-1]), align_corners)
+    return _resize(out, (x.shape[-2], x.shape[-1]), align_corners)
 
 
 def default_stride(crop_size: int | Sequence[int]) -> tuple[int, int]:
@@ -322,12 +346,17 @@ def _tile_scores(
 
     The result may be the model's own output tensor: the sliding window softmaxes and sums
     into it in place (a second copy would be the largest temporary). A view or a broadcast
-    tensor, which could be memory the model keeps, is copied first.
+    tensor, which could be memory the model keeps, is copied first, and so is an inference
+    tensor outside inference mode.
     """
     b = crops.shape[0]
     x = torch.cat([crops, crops.flip(-1)], dim=0) if flip else crops  # (B or 2B, 3, ch, cw)
     out = _forward(model, x, precision=precision, align_corners=align_corners)
-    if out._base is not None or 0 in out.stride():
+    if out._base is not None or 0 in out.stride() or (
+        out.is_inference() and not torch.is_inference_mode_enabled()
+    ):
+        # (An inference tensor, e.g. from a fast-path model, cannot be updated in place
+        # outside inference mode.)
         out = out.clone()
     if average == "prob":
         out = _softmax_(out)

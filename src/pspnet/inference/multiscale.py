@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pspnet.inference.core import (
+    _as_float,
     _check_eval,
     _check_images,
     _forward,
     _labels_refusal,
     _model_device_dtype,
+    _native_forward,
     _resize,
     _returns_labels,
     _run_labels,
     rescaled_size,
 )
-from pspnet.inference.labels import _one_tile_labels
+from pspnet.inference.labels import _one_tile_labels, predict_labels_tiled
 from pspnet.inference.options import Average, InferenceOptions, _choice, _pair, resolve_options
 from pspnet.inference.window import _sliding, _window, _Window
 from pspnet.precision import PRECISIONS, Precision
 
-__all__ = ["predict_whole", "predict"]
+__all__ = ["predict_whole", "predict", "predict_labels"]
 
 
 def predict_whole(
@@ -112,15 +115,7 @@ def predict(model: nn.Module, images: Tensor, options: InferenceOptions | None =
         ValueError: Unknown options, slide mode without ``crop_size``, or a labels-only model
             asked for more than one whole view at scale 1.
     """
-    opts = resolve_options(options, overrides)
-    _check_eval(model)
-    _check_images(images)
-    if opts.mode == "slide" and opts.crop_size is None:
-        raise ValueError("mode='slide' needs crop_size, e.g. crop_size=(473, 473)")
-    device, dtype = _model_device_dtype(model, images.device)
-    acc_device = opts.accumulate_device if opts.accumulate_device is not None else device
-    # Rescale on the model's device (the GPU, usually), not wherever the batch was loaded.
-    images = images.to(device=device, dtype=dtype or images.dtype)
+    opts, images, acc_device = _prepare(model, images, options, overrides)
     if _returns_labels(model):
         return _predict_labels_model(model, images, opts, num_classes, acc_device)
     crop_flip = opts.flip and opts.mode == "slide" and opts.flip_mode == "crop"
@@ -132,31 +127,36 @@ def predict(model: nn.Module, images: Tensor, options: InferenceOptions | None =
                               image_flip=opts.flip and not crop_flip)
 
 
+#: Rows per block where a view's scores are converted and reduced (a multiple of 8, the
+#: float32 vector width, so blocks of a row-major map start on a vector boundary).
+_BLOCK_ROWS = 64
+
+#: One block of a view's probabilities: rows ``[r0, r1)`` at the input size, (N, C, r1 - r0, W).
+_Rows = tuple[int, int, Tensor]
+
+
 def _average_views(
     model: nn.Module, images: Tensor, opts: InferenceOptions, win: _Window | None,
     num_classes: int | None, acc_device: torch.device, *, image_flip: bool,
 ) -> Tensor:
-    """The mean of the probabilities of every (scale, image flip) view, at the input size."""
+    """The mean of the probabilities of every (scale, image flip) view, at the input size.
+
+    The sum is ONE preallocated (N, C, H, W) tensor in ``accumulate_dtype``; each view's
+    probabilities are added into it block of rows by block (:func:`_view_rows`).
+    """
     n_img, _, h, w = images.shape
     total: Tensor | None = None
     views = 0
-    for scale in opts.scales:
-        size = rescaled_size(h, w, scale, base_size=opts.base_size, img_scale=opts.img_scale)
-        # Image resizing always uses the half-pixel convention (cv2 / PIL / mmcv).
-        x = _resize(images, size, align_corners=False)
-        for mirrored in (False, True) if image_flip else (False,):
-            scores = _one_view(model, x, mirrored, opts, win, acc_device).float()
-            scores = _resize(scores, (h, w), opts.restore_align_corners)  # (N, C, H, W)
-            probs = scores.softmax(dim=1) if opts.average == "logit" else scores
-            if num_classes is not None and probs.shape[1] != num_classes:
-                got = probs.shape[1]
-                raise ValueError(f"num_classes={num_classes} but the model returned {got} channels")
+    for rows in _views(model, images, opts, win, num_classes, acc_device, image_flip=image_flip):
+        for r0, r1, probs in rows:
             if total is None:
-                total = torch.zeros((n_img, probs.shape[1], h, w),
-                                    dtype=opts.accumulate_dtype, device=acc_device)
-            total += probs
-            views += 1
-            del scores, probs
+                total = torch.empty((n_img, probs.shape[1], h, w), dtype=opts.accumulate_dtype,
+                                    device=acc_device)
+            if views == 0:
+                total[:, :, r0:r1] = probs  # = 0 + probs, rounded to accumulate_dtype
+            else:
+                total[:, :, r0:r1] += probs
+        views += 1
     if total is None:  # scales is never empty (checked by InferenceOptions)
         raise RuntimeError("no view was predicted")
     if views > 1:
@@ -164,27 +164,127 @@ def _average_views(
     return total
 
 
-def _one_view(
+def _views(
+    model: nn.Module, images: Tensor, opts: InferenceOptions, win: _Window | None,
+    num_classes: int | None, acc_device: torch.device, *, image_flip: bool,
+) -> Iterator[Iterator[_Rows]]:
+    """Every (scale, image flip) view, as an iterator over blocks of its probability rows.
+
+    A view is predicted when its iterator is first advanced; consume each before the next.
+    """
+    h, w = images.shape[-2:]
+    for scale in opts.scales:
+        size = rescaled_size(h, w, scale, base_size=opts.base_size, img_scale=opts.img_scale)
+        # Image resizing always uses the half-pixel convention (cv2 / PIL / mmcv).
+        x = _resize(images, size, align_corners=False)
+        for mirrored in (False, True) if image_flip else (False,):
+            yield _view_rows(model, x, (h, w), mirrored, opts, win, num_classes, acc_device)
+
+
+def _view_scores(
     model: nn.Module, x: Tensor, mirrored: bool, opts: InferenceOptions, win: _Window | None,
-    acc_device: torch.device,
-) -> Tensor:
-    """Scores of one resized batch (of its mirror image, mirrored back), ``average`` space."""
+) -> tuple[Tensor, bool, bool]:
+    """Scores of one resized batch at its own size: ``(scores, softmaxed, still_mirrored)``.
+
+    A sliding window returns float sums already averaged (softmaxed when ``average="prob"``)
+    and mirrored back. A whole-image pass returns the network's own logits (any dtype and
+    memory format; resized to ``x`` only if the network returns a smaller map), still of the
+    mirrored image when ``mirrored``.
+    """
     if win is not None:
         # The mirrored view without a flipped copy of the image, and with the same
         # arithmetic as predict_labels_tiled's (so its argmax equals ours exactly).
-        return _sliding(model, x, win, mirrored=mirrored)
-    out = predict_whole(
-        model, x.flip(-1) if mirrored else x, output=opts.average,
-        align_corners=bool(opts.align_corners), precision=opts.precision,
-    )
-    return (out.flip(-1) if mirrored else out).to(acc_device)
+        return _sliding(model, x, win, mirrored=mirrored), opts.average == "prob", False
+    out = _native_forward(model, x.flip(-1) if mirrored else x, precision=opts.precision)
+    if tuple(out.shape[-2:]) != tuple(x.shape[-2:]):
+        out = _resize(_as_float(out), tuple(x.shape[-2:]), bool(opts.align_corners))
+    return out, False, mirrored
 
 
-def _predict_labels_model(
-    model: nn.Module, images: Tensor, opts: InferenceOptions, num_classes: int | None,
-    acc_device: torch.device,
+def _view_rows(
+    model: nn.Module, x: Tensor, size: tuple[int, int], mirrored: bool, opts: InferenceOptions,
+    win: _Window | None, num_classes: int | None, acc_device: torch.device,
+) -> Iterator[_Rows]:
+    """One view's float32 probabilities at ``size``, block of rows by block of rows.
+
+    Per view the order is the one :func:`predict` documents: average in the ``average`` space
+    -> mirror back -> resize to the input size -> softmax if logits. A view at the input size
+    (scale 1, the common case) is converted from the network's own logits (bf16,
+    channels-last, ...) one block of rows at a time, so no full-size float32 copy of them is
+    made; a view that must be resized is resized whole (bilinear resizing is not reproducible
+    block by block) on ``acc_device``, then reduced block by block.
+    """
+    scores, softmaxed, flip = _view_scores(model, x, mirrored, opts, win)
+    c = scores.shape[1]
+    if num_classes is not None and c != num_classes:
+        raise ValueError(f"num_classes={num_classes} but the model returned {c} channels")
+    if tuple(scores.shape[-2:]) != tuple(size):
+        scores = _as_float(scores.to(acc_device))
+        if not softmaxed and opts.average == "prob":
+            scores, softmaxed = scores.softmax(dim=1), True  # semseg: probabilities resized
+        if flip:
+            scores, flip = scores.flip(-1), False
+        scores = _resize(scores, size, opts.restore_align_corners)  # (N, C, H, W)
+    for r0 in range(0, size[0], _BLOCK_ROWS):
+        r1 = min(r0 + _BLOCK_ROWS, size[0])
+        block = _as_float(scores[:, :, r0:r1].to(acc_device))  # (N, C, rows, W)
+        if not softmaxed:
+            block = block.softmax(dim=1)
+        yield r0, r1, block.flip(-1) if flip else block
+
+
+def predict_labels(
+    model: nn.Module, images: Tensor, options: InferenceOptions | None = None, *,
+    num_classes: int | None = None, **overrides: Any,
 ) -> Tensor:
-    """:func:`predict` for a labels-only model: its labels as one-hot probabilities.
+    """Class indices at the input size: ``predict(...).argmax(1)`` without full-size logits.
+
+    What ``pspnet predict``, ``pspnet evaluate`` and ``pspnet serve`` need. A whole-image
+    pass at scale 1 without flip takes the argmax of the network's own logits (bf16 or
+    channels-last as computed: no float32 copy, no softmax; softmax keeps the order of the
+    scores, so the labels are those of the probabilities). A single-scale sliding window
+    without resizing runs :func:`predict_labels_tiled` (block by block). Other settings sum
+    the views' probabilities into one (N, C, H, W) tensor, block of rows by block of rows
+    (:func:`predict`), and take its argmax.
+
+    Args:
+        model: Segmentation model in eval mode (or a labels-only export).
+        images: Normalised (N, 3, H, W) float batch.
+        options: Every setting (:class:`InferenceOptions`), as for :func:`predict`.
+        num_classes: Expected number of classes (checked); inferred when None.
+        **overrides: :class:`InferenceOptions` fields on top of ``options``.
+
+    Returns:
+        (N, H, W) int64 class indices on ``accumulate_device`` (default the model's device).
+
+    Raises:
+        RuntimeError: The model is in training mode.
+        ValueError: As :func:`predict`.
+    """
+    opts, images, acc_device = _prepare(model, images, options, overrides)
+    resized = opts.scales != (1.0,) or opts.base_size is not None or opts.img_scale is not None
+    if _returns_labels(model):
+        return _labels_of_labels_model(model, images, opts, num_classes)[0].to(acc_device)
+    if opts.mode == "slide" and not resized:
+        return predict_labels_tiled(model, images, opts, num_classes=num_classes,
+                                    label_dtype=torch.int64)
+    exact_sum = opts.accumulate_dtype in (torch.float32, torch.float64)
+    with torch.no_grad():
+        if opts.mode == "whole" and not resized and not opts.flip and exact_sum:
+            out = _native_forward(model, images, precision=opts.precision)
+            if num_classes is not None and out.shape[1] != num_classes:
+                got = out.shape[1]
+                raise ValueError(f"num_classes={num_classes} but the model returned {got} channels")
+            if tuple(out.shape[-2:]) != tuple(images.shape[-2:]):
+                out = _resize(_as_float(out), tuple(images.shape[-2:]), bool(opts.align_corners))
+            return out.argmax(dim=1).to(acc_device)
+        return predict(model, images, opts, num_classes=num_classes).argmax(dim=1)
+
+
+def _labels_of_labels_model(
+    model: nn.Module, images: Tensor, opts: InferenceOptions, num_classes: int | None,
+) -> tuple[Tensor, int]:
+    """The (N, H, W) labels of a labels-only model and its class count.
 
     Raises:
         ValueError: The options need averaging (scales, flip, resizing), which labels lack.
@@ -201,11 +301,33 @@ def _predict_labels_model(
     if asked:
         raise _labels_refusal(model, " and ".join(asked))
     if opts.mode == "whole":
-        labels, c = _run_labels(model, images, num_classes)
-    else:
-        labels, c = _one_tile_labels(model, images, opts, num_classes)
+        return _run_labels(model, images, num_classes)
+    return _one_tile_labels(model, images, opts, num_classes)
+
+
+def _predict_labels_model(
+    model: nn.Module, images: Tensor, opts: InferenceOptions, num_classes: int | None,
+    acc_device: torch.device,
+) -> Tensor:
+    """:func:`predict` for a labels-only model: its labels as one-hot probabilities."""
+    labels, c = _labels_of_labels_model(model, images, opts, num_classes)
     # One-hot probabilities: their argmax is the labels, exactly.
     n_img, _, h, w = images.shape
     labels = labels.to(acc_device)
     onehot = torch.zeros((n_img, c, h, w), dtype=opts.accumulate_dtype, device=acc_device)
     return onehot.scatter_(1, labels[:, None], 1)
+
+
+def _prepare(
+    model: nn.Module, images: torch.Tensor, options: Any, overrides: dict[str, Any]
+) -> tuple[InferenceOptions, torch.Tensor, torch.device]:
+    """The checked options, the images on the model's device and dtype, and where to sum."""
+    opts = resolve_options(options, overrides)
+    _check_eval(model)
+    _check_images(images)
+    if opts.mode == "slide" and opts.crop_size is None:
+        raise ValueError("mode='slide' needs crop_size, e.g. crop_size=(473, 473)")
+    device, dtype = _model_device_dtype(model, images.device)
+    acc_device = opts.accumulate_device if opts.accumulate_device is not None else device
+    # Rescale on the model's device (the GPU, usually), not wherever the batch was loaded.
+    return opts, images.to(device=device, dtype=dtype or images.dtype), acc_device

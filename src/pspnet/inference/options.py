@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from pspnet.config.limits import INFERENCE_MEMORY_BYTES, check_limit
 from pspnet.precision import PRECISIONS, Precision
 
 if TYPE_CHECKING:
@@ -117,6 +118,12 @@ class InferenceOptions:
     model's device."""
     accumulate_dtype: torch.dtype = torch.float32
     """dtype of the sliding-window score tensors and of the returned probabilities."""
+    max_memory: int | None = INFERENCE_MEMORY_BYTES
+    """Bound, in bytes, on what one prediction of :func:`pspnet.engine.predict.predict_array`
+    (``pspnet predict``, ``pspnet serve``) may allocate besides the model and the image
+    (:mod:`pspnet.inference.bounds`): a whole-image pass estimated above it runs as a sliding
+    window instead, with a notice, and settings that no mode fits are refused. None: no bound
+    (whole-image passes of any size). Default 2 GB (``pspnet.config.limits``)."""
     name: str = ""
     """A preset's name (:data:`pspnet.inference.PROTOCOLS`); empty for ad-hoc options."""
     source: str = ""
@@ -142,10 +149,11 @@ class InferenceOptions:
         _choice(self.precision, PRECISIONS, "precision")
         if not self.scales:
             raise ValueError("scales must contain at least one scale, e.g. (1.0,)")
-        if any(s <= 0 for s in self.scales):
+        if any(not s > 0 for s in self.scales):  # `not >`: NaN is refused too
             raise ValueError(f"scales must be positive, got {self.scales!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        self._check_bounds()
         if self.base_size is not None and self.img_scale is not None:
             raise ValueError("give base_size (semseg rule) or img_scale (mmseg rule), not both")
         crop, stride = self.crop_size, self.stride
@@ -153,6 +161,30 @@ class InferenceOptions:
             raise ValueError(
                 f"stride {stride} is larger than crop_size {crop}: pixels between tiles would "
                 "never be predicted"
+            )
+
+    def _check_bounds(self) -> None:
+        """Sizes that decide allocations, against :data:`pspnet.config.LIMITS`.
+
+        Raises:
+            ConfigError: (a ``ValueError``) naming the field, its flag, the value and the bound.
+        """
+        for s in self.scales:
+            check_limit("scale", s, "scales (--scales)", low=0)
+        for key, label in (("crop_size", "crop_size (--crop-size)"), ("stride", "stride")):
+            for side in getattr(self, key) or ():
+                check_limit("crop", side, label)
+        check_limit("tile_batch", self.batch_size, "batch_size (--tile-batch)")
+        if self.base_size is not None:
+            check_limit("resize_side", self.base_size, "base_size (--base-size)")
+        for side in self.img_scale or ():
+            check_limit("resize_side", side, "img_scale")
+        if self.max_memory is not None and (
+            isinstance(self.max_memory, bool) or not isinstance(self.max_memory, int)
+            or self.max_memory < 1
+        ):
+            raise ValueError(
+                f"max_memory must be a positive number of bytes or None, got {self.max_memory!r}"
             )
 
     def replace(self, **changes: Any) -> InferenceOptions:

@@ -121,6 +121,8 @@ class ResNet(nn.Module):
         stem_width: Width ``w`` of the deep stem (outputs ``2w`` channels). Ignored for "plain".
         output_stride: 8, 16 or 32.
         contract_dilation: Use half the stage's dilation in the first block of a dilated stage.
+        base_width: Channels of ``layer1`` (``planes``); each later stage doubles them, and the
+            plain stem outputs them. 64 in every ResNet; narrower keeps the receptive field.
 
     Attributes:
         out_channels: Channels of the ``"aux"`` (stage 4) and ``"out"`` (stage 5) features.
@@ -134,6 +136,7 @@ class ResNet(nn.Module):
         stem_width: int = 64,
         output_stride: int = 8,
         contract_dilation: bool = False,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         self.stem_type = stem
@@ -147,17 +150,18 @@ class ResNet(nn.Module):
             self.bn3 = nn.BatchNorm2d(2 * w)
             in_channels = 2 * w
         elif stem == "plain":
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            in_channels = 64
+            self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(base_width)
+            in_channels = base_width
         else:
             raise ValueError(f"stem must be 'deep' or 'plain', got {stem!r}")
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
 
+        widths = (base_width, 2 * base_width, 4 * base_width, 8 * base_width)
         stages = []
         for i, ((stride, dilation), planes, blocks) in enumerate(
-            zip(stage_dilations(output_stride), (64, 128, 256, 512), layers)
+            zip(stage_dilations(output_stride), widths, layers)
         ):
             first = max(1, dilation // 2) if (contract_dilation and dilation > 1) else dilation
             stage, in_channels = self._make_stage(
@@ -165,7 +169,7 @@ class ResNet(nn.Module):
             )
             stages.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.out_channels = {"aux": 256 * block.expansion, "out": 512 * block.expansion}
+        self.out_channels = {"aux": widths[2] * block.expansion, "out": widths[3] * block.expansion}
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -81,15 +81,45 @@ def _freezing(compiled: bool) -> contextlib.AbstractContextManager[Any]:
     return inductor_config.patch(freezing=True)
 
 
+class _Converted(nn.Module):
+    """The network between the conversions its callers need, as one graph to compile.
+
+    In: the caller's float32 NCHW images to the weights' dtype and memory format. Out: the
+    logits as the network computed them (``output="native"``: its dtype and memory format) or
+    as float32 NCHW (``output="float"``). Compiled, inductor fuses the output conversion into
+    the network's last kernel (the upsampling), so a bf16 channels-last network writes its
+    float32 NCHW logits once instead of being copied twice after the graph.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool,
+                 output: Literal["native", "float"]) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.output = output
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.model(x)["out"]
+        if self.output == "float":
+            out = out.to(torch.float32, memory_format=torch.contiguous_format)
+        return out
+
+
 class InferenceModel(nn.Module):
     """An eval-only model that takes float32 NCHW images and returns float32 logits.
 
     It converts the input to the weights' dtype and memory format and the logits back, so it
-    can replace the eager model anywhere (``model(images)["out"]``).
+    can replace the eager model anywhere (``model(images)["out"]``). :mod:`pspnet.inference`
+    calls :meth:`native_logits` instead and converts only what it uses (a block of rows, a
+    tile), so the labels-only paths never hold full-size float32 logits.
 
     Attributes:
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
-        compile_seconds: Wall time of the first (compiling) call when compiled, else 0.
+        compile_seconds: Wall time of the first (compiling) calls when compiled, else 0.
     """
 
     def __init__(self, model: nn.Module, precision: str, channels_last: bool, compiled: bool) -> None:
@@ -100,8 +130,9 @@ class InferenceModel(nn.Module):
         self.channels_last = channels_last
         self.compiled = compiled
         self.compile_seconds = 0.0
-        self._forward = torch.compile(model, dynamic=False) if compiled else model
-        self._warm_shapes: set[tuple[int, ...]] = set()
+        # One graph per output form, each compiled on its first call (per input shape).
+        self._graphs: dict[str, Any] = {}
+        self._warm: set[tuple[str, tuple[int, ...]]] = set()
         self.train(False)
 
     def train(self, mode: bool = True) -> InferenceModel:
@@ -112,18 +143,35 @@ class InferenceModel(nn.Module):
             )
         return super().train(False)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        x = images.to(self.dtype)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        first = self.compiled and tuple(x.shape) not in self._warm_shapes
+    def _run(self, images: Tensor, output: Literal["native", "float"]) -> Tensor:
+        if self.dtype == torch.float32 and not self.channels_last:
+            output = "native"  # the same graph: the network's output already is float32 NCHW
+        graph = self._graphs.get(output)
+        if graph is None:
+            graph = _Converted(self.model, self.dtype, self.channels_last, output)
+            if self.compiled:
+                graph = torch.compile(graph, dynamic=False)
+            self._graphs[output] = graph
+        key = (output, tuple(images.shape))
+        first = self.compiled and key not in self._warm
         t0 = time.perf_counter()
         with torch.inference_mode(), _freezing(self.compiled):
-            out = self._forward(x)["out"]
+            out = graph(images)
         if first:
-            self._warm_shapes.add(tuple(x.shape))
+            self._warm.add(key)
             self.compile_seconds += time.perf_counter() - t0
-        return {"out": out.float().contiguous()}
+        return out
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """``{"out": (N, C, H, W) float32 logits}`` in the standard (NCHW) layout."""
+        return {"out": self._run(images, "float")}
+
+    def native_logits(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) logits as the network computed them: its dtype and memory format.
+
+        No copy is made after the network; the caller converts what it needs.
+        """
+        return self._run(images, "native")
 
 
 def optimize_for_inference(

@@ -71,6 +71,7 @@ def build_model(cfg: ModelConfig) -> PSPNet:
         stem_width=cfg.stem_width or spec.stem_width,
         output_stride=cfg.output_stride,
         contract_dilation=cfg.contract_dilation,
+        base_width=cfg.base_width or 64,
     )
     head = PSPHead(
         backbone.out_channels["out"],

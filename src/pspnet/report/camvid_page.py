@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pspnet.report import run_page
 from pspnet.report.charts import Series, line_plot
 from pspnet.report.machine import format_machine
 from pspnet.report.runlog import TrainLog, recipe_diff
@@ -39,34 +40,16 @@ PUBLISHED: tuple[tuple[str, str, str], ...] = (
 
 def plot_loss(log: TrainLog, path: Path) -> Path:
     """Training loss (total and main head) against training minutes."""
-    xs = [t.minutes for t in log.train]
-    return line_plot(
-        path,
-        [
-            Series("loss (main + aux)", xs, [t.loss for t in log.train], (31, 119, 180)),
-            Series("main head", xs, [t.loss_main for t in log.train], (255, 127, 14), width=1),
-        ],
-        title="CamVid training loss",
-        xlabel="training time (minutes)",
-        ylabel="cross-entropy loss",
-        empty_message="no train events in log.jsonl",
-    )
+    return run_page.plot_loss(log, path, title="CamVid training loss", x="minutes")
 
 
 def plot_val_miou(log: TrainLog, path: Path) -> Path:
     """Validation mIoU (%) against training minutes, with the 60 mIoU line."""
-    return line_plot(
-        path,
-        [Series(f"val mIoU ({log.val_images or '?'} val images)",
-                [v.minutes for v in log.val], [100.0 * v.miou for v in log.val],
-                (44, 160, 44), markers=True)],  # fmt: skip
-        title="CamVid validation mIoU during training",
-        xlabel="training time (minutes)",
-        ylabel="mIoU (%)",
-        hlines=[(TARGET_MIOU, f"{TARGET_MIOU:g} mIoU (SegNet, test)")],
-        annotate_last=True,
+    return run_page.plot_val_miou(
+        log, path, title="CamVid validation mIoU during training", x="minutes",
+        target=(TARGET_MIOU, f"{TARGET_MIOU:g} mIoU (SegNet, test)"),
         empty_message="no validation in log.jsonl (the budget left no time for one)",
-    )
+    )  # fmt: skip
 
 
 @dataclass
@@ -125,6 +108,10 @@ def plot_budget_curve(points: Sequence[BudgetPoint], path: Path) -> Path:
     )
 
 
+#: Beyond this many doublings of the training time, no extrapolation is written.
+_MAX_DOUBLINGS = 20
+
+
 def budget_section(points: Sequence[BudgetPoint], plot_rel: str,
                    shown: Callable[[Path], str] = str) -> list[str]:
     """Markdown: the table and plot of test mIoU per budget, and what each extra hour bought.
@@ -177,14 +164,20 @@ def budget_section(points: Sequence[BudgetPoint], plot_rel: str,
             f"{100 * (b.test_miou - a.test_miou):+.2f} points, {per_doubling:+.2f} per doubling "
             "of the training time."
         )
-        if per_doubling > 0 and now < TARGET_MIOU:
-            need = b.hours * 2 ** ((TARGET_MIOU - now) / per_doubling)
+        doublings = (TARGET_MIOU - now) / per_doubling if per_doubling > 0 else math.inf
+        if now < TARGET_MIOU and doublings <= _MAX_DOUBLINGS:
+            need = b.hours * 2**doublings
             lines.append(
                 f"*Extrapolation, not a measurement:* if every further doubling bought as much, "
                 f"{TARGET_MIOU:g} mIoU would take about {need:.0f} hours of training on this "
                 "machine with this recipe; from-scratch curves usually flatten, so read this as "
                 "a lower bound."
             )
+        elif now < TARGET_MIOU:
+            # A tiny or negative gain per doubling: 2**doublings would overflow, and an
+            # extrapolation over more than a million-fold of the time says nothing anyway.
+            lines.append(f"At this rate {TARGET_MIOU:g} mIoU is out of reach of this recipe on "
+                         f"this machine (over {_MAX_DOUBLINGS} more doublings of the time).")
         lines.append("")
     return lines
 

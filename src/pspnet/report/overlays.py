@@ -1,4 +1,5 @@
-"""A grid of test images with their ground truth and prediction painted over them."""
+"""Pictures composed with Pillow: pictures side by side, and a grid of images with their ground
+truth and prediction painted over them (charts are :mod:`pspnet.report.charts`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,46 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from pspnet.data.palette import draw_legend, overlay
-from pspnet.report.charts import font, save_png, text_size
 
-__all__ = ["overlay_grid"]
+__all__ = ["font", "text_size", "save_png", "tile_row", "overlay_grid"]
+
+
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font at ``size`` px (a bitmap font where FreeType is missing)."""
+    try:
+        # Pillow >= 10.1 ships a scalable default font when FreeType is available.
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def text_size(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[int, int]:
+    """Width and height in pixels of ``text`` drawn with ``font``."""
+    box = draw.textbbox((0, 0), text, font=font)
+    return int(box[2] - box[0]), int(box[3] - box[1])
+
+
+def save_png(img: Image.Image, path: str | Path, *, optimize: bool = False) -> Path:
+    """Write ``img`` as PNG at ``path`` (parent folders are created); returns the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out, format="PNG", optimize=optimize)
+    return out
+
+
+def tile_row(tiles: Sequence[Image.Image], titles: Sequence[str], path: str | Path) -> Path:
+    """Same-size pictures in a row, 4 px apart, each under its title (e.g. image | truth |
+    each model's prediction); written as PNG."""
+    w, h = tiles[0].size
+    canvas = Image.new("RGB", (len(tiles) * (w + 4), h + 16), "white")
+    d = ImageDraw.Draw(canvas)
+    for i, (t, title) in enumerate(zip(tiles, titles)):
+        canvas.paste(t, (i * (w + 4), 16))
+        d.text((i * (w + 4) + 2, 2), title, fill="black")
+    return save_png(canvas, path)
 
 
 def overlay_grid(

@@ -30,7 +30,8 @@ Limits (:class:`ServeLimits`), each enforced before the work it guards
 * Body size: a ``Content-Length`` above ``max_body_bytes`` is refused before any byte of the
   body is read; a chunked body is counted while it is read and refused the moment it passes the
   limit (413). Nothing is buffered beyond the limit.
-* Body time: the whole body must arrive within ``timeout_s`` of the request head (408).
+* Body time: the whole body must arrive within ``timeout_s`` of the request head, with no
+  pause longer than ``idle_timeout_s`` (408): a client that stalls is cut off early.
 * Image: only PNG, JPEG, BMP, TIFF and WebP, recognised from the bytes (415 otherwise);
   width x height is checked against ``max_pixels`` from the header, before any pixel is decoded
   (413: decompression bombs); truncated or corrupt images give 422.
@@ -38,7 +39,9 @@ Limits (:class:`ServeLimits`), each enforced before the work it guards
   event loop keeps answering ``/health``); up to ``max_queue`` more wait at most
   ``queue_timeout_s`` for a slot, everything else gets 503 at once. ``max_requests`` bounds the
   ``POST`` requests in progress (uploads included), so memory stays below about
-  ``max_requests * max_body_bytes``.
+  ``max_requests * max_body_bytes``; ``max_requests_per_client`` bounds those from one client
+  IP address, so that one client cannot take every slot from the others (503).
+* Port: 0..65535 (a larger number is refused, not bound modulo 65536).
 * Inference time: a request whose inference takes longer than ``inference_timeout_s`` gets 503.
   Python cannot kill the thread; it keeps its slot until it finishes, so the server never runs
   more than ``max_concurrency`` inferences, however many requests time out.
@@ -51,8 +54,10 @@ its status code; unexpected exceptions are logged here with their traceback and 
 
 :func:`create_app` gives the ASGI app alone; the head timeout and the limit on incomplete heads
 live in the HTTP protocol that :func:`build_server` installs, so under another ASGI server
-configure their equivalents there. :class:`ServerThread` runs the app in a background thread
-(tests, notebooks).
+configure their equivalents there. uvicorn has no public setting for them: the protocol extends
+uvicorn's h11 protocol class (``serve.server.UVICORN_PROTOCOL``), and the ``serve`` extra bounds
+uvicorn and h11 to the versions it was tested with. :class:`ServerThread` runs the app in a
+background thread (tests, notebooks).
 
 Modules: :mod:`~pspnet.serve.limits` (:class:`ServeLimits`, errors), :mod:`~pspnet.serve.request`
 (reading bodies and images under the limits), :mod:`~pspnet.serve.service` (what is served and

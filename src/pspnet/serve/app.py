@@ -16,6 +16,7 @@ from torch import nn
 
 from pspnet.checkpoint import WeightsMeta
 from pspnet.inference import InferenceOptions
+from pspnet.inference.bounds import MemoryBoundError
 from pspnet.serve.limits import (
     ALLOWED_FORMATS,
     COMMON_HEADERS,
@@ -44,7 +45,8 @@ logger = logging.getLogger("pspnet.serve")
 
 
 class _Guard:
-    """Outer ASGI layer: request count limit, hard deadline, closing headers, JSON errors."""
+    """Outer ASGI layer: request count limits (in all and per client address), hard deadline,
+    closing headers, JSON errors."""
 
     def __init__(self, app: Any, service: Service) -> None:
         self.app = app
@@ -75,13 +77,12 @@ class _Guard:
                 "error": f"request head is {head:,} bytes, above the limit of {MAX_HEAD_BYTES:,}"})
             return
         counted = scope.get("method") not in ("GET", "HEAD", "OPTIONS")
+        client = (scope.get("client") or ("?", 0))[0]
         if counted:
-            if svc.pending >= svc.limits.max_requests:
-                await send_json(guarded_send, 503, {
-                    "error": f"server busy: {svc.pending} requests in progress (limit "
-                             f"{svc.limits.max_requests}); retry later"})
+            refusal = svc.admit(client)
+            if refusal is not None:
+                await send_json(guarded_send, 503, {"error": refusal})
                 return
-            svc.pending += 1
         deadline = asyncio.timeout(svc.limits.deadline_s)
         try:
             async with deadline:
@@ -97,7 +98,7 @@ class _Guard:
             # else: returning with the response incomplete makes the server drop the connection
         finally:
             if counted:
-                svc.pending -= 1
+                svc.leave(client)
 
 
 def create_app(
@@ -223,6 +224,8 @@ def _add_predict_route(app: FastAPI, svc: Service) -> None:
             return _error(e.status, e.message)
         except ClientGone:
             return _error(400, "client disconnected")
+        except MemoryBoundError as e:  # the image fits no mode inside the server's memory bound
+            return _error(413, str(e))
         except Exception:  # noqa: BLE001 - logged here, never shown to the client
             logger.exception("prediction failed")
             return _error(500, "internal error")

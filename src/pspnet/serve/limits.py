@@ -38,8 +38,11 @@ class ServeLimits:
     """Largest width * height of an image, checked from its header before decoding."""
     timeout_s: float = 30.0
     """Time allowed to receive the request body, counted from the end of the request head."""
-    header_timeout_s: float = 10.0
+    header_timeout_s: float = 5.0
     """Time allowed from connecting to the end of the request head."""
+    idle_timeout_s: float = 5.0
+    """Longest pause allowed between two pieces of a request body: a client that stalls is
+    cut off after this, not after ``timeout_s``."""
     inference_timeout_s: float = 120.0
     """Time allowed for decoding, inference and encoding the answer of one image."""
     max_concurrency: int = 2
@@ -50,16 +53,21 @@ class ServeLimits:
     """How long a request waits for an inference slot before it gets 503."""
     max_requests: int = 16
     """``POST`` requests in progress at once (uploading, waiting or running); more get 503."""
+    max_requests_per_client: int = 4
+    """``POST`` requests in progress at once from one client IP address; more get 503, so a
+    client that stalls its uploads cannot take every request slot from the others."""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_pixels", "max_concurrency", "max_requests"):
+        for name in ("max_body_bytes", "max_pixels", "max_concurrency", "max_requests",
+                     "max_requests_per_client"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ServeError(f"ServeLimits.{name} must be a positive integer, got {value!r}")
         q = self.max_queue
         if isinstance(q, bool) or not isinstance(q, int) or q < 0:
             raise ServeError(f"ServeLimits.max_queue must be an integer >= 0, got {q!r}")
-        for name in ("timeout_s", "header_timeout_s", "inference_timeout_s", "queue_timeout_s"):
+        for name in ("timeout_s", "header_timeout_s", "idle_timeout_s", "inference_timeout_s",
+                     "queue_timeout_s"):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, (int, float))
                     or not math.isfinite(value) or value <= 0):
@@ -118,7 +126,7 @@ async def send_json(send: Callable[..., Any], status: int, doc: Any) -> None:
 
 def require_extras() -> None:
     missing = []
-    for mod in ("fastapi", "uvicorn", "python_multipart", "h11"):
+    for mod in ("fastapi", "uvicorn", "python_multipart"):
         try:
             __import__(mod)
         except ImportError:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pspnet.data.io import DataError, image_to_rgb, is_complete
+from pspnet.data.io import DataError, exif_upright, image_to_rgb, is_complete
 from pspnet.serve.limits import (
     _ALLOWED_DETECTED,
     ALLOWED_FORMATS,
@@ -96,7 +96,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                             f"({type(e).__name__})") from None
     _check_complete(im.format or "", data)
     try:
-        return image_to_rgb(im, "the uploaded image")
+        return image_to_rgb(exif_upright(im), "the uploaded image")  # as predict: upright
     except DataError as e:
         raise ApiError(422, str(e)) from None
 
@@ -177,7 +177,8 @@ def multipart_image(body: bytes, boundary: str) -> bytes:
 
 
 async def read_body(request: Any, limits: ServeLimits) -> bytes:
-    """The request body, at most ``max_body_bytes``, received within ``timeout_s``."""
+    """The request body, at most ``max_body_bytes``, received within ``timeout_s`` and with
+    no pause longer than ``idle_timeout_s``."""
     from starlette.requests import ClientDisconnect
 
     limit = limits.max_body_bytes
@@ -190,20 +191,42 @@ async def read_body(request: Any, limits: ServeLimits) -> bytes:
                                 f"server's limit of {limit:,} bytes")
     chunks: list[bytes] = []
     size = 0
+    stream = request.stream().__aiter__()
+    # One deadline checked around each read, not ``wait_for`` nested in ``asyncio.timeout``:
+    # on Python 3.11 a chunk that arrives just as the outer timeout fires makes ``wait_for``
+    # swallow the cancellation, and a client trickling bytes then escapes the body limit.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.timeout_s
     try:
-        async with asyncio.timeout(limits.timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, f"request body is above this server's limit of "
-                                        f"{limit:,} bytes")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ApiError(408, f"request body not received within {limits.timeout_s:g} s "
-                            f"({size:,} bytes arrived)") from None
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise _body_too_slow(limits, size)
+            wait = min(limits.idle_timeout_s, left)
+            try:  # a client that stops sending is cut off after the idle time
+                chunk = await asyncio.wait_for(anext(stream), wait)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                if wait < limits.idle_timeout_s:
+                    raise _body_too_slow(limits, size) from None
+                raise ApiError(408, f"request body stalled: no byte for "
+                                    f"{limits.idle_timeout_s:g} s ({size:,} bytes "
+                                    "arrived)") from None
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body is above this server's limit of "
+                                    f"{limit:,} bytes")
+            chunks.append(chunk)
     except ClientDisconnect:
         raise ClientGone() from None
     return b"".join(chunks)
+
+
+def _body_too_slow(limits: ServeLimits, size: int) -> ApiError:
+    return ApiError(408, f"request body not received within {limits.timeout_s:g} s "
+                         f"({size:,} bytes arrived)")
+
 
 async def image_bytes(request: Any, limits: ServeLimits) -> bytes:
     """The encoded image of a ``/predict`` request (raw body or multipart field)."""

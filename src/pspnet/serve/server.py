@@ -1,8 +1,9 @@
 """The HTTP server: uvicorn with the connection-level limits, a background thread, ``serve``.
 
-:func:`build_server` installs an h11 protocol with a deadline for the request head and JSON
-answers to malformed heads; :func:`serve` loads the weights (:func:`pspnet.load_model`) and
-serves them until interrupted; :class:`ServerThread` runs an app in a background thread.
+:func:`build_server` installs uvicorn's h11 protocol with a deadline for the request head and
+JSON answers to malformed heads (one hook on a uvicorn class: see :data:`UVICORN_PROTOCOL`);
+:func:`serve` loads the weights (:func:`pspnet.load_model`) and serves them until interrupted;
+:class:`ServerThread` runs an app in a background thread.
 """
 
 from __future__ import annotations
@@ -27,29 +28,80 @@ from pspnet.serve.service import Service
 if TYPE_CHECKING:  # pragma: no cover
     import uvicorn
 
-__all__ = ["build_server", "host_warning", "bind_socket", "ServerThread", "serve",
+__all__ = ["build_server", "host_warning", "bind_socket", "check_port", "ServerThread", "serve",
            "serve_from_args"]
 
 logger = logging.getLogger("pspnet.serve")
 
 
+#: The uvicorn class our protocol extends, and the methods of it we override. uvicorn has no
+#: public setting for a request-head deadline, so this one hook on its (internal) h11 protocol
+#: adds it; pyproject.toml bounds uvicorn and h11 to the versions this was tested with, and
+#: tests/serve/test_protocol_hook.py fails if a hook stops being called.
+UVICORN_PROTOCOL = "uvicorn.protocols.http.h11_impl:H11Protocol"
+HOOKED_METHODS = ("connection_made", "data_received", "connection_lost", "send_400_response")
+
+
+def _uvicorn_protocol() -> type:
+    """uvicorn's h11 protocol class, checked to still have every method we override."""
+    import importlib
+
+    module, _, name = UVICORN_PROTOCOL.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        cls = None
+    missing = [m for m in HOOKED_METHODS if cls is None or not callable(getattr(cls, m, None))]
+    if missing:
+        import uvicorn
+
+        raise ServeError(
+            f"uvicorn {uvicorn.__version__} has no {UVICORN_PROTOCOL} with {', '.join(missing)}, "
+            "which the server's request-head deadline hooks into; install the uvicorn version "
+            "pspnet's serve extra names: pip install 'pspnet[serve]'"
+        )
+    return cls  # type: ignore[no-any-return]
+
+
+def _raw_json(status: int, reason: str, message: str) -> bytes:
+    """A whole HTTP/1.1 response with a JSON error body, written straight to the socket."""
+    body = json_bytes({"error": message})
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
 def _protocol_class(header_timeout_s: float) -> type:
-    """uvicorn's h11 protocol with a deadline for the request head and JSON 400s."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    """uvicorn's h11 protocol with a deadline for the request head and JSON 400s.
 
-    def raw_json(status: int, reason: str, message: str) -> bytes:
-        body = json_bytes({"error": message})
-        head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
-        return head.encode("ascii") + body
+    It keeps its own state (the transport it was given, whether the head has ended) and uses
+    only the asyncio.Protocol methods of the class it extends, plus ``send_400_response``.
+    """
+    base = _uvicorn_protocol()
 
-    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
+    class GuardedH11Protocol(base):  # type: ignore[misc, valid-type]
         _pspnet_timer: asyncio.TimerHandle | None = None
+        _pspnet_transport: Any = None
+        _pspnet_head_seen = False
+        _pspnet_tail = b""
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._pspnet_timer = self.loop.call_later(header_timeout_s, self._pspnet_head_timeout)
+            self._pspnet_transport = transport
+            self._pspnet_timer = asyncio.get_running_loop().call_later(
+                header_timeout_s, self._pspnet_head_timeout)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._pspnet_head_seen:
+                # Every response closes its connection, so a connection carries one request;
+                # its head ends at the first empty line.
+                window = self._pspnet_tail + data
+                if b"\n\r\n" in window or b"\n\n" in window:
+                    self._pspnet_head_seen = True
+                    if self._pspnet_timer is not None:
+                        self._pspnet_timer.cancel()
+                self._pspnet_tail = window[-3:]
+            super().data_received(data)
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._pspnet_timer is not None:
@@ -57,17 +109,17 @@ def _protocol_class(header_timeout_s: float) -> type:
             super().connection_lost(exc)
 
         def _pspnet_head_timeout(self) -> None:
-            # Every response closes its connection, so a connection carries one request: if its
-            # head has not been parsed by now, the client is too slow (or idle).
-            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            transport = self._pspnet_transport
+            if self._pspnet_head_seen or transport is None or transport.is_closing():
                 return
             message = f"request head not received within {header_timeout_s:g} s"
-            self.transport.write(raw_json(408, "Request Timeout", message))
-            self.transport.close()
+            transport.write(_raw_json(408, "Request Timeout", message))
+            transport.close()
 
         def send_400_response(self, msg: str) -> None:
-            self.transport.write(raw_json(400, "Bad Request", "invalid HTTP request"))
-            self.transport.close()
+            transport = self._pspnet_transport
+            transport.write(_raw_json(400, "Bad Request", "invalid HTTP request"))
+            transport.close()
 
     return GuardedH11Protocol
 
@@ -139,6 +191,7 @@ def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     It listens at once, so connections made before the server's loop runs wait in the backlog
     instead of being refused.
     """
+    check_port(port)
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -154,6 +207,17 @@ def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return sock
+
+
+def check_port(port: int) -> None:
+    """Refuse a port outside 0..65535 (the OS would bind it modulo 65536: 70000 -> 4464).
+
+    Raises:
+        ServeError: ``port`` is not an integer from 0 to 65535.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ServeError(f"port must be an integer from 0 to 65535 (0 picks a free one), got "
+                         f"{port!r}")
 
 
 def _url(sock: socket.socket) -> str:
@@ -266,6 +330,7 @@ def serve(
             message names the extra).
     """
     require_extras()
+    check_port(port)  # before the weights are loaded
     model = load_model(weights_path, device=device)
     app = create_app(model, limits=limits, options=options)
     server = build_server(app, limits=limits, log_level=log_level)  # configures logging
@@ -317,6 +382,7 @@ def serve_from_args(
         max_pixels=max_pixels,
         timeout_s=timeout_s,
         header_timeout_s=min(ServeLimits.header_timeout_s, timeout_s),
+        idle_timeout_s=min(ServeLimits.idle_timeout_s, timeout_s),
         max_concurrency=max_concurrency,
     )
     serve(weights, host=host, port=port, limits=limits, device=device, log_level=log_level)

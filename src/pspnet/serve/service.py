@@ -181,8 +181,35 @@ class Service:
                                            thread_name_prefix="pspnet-infer")
         self.slots = Slots(limits.max_concurrency, limits.max_queue)
         self.pending = 0  # POST requests in progress (event-loop thread only)
+        self.pending_by_client: dict[str, int] = {}  # the same, by client IP address
         self.running = 0  # inferences running in worker threads
         self._lock = threading.Lock()
+
+    def admit(self, client: str) -> str | None:
+        """Count a new ``POST`` from address ``client``, or say why it is refused (503).
+
+        Event-loop thread only; every admitted request must :meth:`leave`.
+        """
+        limits = self.limits
+        if self.pending >= limits.max_requests:
+            return (f"server busy: {self.pending} requests in progress (limit "
+                    f"{limits.max_requests}); retry later")
+        mine = self.pending_by_client.get(client, 0)
+        if mine >= limits.max_requests_per_client:
+            return (f"too many requests in progress from your address: {mine} (limit "
+                    f"{limits.max_requests_per_client} per client); finish or close them first")
+        self.pending += 1
+        self.pending_by_client[client] = mine + 1
+        return None
+
+    def leave(self, client: str) -> None:
+        """A request counted by :meth:`admit` has ended."""
+        self.pending -= 1
+        left = self.pending_by_client.get(client, 1) - 1
+        if left > 0:
+            self.pending_by_client[client] = left
+        else:
+            self.pending_by_client.pop(client, None)
 
     async def image_bytes(self, request: Any) -> bytes:
         """The encoded image of a ``/predict`` request, within this server's body limits."""

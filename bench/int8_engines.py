@@ -1,0 +1,144 @@
+"""Which int8 engine is fastest on this CPU: fp32 eager/compiled against three int8 engines.
+
+Times, alternately in one process (each round runs every variant once; medians reported, with
+the ratio to fp32 eager of the same rounds), a PSPNet at one size, batch 1:
+
+* ``fp32 eager``: the eager network; ``fp32 compiled``: ``load_model(..., compile=True)``'s path
+  (:func:`pspnet.models.fuse.optimize_for_inference`: BN folded, inductor with freezing);
+* ``int8 pt2e``: torchao's PT2E flow with ``X86InductorQuantizer``, compiled by inductor;
+* ``int8 ort``: ONNX Runtime static quantization (QDQ, per-channel, u8 activations / s8
+  weights) of the project's ONNX export;
+* ``ov fp32`` / ``int8 ov``: OpenVINO on the same ONNX file, int8 via NNCF post-training
+  quantization.
+
+Engines that are not installed are skipped (named in the output). Calibration uses random
+normalised images: this script measures speed only; accuracy is ``bench/int8_camvid.py``'s.
+
+    python bench/int8_engines.py --arch pspnet_r18 --size 473 --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pspnet import create_model
+from pspnet.export import export_onnx
+from pspnet.models.fuse import optimize_for_inference
+
+
+def _pt2e(model: torch.nn.Module, x: torch.Tensor, calib: list[torch.Tensor]) -> Callable:
+    from pspnet.models.quantize import quantize_pt2e
+
+    fast = quantize_pt2e(model, calib)
+    return lambda: fast(x)
+
+
+def _ort(onnx_path: Path, x: np.ndarray, calib: list[np.ndarray], threads: int) -> Callable:
+    import onnxruntime as ort
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"images": c} for c in calib])
+
+        def get_next(self):  # noqa: ANN201
+            return next(self.it, None)
+
+    out = onnx_path.with_name("int8.onnx")
+    quantize_static(str(onnx_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"images": x})
+
+
+def _openvino(onnx_path: Path, x: np.ndarray, calib: list[np.ndarray], threads: int,
+              int8: bool) -> Callable:
+    import openvino as ov
+
+    core = ov.Core()
+    model = ov.convert_model(str(onnx_path))
+    if int8:
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                 "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: x})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="pspnet_r18")
+    ap.add_argument("--size", type=int, default=473)
+    ap.add_argument("--classes", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--calib", type=int, default=4)
+    ap.add_argument("--only", default="", help="comma-separated variant names to run")
+    args = ap.parse_args()
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    model = create_model(args.arch, args.classes).eval()
+    s = args.size
+    x = torch.randn(1, 3, s, s)
+    calib = [torch.randn(1, 3, s, s) for _ in range(args.calib)]
+    xn, calibn = x.numpy(), [c.numpy() for c in calib]
+    variants: dict[str, Callable] = {}
+    only = set(filter(None, args.only.split(",")))
+    tmp = Path(tempfile.mkdtemp())
+    onnx_path = tmp / "fp32.onnx"
+
+    def add(name: str, build: Callable[[], Callable]) -> None:
+        if only and name not in only:
+            return
+        t0 = time.perf_counter()
+        try:
+            fn = build()
+            with torch.inference_mode():
+                fn()
+                fn()  # compiles / warms up
+        except ImportError as e:
+            print(f"{name}: skipped ({e})")
+            return
+        print(f"{name}: ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        variants[name] = fn
+
+    add("fp32 eager", lambda: (lambda: model(x)))
+    fast = optimize_for_inference(model, compile=True)
+    add("fp32 compiled", lambda: (lambda: fast(x)))
+    add("int8 pt2e", lambda: _pt2e(model, x, calib))
+    if not only or only & {"int8 ort", "ov fp32", "int8 ov"}:
+        export_onnx(model, onnx_path, height=s, width=s, check=False)
+    add("int8 ort", lambda: _ort(onnx_path, xn, calibn, threads))
+    add("ov fp32", lambda: _openvino(onnx_path, xn, calibn, threads, int8=False))
+    add("int8 ov", lambda: _openvino(onnx_path, xn, calibn, threads, int8=True))
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with torch.inference_mode():
+        for _ in range(args.rounds):
+            for name, fn in variants.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    base = statistics.median(times.get("fp32 eager", [float("nan")]))
+    print(f"\n{args.arch} {s}x{s}, {args.classes} classes, batch 1, {threads} threads, "
+          f"{args.rounds} alternating rounds")
+    print("| path | median ms | min ms | vs fp32 eager |\n|---|---|---|---|")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {name} | {med:.0f} | {min(ts):.0f} | {base / med:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""int8 post-training quantization: PT2E with torchao's x86 quantizer, run by inductor.
+
+The network is exported (``torch.export``), observed on calibration images
+(``prepare_pt2e``: static, per-tensor u8 activations and per-channel s8 weights, the x86
+inductor quantizer's default), converted to quantize/dequantize pairs (``convert_pt2e``) and
+compiled by inductor with weight freezing, which lowers the pairs around each convolution to
+oneDNN int8 convolutions (``onednn.qconv2d_pointwise``) that run on AVX2 as well as on
+AVX512-VNNI and AMX. Needs torchao (``pip install 'pspnet[int8]'``), imported only here, on
+first use.
+
+Why this engine: measured alternately in one process (``bench/int8_engines.py``), see
+docs/benchmarks.md "int8 (AVX2 machine)".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pspnet.models.fuse import fold_batchnorm
+
+__all__ = ["Int8Model", "quantize_pt2e", "INT8_INSTALL_HINT"]
+
+INT8_INSTALL_HINT = "install the int8 extra: pip install 'pspnet[int8]' (torchao)"
+
+
+class _Logits(nn.Module):
+    """The network reduced to its logits tensor (export wants one tensor, not a dict)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)["out"]
+
+
+def _import_torchao() -> Any:
+    try:
+        from torchao.quantization.pt2e import quantize_pt2e as q
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    except ImportError as e:
+        raise ImportError(f"int8 inference needs torchao ({e}); {INT8_INSTALL_HINT}") from None
+    return q, xiq
+
+
+def _freezing() -> contextlib.AbstractContextManager[Any]:
+    """Inductor weight freezing: what turns quantize/dequantize pairs into int8 convolutions."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
+class Int8Model(nn.Module):
+    """An eval-only int8 model: float32 NCHW images in, ``{"out": float32 logits}`` out.
+
+    The graph is exported with a symbolic height and width (the calibrated scales hold for any
+    size); inductor compiles it once per input size. It is exported for batch 1 (export
+    specialises a batch of 1), so a batch runs image by image, which costs nothing on a CPU.
+
+    Attributes:
+        precision: ``"int8"``.
+        compile_seconds: Wall time spent in the first call per input shape.
+        calibration_images: How many images calibrated it.
+    """
+
+    def __init__(self, graph: nn.Module, calibration_images: int) -> None:
+        super().__init__()
+        self.graph = graph
+        self.precision = "int8"
+        self.compiled = True
+        self.calibration_images = calibration_images
+        self.compile_seconds = 0.0
+        self._forward = torch.compile(graph, dynamic=False)
+        self._warm: set[tuple[int, ...]] = set()
+
+    def train(self, mode: bool = True) -> Int8Model:
+        if mode:
+            raise RuntimeError(
+                "this model is quantized to int8 for inference; train the original model "
+                "(pspnet.create_model or load_model(precision='fp32'))"
+            )
+        # Not recursing: an exported graph refuses .train()/.eval() (torchao), and evaluation
+        # calls model.eval() on whatever it is given.
+        self.training = False
+        return self
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        x = images.to(torch.float32)
+        first = tuple(x.shape[1:]) not in self._warm
+        t0 = time.perf_counter()
+        with torch.no_grad(), _freezing():
+            outs = [self._forward(x[i : i + 1]) for i in range(x.shape[0])]
+        if first:
+            self._warm.add(tuple(x.shape[1:]))
+            self.compile_seconds += time.perf_counter() - t0
+        return {"out": torch.cat(outs) if len(outs) > 1 else outs[0]}
+
+
+def quantize_pt2e(model: nn.Module, calibration: Sequence[Tensor]) -> Int8Model:
+    """Quantize a trained (eager, fp32) PSPNet to int8 with calibration images.
+
+    Args:
+        model: The eager network (not modified: BN is folded in a copy).
+        calibration: Normalised float32 images, each (N, 3, H, W), all of one size. More
+            images give steadier activation ranges; 16-64 training images are usual.
+
+    Returns:
+        An :class:`Int8Model` carrying the original's ``config`` and ``meta``.
+
+    Raises:
+        ValueError: No calibration images, or images of different shapes.
+        ImportError: torchao missing (the message names the extra).
+    """
+    if not calibration:
+        raise ValueError("int8 needs calibration images; got none")
+    shapes = {tuple(c.shape) for c in calibration}
+    if len(shapes) > 1 or len(next(iter(shapes))) != 4:
+        raise ValueError(
+            f"calibration images must be (N, 3, H, W) batches of one size, got {sorted(shapes)}"
+        )
+    q, xiq = _import_torchao()
+    net = _Logits(fold_batchnorm(model)).eval()
+    example = (calibration[0][:1].to(torch.float32),)
+    dims = {"images": {2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}}
+    with torch.no_grad():
+        # strict: the quantizer groups nodes by the source metadata only strict export records
+        # (without it, one ReLU module used twice in a block becomes one two-output pattern).
+        exported = torch.export.export(net, example, dynamic_shapes=dims, strict=True).module()
+        quantizer = xiq.X86InductorQuantizer()
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        prepared = q.prepare_pt2e(exported, quantizer)
+        for images in calibration:
+            for i in range(images.shape[0]):
+                prepared(images[i : i + 1].to(torch.float32))
+        converted = q.convert_pt2e(prepared)
+    fast = Int8Model(converted, len(calibration))
+    for attr in ("config", "meta"):
+        if hasattr(model, attr):
+            setattr(fast, attr, getattr(model, attr))
+    return fast
