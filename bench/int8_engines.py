@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from pspnet import create_model
+from pspnet.benchmark import count_flops, matmul_peak
 from pspnet.export import export_onnx
 from pspnet.models.fuse import optimize_for_inference
 
@@ -77,6 +78,24 @@ def _openvino(onnx_path: Path, x: np.ndarray, calib: list[np.ndarray], threads: 
                                                  "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     return lambda: request.infer({0: x})
+
+
+def int8_gemm_peak(n: int = 2048, repeats: int = 5) -> float | None:
+    """Measured int8 GEMM throughput (GOP/s, u8/s8 products summed in int32) through
+    ``torch._int_mm``, the oneDNN kernel PT2E's quantized convolutions also reach; ``None``
+    where this build has no CPU int8 matmul."""
+    a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    try:
+        torch._int_mm(a, b)  # warm-up, kernel selection
+    except RuntimeError:
+        return None
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch._int_mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def main() -> None:
@@ -132,12 +151,25 @@ def main() -> None:
                 fn()
                 times[name].append((time.perf_counter() - t0) * 1e3)
     base = statistics.median(times.get("fp32 eager", [float("nan")]))
+    # The share of the machine's peak for the arithmetic each path uses: the network's
+    # conv/matmul FLOPs (one count; int8 paths do the same multiply-adds in int8) over the
+    # median time, against the measured fp32 or int8 GEMM peak of this process.
+    with torch.inference_mode():
+        flops = count_flops(lambda: model(x))
+    peaks = {"fp32": matmul_peak(torch.float32), "int8": int8_gemm_peak()}
     print(f"\n{args.arch} {s}x{s}, {args.classes} classes, batch 1, {threads} threads, "
-          f"{args.rounds} alternating rounds")
-    print("| path | median ms | min ms | vs fp32 eager |\n|---|---|---|---|")
+          f"{args.rounds} alternating rounds; {flops / 1e9:.1f} GFLOP per image; measured "
+          f"GEMM peak fp32 {peaks['fp32']:.0f} GFLOP/s, int8 "
+          + ("n/a" if peaks["int8"] is None else f"{peaks['int8']:.0f} GOP/s"))
+    print("| path | median ms | min ms | vs fp32 eager | G(FL)OP/s | % of peak |\n"
+          "|---|---|---|---|---|---|")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"| {name} | {med:.0f} | {min(ts):.0f} | {base / med:.2f}x |")
+        rate = flops / (med / 1e3) / 1e9
+        peak = peaks["int8" if "int8" in name else "fp32"]
+        share = "n/a" if peak is None else f"{100 * rate / peak:.0f}%"
+        print(f"| {name} | {med:.0f} | {min(ts):.0f} | {base / med:.2f}x | {rate:.0f} | "
+              f"{share} |")
 
 
 if __name__ == "__main__":
