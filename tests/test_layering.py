@@ -43,9 +43,13 @@ EDGES: dict[str, set[str]] = {
     "pspnet.engine.budget": set(),
     "pspnet.engine.safety": {"pspnet.config", "pspnet.engine.distributed"},
     "pspnet.engine.run_log": {"pspnet.checkpoint"},
+    "pspnet.engine.defaults": {  # what train chose where nothing set a value, and why
+        "pspnet.config", "pspnet.data", "pspnet.engine.budget", "pspnet.engine.state",
+        "pspnet.report",
+    },
     "pspnet.engine.run_config": {
-        "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.distributed",
-        "pspnet.precision", "pspnet.report",
+        "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.defaults",
+        "pspnet.engine.distributed", "pspnet.precision", "pspnet.report",
     },
     "pspnet.engine.setup": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.distributed",
@@ -62,8 +66,8 @@ EDGES: dict[str, set[str]] = {
     },
     "pspnet.engine.train": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.budget",
-        "pspnet.engine.distributed", "pspnet.engine.evaluate", "pspnet.engine.losses",
-        "pspnet.engine.optim", "pspnet.engine.run_config", "pspnet.engine.run_log",
+        "pspnet.engine.defaults", "pspnet.engine.distributed", "pspnet.engine.evaluate",
+        "pspnet.engine.losses", "pspnet.engine.optim", "pspnet.engine.run_config", "pspnet.engine.run_log",
         "pspnet.engine.run_report", "pspnet.engine.safety", "pspnet.engine.setup",
         "pspnet.engine.state", "pspnet.precision",
     },
@@ -84,7 +88,8 @@ EDGES: dict[str, set[str]] = {
         "pspnet",  # __version__ for --version
         "pspnet.benchmark", "pspnet.checkpoint", "pspnet.hub", "pspnet.config", "pspnet.data", "pspnet.demo",
         "pspnet.engine.distributed", "pspnet.engine.evaluate", "pspnet.engine.metrics",
-        "pspnet.engine.predict", "pspnet.engine.run_report", "pspnet.engine.train",
+        "pspnet.engine.predict", "pspnet.engine.run_config", "pspnet.engine.run_report",
+        "pspnet.engine.train",
         "pspnet.export", "pspnet.inference", "pspnet.models", "pspnet.report", "pspnet.serve",
     },
     "pspnet.__main__": {"pspnet.cli"},

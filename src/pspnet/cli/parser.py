@@ -353,6 +353,9 @@ def _add_train(sub: Subparsers) -> None:
     s.add_argument("--config", help="YAML config (see configs/)")
     _add_set(s, "dotted overrides (one or more), e.g. optim.lr=0.02 "
                         "train.precision=fp32")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print what would run (the values chosen for this machine and data, "
+                        "and why; the schedule; the config) and exit without training")
     _add_quiet(s, "no progress bar; warnings only")
     s.set_defaults(func=cmd_train)
 

@@ -189,6 +189,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pspnet.config.flags import flag_values
     from pspnet.engine.train import train_from_args
 
+    if args.dry_run:
+        from pspnet.engine.run_config import dry_run
+
+        print(dry_run(config_file=args.config, overrides=args.set, **flag_values(args)), end="")
+        return 0
     check_output_dir(args.work_dir, "--work-dir")
 
     result = train_from_args(

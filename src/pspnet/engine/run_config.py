@@ -1,6 +1,7 @@
 """The configuration of a training run: from the flags of ``pspnet train``
 (:func:`build_config`), checked against the checkpoint it resumes (:func:`find_resume`,
-:func:`check_resume`) and completed for the data and the machine (:func:`resolve_config`).
+:func:`check_resume`) and completed for the data and the machine (:func:`resolve_config`);
+``pspnet train --dry-run`` (:func:`dry_run`) shows the result without training.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,13 +23,17 @@ from pspnet.checkpoint.training import find_checkpoint, load_checkpoint
 from pspnet.config import Config, ConfigError, apply_overrides, load_yaml, merge
 from pspnet.config.flags import TRAIN_FLAGS, flags_tree
 from pspnet.data.layouts import get_dataset_spec
-from pspnet.data.training import TrainData, auto_crop
-from pspnet.engine.distributed import DistInfo, broadcast_object, is_distributed
+from pspnet.data.split import SPLIT_FILE
+from pspnet.data.training import TrainData, auto_crop, build_data
+from pspnet.engine.defaults import (DEFAULT_EPOCHS, Choice, resolve_choices,
+                                    schedule_choices)
+from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, broadcast_object,
+                                       is_distributed, resolve_device)
 from pspnet.precision import resolve_channels_last, resolve_precision
 from pspnet.report.machine import usable_cpus
 
-__all__ = ["CPU_OUTPUT_STRIDE", "build_config", "check_finite", "check_resume", "find_resume",
-           "resolve_config"]
+__all__ = ["CPU_OUTPUT_STRIDE", "build_config", "build_config_explained", "check_finite",
+           "check_resume", "describe_dry_run", "dry_run", "find_resume", "resolve_config"]
 
 #: Output stride ``pspnet train`` uses on a CPU when neither a config file nor ``--set`` gives
 #: one. Measured on two AVX2 cores (pspnet_r18, 240x320 crops, batch 8, fp32): ~2.3-2.9 s a
@@ -41,6 +47,19 @@ def build_config(
     **flags: Any,
 ) -> Config:  # fmt: skip
     """The :class:`Config` of ``pspnet train``: defaults < config file < flags < overrides.
+
+    :func:`build_config_explained` with the same arguments, without the choices.
+    """
+    return build_config_explained(*args, config_file=config_file, overrides=overrides,
+                                  **flags)[0]
+
+
+def build_config_explained(
+    *args: Any, config_file: str | os.PathLike[str] | None = None, overrides: Sequence[str] = (),
+    **flags: Any,
+) -> tuple[Config, list[Choice]]:  # fmt: skip
+    """The :class:`Config` of ``pspnet train`` (defaults < config file < flags < overrides) and
+    the values chosen for the machine where none of them set one.
 
     With ``train.init_weights`` the model options the tree leaves unset come from those weights
     (:func:`pspnet.checkpoint.init_weights.with_init_model`). Without a config file, on a CPU,
@@ -79,9 +98,15 @@ def build_config(
                 "the labels, the ignore value not counted) or use a config file that sets it"
             )
         model["num_classes"] = get_dataset_spec(str(dataset)).num_classes
+    chosen = []
     if not config_file and "output_stride" not in model and _trains_on_cpu(tree):
         model["output_stride"] = CPU_OUTPUT_STRIDE  # a CPU default, written to config.yaml
-    return Config.from_dict(tree)
+        chosen.append(Choice(
+            "model.output_stride", str(CPU_OUTPUT_STRIDE),
+            "training on a CPU without a config file: a step takes about a quarter of stride "
+            "8's time (measured on two AVX2 cores), more steps in the same minutes; --set "
+            "model.output_stride=8 for the paper's"))  # fmt: skip
+    return Config.from_dict(tree), chosen
 
 
 def _trains_on_cpu(tree: dict[str, Any]) -> bool:
@@ -232,3 +257,62 @@ def resolve_config(cfg: Config, data: TrainData, device: torch.device) -> Config
             channels_last=resolve_channels_last(cfg.train.channels_last, device, precision),
         ),
     )
+
+
+def dry_run(*args: Any, **kwargs: Any) -> str:
+    """``pspnet train --dry-run``: the arguments of :func:`build_config`; the text of
+    :func:`describe_dry_run` for the config they build, on the device it names."""
+    cfg, chosen = build_config_explained(*args, **kwargs)
+    check_finite(cfg)
+    return describe_dry_run(cfg, chosen, resolve_device(cfg.train.device))
+
+
+def describe_dry_run(cfg: Config, chosen: Sequence[Choice], device: torch.device) -> str:
+    """What ``pspnet train`` would run with ``cfg``: the chosen values with their reasons, the
+    data, the schedule and the resolved config. Reads the list files (and the first images'
+    sizes); writes nothing, trains nothing.
+
+    Raises:
+        ConfigError, DataError: What the training run would raise for the same config and
+            data, before its first step.
+    """
+    data = _data_without_writing(cfg)
+    resolved = resolve_config(cfg, data, device)
+    tc = resolved.train
+    spe = TrainBatchSampler(len(data.train), tc.batch_size, accum_steps=tc.accum_steps, rank=0,
+                            world_size=1).steps_per_epoch
+    choices = [*chosen, *resolve_choices(cfg, resolved, device, usable_cpus()),
+               *schedule_choices(resolved, spe)]
+    if tc.time_budget:
+        length = (f"a time budget of {tc.time_budget:g} min: the number of steps is planned "
+                  "after timing the first steps on this machine")
+    else:
+        steps = tc.max_iter or (tc.epochs or DEFAULT_EPOCHS) * spe
+        length = f"{steps} steps ({steps / spe:.1f} epochs of {spe} steps)"
+    val = "no validation set" if data.val is None else f"{len(data.val)} validation images"
+    lines = [
+        "pspnet train --dry-run: nothing is trained or written; this is what would run.",
+        f"data: {len(data.train)} training images, {val}; batch {tc.batch_size}; {length}",
+        f"device: {device}",
+        "chosen for you (nothing set these):" if choices else "nothing was chosen for you: "
+        "every value comes from the config file, a flag or --set.",
+        *(f"  {c.line()}" for c in choices),
+        "config (as config.yaml would record it):",
+        *("  " + line for line in resolved.to_yaml().splitlines()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _data_without_writing(cfg: Config) -> TrainData:
+    """``build_data`` with the work dir pointed at a temporary folder: with ``--images
+    --labels`` the split record would be written there, and a dry run writes nothing."""
+    if not cfg.data.images_dir:
+        return build_data(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(cfg.train.work_dir)
+        record = work / SPLIT_FILE
+        target = Path(tmp)
+        if record.is_file():  # the real run would reuse it: so does the dry run
+            (target / record.name).write_bytes(record.read_bytes())
+        return build_data(dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, work_dir=str(target))))

@@ -71,7 +71,7 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +84,14 @@ from pspnet.config import Config, ConfigError, TrainConfig
 from pspnet.data.io import image_size
 from pspnet.data.training import build_data, next_batch, stop_workers, training_loader
 from pspnet.engine.budget import AUTO_VALIDATIONS, Budget, Plan
+from pspnet.engine.defaults import DEFAULT_EPOCHS, Choice, announce_choices
 from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, all_gather_object, barrier,
-                                       broadcast_object, cleanup, init_distributed,
-                                       is_distributed)
+                                       broadcast_object, cleanup, init_distributed, is_distributed)
 from pspnet.engine.evaluate import evaluate_model
 from pspnet.engine.losses import PSPLoss
 from pspnet.engine.optim import PolySchedule, build_optimizer
-from pspnet.engine.run_config import (build_config, check_finite, check_resume, find_resume,
-                                      resolve_config)
+from pspnet.engine.run_config import (build_config_explained, check_finite, check_resume,
+                                      find_resume, resolve_config)
 from pspnet.engine.run_log import RunLog
 from pspnet.engine.run_report import report_after_training
 from pspnet.engine.setup import build_network, check_data
@@ -105,8 +105,6 @@ from pspnet.precision import autocast
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "TrainResult", "TrainState", "train",
            "train_from_args"]
 
-DEFAULT_EPOCHS = 50
-
 
 def train_from_args(*args: Any, progress: bool = True, **kwargs: Any) -> TrainResult:
     """``pspnet train``: build the config (file < flags < ``--set`` overrides) and train.
@@ -119,10 +117,11 @@ def train_from_args(*args: Any, progress: bool = True, **kwargs: Any) -> TrainRe
             table :data:`pspnet.config.flags.TRAIN_FLAGS`), ``config_file`` and ``overrides``.
         progress: Show progress bars.
     """
-    return train(build_config(*args, **kwargs), progress=progress)
+    config, chosen = build_config_explained(*args, **kwargs)
+    return train(config, progress=progress, chosen=chosen)
 
 
-def train(config: Config, *, progress: bool = True) -> TrainResult:
+def train(config: Config, *, progress: bool = True, chosen: Sequence[Choice] = ()) -> TrainResult:
     """Train a PSPNet as configured; see the module docstring for the outputs.
 
     Distributed: under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment)
@@ -148,6 +147,7 @@ def train(config: Config, *, progress: bool = True) -> TrainResult:
     Args:
         config: The configuration (see :class:`~pspnet.config.Config`).
         progress: Show a progress bar (rank 0).
+        chosen: Values :func:`build_config_explained` chose; announced with this run's own.
 
     Returns:
         A :class:`TrainResult`.
@@ -166,14 +166,14 @@ def train(config: Config, *, progress: bool = True) -> TrainResult:
         with warnings.catch_warnings():
             if not info.is_main:
                 warnings.simplefilter("ignore")
-            return _train(config, info, progress)
+            return _train(config, info, progress, chosen)
     finally:
         if config.train.threads:
             torch.set_num_threads(old_threads)
         cleanup(info)
 
 
-def _train(cfg: Config, info: DistInfo, progress: bool) -> TrainResult:
+def _train(cfg: Config, info: DistInfo, progress: bool, chosen: Sequence[Choice]) -> TrainResult:
     t_start = time.perf_counter()
     check_finite(cfg)
     # One run at a time in a work directory: the lock is held from before anything is read
@@ -182,6 +182,7 @@ def _train(cfg: Config, info: DistInfo, progress: bool) -> TrainResult:
     log = RunLog(info.is_main)
     try:
         run = _setup(cfg, info, log, progress, t_start)
+        announce_choices(run, cfg, chosen)
         with StopSignals() as run.stop:
             stop_reason = _loop(run)
         return _finish(run, stop_reason)
@@ -279,11 +280,8 @@ def _open_outputs(run: Run, class_weights: tuple[float, ...] | None) -> None:
     run.log.open(run.work_dir, cfg.to_yaml(), cfg.train.tensorboard)
     run.log.event(
         "resume" if run.resumed_from else "start",
-        iteration=st.it,
-        max_iter=run.schedule.max_iter,
-        steps_per_epoch=run.spe,
-        world_size=run.info.world_size,
-        precision=run.precision,
+        iteration=st.it, max_iter=run.schedule.max_iter, steps_per_epoch=run.spe,
+        world_size=run.info.world_size, precision=run.precision,
         crop_size=list(cfg.data.crop_size),  # type: ignore[arg-type]
         checkpoint=str(run.resumed_from) if run.resumed_from else None,
         train_images=len(data.train),

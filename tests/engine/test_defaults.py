@@ -1,0 +1,96 @@
+"""What ``pspnet train`` chose where nothing set a value: announced at the start, and
+``pspnet train --dry-run`` lists it without training or writing anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from _engine_tiny import NUM_CLASSES, tiny_config
+from pspnet.cli import main
+from pspnet.config import ConfigError
+from pspnet.engine.defaults import precision_reason, resolve_choices, schedule_choices
+from pspnet.engine.run_config import build_config_explained, describe_dry_run
+from pspnet.engine.train import train
+
+
+def _flags(data: dict, work: Path) -> list[str]:
+    return ["--data-root", str(data["root"]), "--train-list", str(data["train"]),
+            "--val-list", str(data["val"]), "--num-classes", str(NUM_CLASSES),
+            "--work-dir", str(work), "--batch-size", "4", "--set", "train.device=cpu"]
+
+
+def test_dry_run_lists_each_choice_with_its_reason_and_writes_nothing(
+    tiny_data: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "never"
+    assert main(["train", *_flags(tiny_data, work), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert not work.exists()  # nothing written: not even the work directory
+    chosen = {line.split(" = ")[0].strip(): line for line in out.splitlines()
+              if line.startswith("  ") and " = " in line}
+    # no config file, on the CPU: the CPU stride; the rest from the data and the machine
+    assert "stride 8's time" in chosen["model.output_stride"]
+    assert chosen["data.crop_size"].startswith("  data.crop_size = [40, 40]: the shortest side")
+    assert chosen["train.precision"].split(":")[0].endswith(("fp32", "bf16"))
+    assert "train.epochs" in chosen and "(100 steps of 2 per epoch)" in chosen["train.epochs"]
+    assert "data: 8 training images, 3 validation images; batch 4; 100 steps" in out
+    assert "output_stride: 16" in out and "crop_size:\n    - 40\n    - 40" in out
+
+
+def test_a_run_that_sets_everything_is_told_nothing_was_chosen(
+    tiny_data: dict, tmp_path: Path
+) -> None:
+    cfg = tiny_config(tiny_data, tmp_path / "w")  # crop, precision, workers, length all set
+    cfg = cfg.with_overrides(["train.val_interval=0"])
+    text = describe_dry_run(cfg, [], torch.device("cpu"))
+    assert "nothing was chosen for you" in text and "6 steps" in text
+
+
+def test_dry_run_raises_what_the_run_would(tiny_data: dict, tmp_path: Path) -> None:
+    cfg, chosen = build_config_explained(
+        data_root=str(tiny_data["root"]), train_list=str(tiny_data["train"]),
+        num_classes=NUM_CLASSES, work_dir=str(tmp_path / "w"), batch_size=16)  # fmt: skip
+    with pytest.raises(ValueError, match="fewer than one batch of 16"):
+        describe_dry_run(cfg, chosen, torch.device("cpu"))
+
+
+def test_a_config_file_keeps_its_stride(tiny_data: dict, tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("model:\n  output_stride: 8\n")
+    cfg, chosen = build_config_explained(config_file=tmp_path / "c.yaml", num_classes=3,
+                                         data_root=str(tiny_data["root"]),
+                                         train_list=str(tiny_data["train"]))
+    assert cfg.model.output_stride == 8 and chosen == []
+
+
+def test_precision_reason_names_the_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert "no native bf16" in precision_reason("fp32", cpu)
+    assert "natively" in precision_reason("bf16", cpu)
+    assert "gradient scaler" in precision_reason("fp16", torch.device("cuda"))
+
+
+def test_only_open_values_are_reported(tiny_data: dict, tmp_path: Path) -> None:
+    given = tiny_config(tiny_data, tmp_path / "w").with_overrides(
+        ["data.crop_size=null", "train.precision=auto", "train.max_iter=null"])
+    resolved = given.with_overrides(["data.crop_size=[32, 32]", "train.precision=fp32"])
+    keys = [c.key for c in resolve_choices(given, resolved, torch.device("cpu"), 2)]
+    assert keys == ["data.crop_size", "train.precision"]  # channels_last, workers were set
+    assert [c.key for c in schedule_choices(resolved, 2)] == ["train.epochs"]
+
+
+def test_training_announces_its_choices_in_the_log(tiny_data: dict, tmp_path: Path) -> None:
+    work = tmp_path / "run"
+    cfg = tiny_config(tiny_data, work, max_iter=1).with_overrides(
+        ["data.crop_size=null", "train.precision=auto"])
+    train(cfg, progress=False)
+    events = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.index("defaults") == kinds.index("start") + 1  # the log's first lines
+    rec = events[kinds.index("defaults")]
+    keys = [c["key"] for c in rec["chosen"]]
+    assert keys == ["data.crop_size", "train.precision"]
+    assert all(c["why"] for c in rec["chosen"])
