@@ -94,10 +94,13 @@ class Setup:
     output_stride: int
     lr: float
     gap: int | None = None
+    width: int | None = None
+    min_scale: float | None = None
 
     def key(self) -> dict[str, Any]:
-        # gap only where it applies, so the setup files of surface-scene sweeps stay valid
-        return {k: v for k, v in self.__dict__.items() if not (k == "gap" and v is None)}
+        # gap, width, min_scale only where they apply, so older setup files stay valid
+        return {k: v for k, v in self.__dict__.items()
+                if not (k in ("gap", "width", "min_scale") and v is None)}
 
 
 def _data(setup: Setup, work: Path, n_train: int, n_val: int) -> dict[str, Any]:
@@ -116,10 +119,12 @@ def _data(setup: Setup, work: Path, n_train: int, n_val: int) -> dict[str, Any]:
         root = generate_scenes(work / f"context_{setup.size}_gap{setup.gap}", n_train=n_train,
                                n_val=n_val, size=(setup.size, setup.size), seed=0,
                                progress=False, mode="context", gap=setup.gap)
-        # Shrink only: a crop must never cut away the band that decides the class.
+        # Shrink only: a crop must never cut away the band that decides the class (and with a
+        # gap beyond the FCN's reach, --min-scale 1: shrinking would bring the band closer).
+        low = 0.75 if setup.min_scale is None else setup.min_scale
         return {"root": str(root), "train_list": str(root / "train.txt"),
                 "val_list": str(root / "val.txt"), "class_names": str(root / "classes.txt"),
-                "crop_size": setup.size, "scale": [0.75, 1.0]}
+                "crop_size": setup.size, "scale": [low, 1.0]}
     if setup.data == "camvid":
         try:
             root = require_camvid(("train", "val"), default=DEFAULT_CAMVID)
@@ -138,7 +143,10 @@ def _config(setup: Setup, row: str, seed: int, data: dict[str, Any], work: Path)
     if model_opts.get("ppm_channels") == "C":
         if setup.arch not in STAGE5_CHANNELS:
             raise AblationError(f"no-reduction row: unknown stage-5 width of {setup.arch}")
-        model_opts["ppm_channels"] = STAGE5_CHANNELS[setup.arch]
+        # stage 5 of a basic-block ResNet has 8x the base width (512 at ResNet-18's 64)
+        model_opts["ppm_channels"] = STAGE5_CHANNELS[setup.arch] * (setup.width or 64) // 64
+    if setup.width is not None:
+        model_opts["base_width"] = setup.width
     num_classes = 11 if setup.data == "camvid" else 6
     return Config.from_dict({
         "model": {"arch": setup.arch, "num_classes": num_classes,
@@ -177,8 +185,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pspnet.engine.evaluate import evaluate_model
     from pspnet.engine.train import train
 
+    ctx = args.data == "context"
     setup = Setup(args.data, args.size, args.iters, args.batch_size, args.arch,
-                  args.output_stride, args.lr, args.gap if args.data == "context" else None)
+                  args.output_stride, args.lr, args.gap if ctx else None, args.width,
+                  args.min_scale if ctx else None)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     setup_file = work / "setup.json"
@@ -299,7 +309,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     lines = [
         "# The paper's Table 1 ablation, re-run on a CPU",
         "",
-        f"Data: **{setup['data']}** ({setup['size']} px), `{setup['arch']}` at output stride "
+        f"Data: **{setup['data']}** ({setup['size']} px), `{setup['arch']}`"
+        + (f" of base width {setup['width']}" if setup.get("width") is not None else "")
+        + f" at output stride "
         f"{setup['output_stride']}, {setup['iters']} iterations of batch {setup['batch_size']}, "
         f"lr {setup['lr']} (head x10), seeds {sorted({s for v in seeds.values() for s in v})}. "
         "Validation mIoU, whole image, single scale. Regenerate with:",
@@ -309,6 +321,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"--iters {setup['iters']} --batch-size {setup['batch_size']} "
         f"--output-stride {setup['output_stride']}"
         + (f" --gap {setup['gap']}" if setup.get("gap") is not None else "")
+        + (f" --width {setup['width']}" if setup.get("width") is not None else "")
+        + (f" --min-scale {setup['min_scale']:g}" if setup.get("min_scale") is not None else "")
         + f" --seeds {' '.join(map(str, sorted({s for v in seeds.values() for s in v})))}"
         + _where(args),
         "python bench/ablation.py report" + _where(args, out=True),
@@ -359,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train and evaluate the rows x seeds not done yet")
     r.add_argument("--data", default="scenes", choices=["scenes", "context", "camvid"])
     r.add_argument("--gap", type=int, default=48, help="context scenes: the neutral band (px)")
+    r.add_argument("--width", type=int,
+                   help="backbone base width (model.base_width; default the architecture's, "
+                        "64); the demo's beyond-reach scenes use 16")
+    r.add_argument("--min-scale", type=float,
+                   help="context scenes: smallest random scale (default 0.75; 1 with a gap "
+                        "beyond the FCN's 257-px reach)")
     r.add_argument("--size", type=int, default=192, help="scene side / CamVid crop width")
     r.add_argument("--iters", type=int, default=60)
     r.add_argument("--batch-size", type=int, default=8)

@@ -53,10 +53,16 @@ def test_context_scenes_sweep_reports_the_context_classes(tmp_path: Path) -> Non
     work, out = tmp_path / "abl", tmp_path / "docs" / "ablation_context"
     run = _run("run", "--data", "context", "--gap", "12", "--size", "48", "--iters", "1",
                "--batch-size", "2", "--n-train", "4", "--n-val", "2", "--output-stride", "16",
-               "--work-dir", str(work), "--rows", "fcn", "b1236_avg", "--seeds", "0")
+               "--work-dir", str(work), "--rows", "fcn", "b1236_nodr", "--seeds", "0",
+               "--width", "16", "--min-scale", "1")
     assert run.returncode == 0, run.stderr
     setup = json.loads((work / "setup.json").read_text())
     assert setup["data"] == "context" and setup["gap"] == 12
+    assert setup["width"] == 16 and setup["min_scale"] == 1.0
+    cfg = (work / "runs" / "b1236_nodr_s0" / "config.yaml").read_text()
+    # the no-reduction row's pyramid keeps stage 5's 8 x 16 channels; no scaling
+    assert "base_width: 16" in cfg and "ppm_channels: 128" in cfg
+    assert "scale:\n  - 1.0\n  - 1.0" in cfg
     manifest = json.loads((work / "context_48_gap12" / "manifest.json").read_text())
     assert manifest["mode"] == "context" and manifest["gap"] == 12
     records = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
@@ -64,6 +70,6 @@ def test_context_scenes_sweep_reports_the_context_classes(tmp_path: Path) -> Non
     rep = _run("report", "--work-dir", str(work), "--out", str(out))
     assert rep.returncode == 0, rep.stderr
     md = (out.parent / "ablation_context.md").read_text()
-    assert "--data context" in md and "--gap 12" in md
+    assert "--data context" in md and "--gap 12 --width 16 --min-scale 1 " in md
     assert "On the context classes (mean of boat and car IoU, points):" in md
     assert "| row | seed | val mIoU | boat/car IoU | vessel acc. | iterations | train min |" in md
