@@ -19,8 +19,8 @@ from pspnet.data.scenes import BOAT, CAR
 from pspnet import create_model
 from pspnet.data.context_scenes import render_context_scene
 from pspnet.data.scenes import WATER
-from pspnet.demo import (DEMO_MODELS, DemoResult, DemoSettings, demo_model_options, run_demo,
-                         seed_agreement, vessel_accuracy)
+from pspnet.demo import (DEMO_MODELS, FCN_REACH_PX, DemoResult, DemoSettings,
+                         demo_model_options, run_demo, seed_agreement, vessel_accuracy)
 from pspnet.demo import run as demo_run
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +97,8 @@ def test_cli_defaults_are_the_demo_defaults() -> None:
     assert (args.iterations, args.seeds, args.seed_start, args.size, args.gap, args.width,
             args.min_scale) == (d.iterations, d.seeds, d.seed_start, d.size, d.gap, d.width,
                                 d.min_scale)
-    assert (d.iterations, d.seeds, d.size, d.gap, d.batch_size) == (90, 3, 128, 48, 4)
+    assert (d.iterations, d.seeds, d.size, d.gap, d.width, d.min_scale, d.batch_size) == (
+        180, 3, 448, 264, 16, 1.0, 4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ SMALL = DemoSettings(iterations=2, seeds=1, size=32, gap=12, n_train=8, n_val=2,
 
 
 def _fake_run(out: Path, seed: int, stamp: dict[str, object] | None) -> Path:
-    work = out / "runs" / f"fcn_32px_gap12_w64_s{seed}_2it"
+    work = out / "runs" / f"fcn_32px_gap12_w16_s{seed}_2it"
     (work / "checkpoints").mkdir(parents=True)
     (work / "checkpoints" / "last.pt").write_bytes(b"")
     if stamp is not None:
@@ -136,7 +137,7 @@ def test_demo_refuses_to_resume_a_run_with_other_settings(
     tmp_path: Path, no_scenes: list[dict[str, object]]
 ) -> None:
     _fake_run(tmp_path, 0, {**SMALL.run_settings(0), "n_train": 600})
-    with pytest.raises(ConfigError, match=r"fcn_32px_gap12_w64_s0_2it holds a demo run trained with "
+    with pytest.raises(ConfigError, match=r"fcn_32px_gap12_w16_s0_2it holds a demo run trained with "
                                           r"other settings \(n_train=600, not 8\).*--fresh"):
         run_demo(tmp_path, SMALL)
     assert no_scenes == []  # refused before anything was generated
@@ -218,7 +219,7 @@ def test_demo_restarts_without_redoing_finished_runs(
     recs = _records(out)
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:3]))
     again = run_demo(out, TINY, progress=False)  # as if killed before the last run was recorded
-    assert trained == ["pspnet_32px_gap12_w64_s1_3it"]
+    assert trained == ["pspnet_32px_gap12_w16_s1_3it"]
     assert again.agreement == tiny_demo[1].agreement
 
 
@@ -289,6 +290,6 @@ def test_the_fcn_reach_is_what_the_demo_assumes() -> None:
     rows, cols = torch.nonzero(x.grad.abs().sum((0, 1)) > 0, as_tuple=True)
     reach = max(size // 2 - int(rows.min()), int(rows.max()) - size // 2,
                 size // 2 - int(cols.min()), int(cols.max()) - size // 2)
-    assert reach == 257
+    assert reach == FCN_REACH_PX == 257
     assert s.gap > reach
-    assert DemoSettings().width == 64 and DemoSettings().gap < reach  # today's default: within
+    assert DemoSettings().gap > reach  # the default demo's context is beyond it

@@ -269,21 +269,22 @@ def _add_demo(sub: Subparsers) -> None:
     s = sub.add_parser("demo", help="the embedded demo: generated scenes, PSPNet vs FCN, a report")
     s.add_argument("--out", default="demo_out",
                    help="output folder: data, models, report (default demo_out)")
-    s.add_argument("--iterations", type=int, default=90,
-                   help="training steps per run, the same on every machine (default 90)")
+    s.add_argument("--iterations", type=int, default=180,
+                   help="training steps per run, the same on every machine (default 180)")
     s.add_argument("--seeds", type=int, default=3,
                    help="number of training seeds; the claim is checked over them (default 3)")
     s.add_argument("--seed-start", type=int, default=0,
                    help="first seed: seeds SEED_START .. SEED_START+SEEDS-1 (default 0)")
-    s.add_argument("--size", type=int, default=128, help="scene size in pixels (default 128)")
-    s.add_argument("--gap", type=int, default=48,
-                   help="pixels between every vessel and the deciding water or road (default 48)")
-    s.add_argument("--width", type=int, default=64,
-                   help="channels of the backbone's first stage (default 64, ResNet-18's); "
-                        "16 keeps the receptive field at 1/16 of the parameters")
-    s.add_argument("--min-scale", type=float, default=0.75,
-                   help="smallest random scale of the training scenes (default 0.75); use 1 "
-                        "with a --gap beyond the FCN's 257-px reach")
+    s.add_argument("--size", type=int, default=448, help="scene size in pixels (default 448)")
+    s.add_argument("--gap", type=int, default=264,
+                   help="pixels between every vessel and the deciding water or road (default "
+                        "264, beyond the FCN's 257-px receptive field)")
+    s.add_argument("--width", type=int, default=16,
+                   help="channels of the backbone's first stage (default 16: ResNet-18's "
+                        "receptive field at 1/16 of its parameters; 64 is ResNet-18)")
+    s.add_argument("--min-scale", type=float, default=1.0,
+                   help="smallest random scale of the training scenes (default 1: shrinking a "
+                        "scene would bring its context within the FCN's reach)")
     s.add_argument("--fresh", action="store_true",
                    help="start over: delete the runs of these settings and seeds in --out, "
                         "then train")

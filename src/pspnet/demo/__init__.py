@@ -15,8 +15,8 @@ whether PSPNet is ahead on the context classes on every seed by more than the se
 from __future__ import annotations
 
 from pspnet.demo.agreement import SeedAgreement, seed_agreement
-from pspnet.demo.run import (DEMO_MODELS, DemoResult, DemoSettings, demo_model_options, run_demo,
-                            vessel_accuracy)
+from pspnet.demo.run import (DEMO_MODELS, FCN_REACH_PX, DemoResult, DemoSettings,
+                             demo_model_options, run_demo, vessel_accuracy)
 
-__all__ = ["DEMO_MODELS", "DemoResult", "DemoSettings", "SeedAgreement", "demo_model_options",
-           "run_demo", "seed_agreement", "vessel_accuracy"]
+__all__ = ["DEMO_MODELS", "FCN_REACH_PX", "DemoResult", "DemoSettings", "SeedAgreement",
+           "demo_model_options", "run_demo", "seed_agreement", "vessel_accuracy"]

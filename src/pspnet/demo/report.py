@@ -132,16 +132,30 @@ def _html_table(table: Table) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+#: The FCN row's whole receptive field: the farthest input pixel (up/left; 249 down/right)
+#: whose value changes an output pixel's logits, for ``pspnet_r18`` at output stride 8 at any
+#: ``base_width`` (measured in ``tests/test_demo.py``).
+FCN_REACH_PX = 257
+
+
 def _intro(s: dict[str, Any], seeds: list[int]) -> str:
+    low = s.get("min_scale", 0.75)
+    scale = "no random scaling" if low == 1.0 else f"scale {low:g}-1.0"
+    reach = (f"The gap is beyond the FCN's whole receptive field ({FCN_REACH_PX} px): its "
+             "logits on a vessel are the same on water and on road, so it can only guess."
+             if s["gap"] > FCN_REACH_PX else
+             f"The gap is within the FCN's receptive field ({FCN_REACH_PX} px): a long enough "
+             "training lets the FCN read the context too.")
     return (
-        f"Both models: `pspnet_r18`, output stride 8, head 128 / aux 64, the same recipe (lr 0.02, "
-        f"batch {s['batch_size']}, scale 0.75-1.0, rotation ±10°, fp32) and "
+        f"Both models: `pspnet_r18` of base width {s.get('width', 64)}, output stride 8, head "
+        f"128 / aux 64, the same recipe (lr 0.02, batch {s['batch_size']}, {scale}, rotation "
+        f"±10°, fp32) and "
         f"**{s['iterations']} iterations** per run, for seeds {', '.join(map(str, seeds))}. Data: "
         f"{s['n_train']} training and {s['n_val']} held-out validation context scenes of "
         f"{s['size']} px, generated with seed 0: a boat and a car are the same sprites, and only "
         f"the water or road at least {s['gap']} px away decides the class. Evaluated on the "
-        "validation scenes (whole image). \"vessel acc.\": of the pixels that are boat or car "
-        "and predicted boat or car, the share named right (0.5 = chance)."
+        f"validation scenes (whole image). {reach} \"vessel acc.\": of the pixels that are "
+        "boat or car and predicted boat or car, the share named right (0.5 = chance)."
     )
 
 
