@@ -42,7 +42,7 @@ def test_the_cli_declares_the_table_and_only_the_non_config_options() -> None:
     }
     aliases = {a for f in TRAIN_FLAGS for a in f.aliases}  # hidden, deprecated spellings
     assert options == ({f.flag for f in TRAIN_FLAGS} | aliases
-                       | {"--help", "--config", "--set", "--quiet"})
+                       | {"--help", "--config", "--set", "--quiet", "--dry-run"})
 
 
 def test_flag_values_reach_the_config() -> None:

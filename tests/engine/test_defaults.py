@@ -11,7 +11,6 @@ import torch
 
 from _engine_tiny import NUM_CLASSES, tiny_config
 from pspnet.cli import main
-from pspnet.config import ConfigError
 from pspnet.engine.defaults import precision_reason, resolve_choices, schedule_choices
 from pspnet.engine.run_config import build_config_explained, describe_dry_run
 from pspnet.engine.train import train

@@ -95,14 +95,15 @@ def schedule_choices(cfg: Config, steps_per_epoch: int) -> list[Choice]:
     if not (tc.max_iter or tc.epochs or tc.time_budget):
         out.append(Choice("train.epochs", str(DEFAULT_EPOCHS),
                           f"the default length ({DEFAULT_EPOCHS * steps_per_epoch} steps of "
-                          f"{steps_per_epoch} per epoch); --epochs, --max-iter or "
-                          "--time-budget sets it"))
+                          f"{steps_per_epoch} per epoch); --epochs, --time-budget or "
+                          "--set train.max_iter=N sets it"))
     if tc.val_interval is None:
         when = ("planned once the first steps are timed, taking at most a quarter of the time "
                 "left (none when one pass would take more)" if tc.time_budget else
                 "evenly over the run")
         out.append(Choice("train.val_interval", "auto",
-                          f"{AUTO_VALIDATIONS} validations {when}; --val-interval N sets it"))
+                          f"{AUTO_VALIDATIONS} validations {when}; --set train.val_interval=N "
+                          "sets it"))
     return out
 
 
