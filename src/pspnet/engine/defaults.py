@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pspnet.config import Config
+from pspnet.config import Config, TrainConfig
 from pspnet.data.training import AUTO_CROP_MAX
 from pspnet.engine.budget import AUTO_VALIDATIONS
 from pspnet.report.machine import usable_cpus
@@ -24,8 +24,8 @@ from pspnet.report.machine import usable_cpus
 if TYPE_CHECKING:
     from pspnet.engine.state import Run
 
-__all__ = ["DEFAULT_EPOCHS", "Choice", "announce_choices", "precision_reason", "resolve_choices",
-           "schedule_choices"]
+__all__ = ["DEFAULT_EPOCHS", "Choice", "announce_choices", "planned_steps", "precision_reason",
+           "resolve_choices", "schedule_choices"]
 
 #: Epochs when neither ``train.max_iter``, ``train.epochs`` nor ``train.time_budget`` is set.
 DEFAULT_EPOCHS = 50
@@ -50,6 +50,12 @@ class Choice:
 
     def to_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
+
+
+def planned_steps(tc: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of a run without a time budget: ``max_iter``, else its epochs (or
+    :data:`DEFAULT_EPOCHS`) of ``steps_per_epoch``."""
+    return tc.max_iter or (tc.epochs or DEFAULT_EPOCHS) * steps_per_epoch
 
 
 def precision_reason(precision: str, device: torch.device) -> str:

@@ -25,7 +25,7 @@ from pspnet.config.flags import TRAIN_FLAGS, flags_tree
 from pspnet.data.layouts import get_dataset_spec
 from pspnet.data.split import SPLIT_FILE
 from pspnet.data.training import TrainData, auto_crop, build_data
-from pspnet.engine.defaults import (DEFAULT_EPOCHS, Choice, resolve_choices,
+from pspnet.engine.defaults import (Choice, planned_steps, resolve_choices,
                                     schedule_choices)
 from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, broadcast_object,
                                        is_distributed, resolve_device)
@@ -287,7 +287,7 @@ def describe_dry_run(cfg: Config, chosen: Sequence[Choice], device: torch.device
         length = (f"a time budget of {tc.time_budget:g} min: the number of steps is planned "
                   "after timing the first steps on this machine")
     else:
-        steps = tc.max_iter or (tc.epochs or DEFAULT_EPOCHS) * spe
+        steps = planned_steps(tc, spe)
         length = f"{steps} steps ({steps / spe:.1f} epochs of {spe} steps)"
     val = "no validation set" if data.val is None else f"{len(data.val)} validation images"
     lines = [

@@ -84,7 +84,7 @@ from pspnet.config import Config, ConfigError, TrainConfig
 from pspnet.data.io import image_size
 from pspnet.data.training import build_data, next_batch, stop_workers, training_loader
 from pspnet.engine.budget import AUTO_VALIDATIONS, Budget, Plan
-from pspnet.engine.defaults import DEFAULT_EPOCHS, Choice, announce_choices
+from pspnet.engine.defaults import Choice, announce_choices, planned_steps
 from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, all_gather_object, barrier,
                                        broadcast_object, cleanup, init_distributed, is_distributed)
 from pspnet.engine.evaluate import evaluate_model
@@ -233,8 +233,7 @@ def _setup(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: fl
         budget = Budget(tc.time_budget * 60.0, tc.budget_warmup_iters, tc.budget_measure_iters)
         schedule = PolySchedule(oc.lr, None, oc.power)  # max_iter planned after timing
     else:
-        schedule = PolySchedule(oc.lr, tc.max_iter or (tc.epochs or DEFAULT_EPOCHS) * spe,
-                                oc.power)  # fmt: skip
+        schedule = PolySchedule(oc.lr, planned_steps(tc, spe), oc.power)
     val_enabled = data.val is not None and tc.val_interval != 0
     run = Run(
         cfg=cfg, info=info, log=log, t_start=t_start, data=data, net=net, model=model,
