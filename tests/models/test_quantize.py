@@ -183,3 +183,29 @@ def test_cli_export_int8_needs_the_calibration_list(untrained: tuple,
                  "--out", str(untrained[0].parent / "x.onnx")])
     assert code != 0
     assert "--int8 needs --calibration-list" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_openvino_int8_round_trip_through_load_model(trained: tuple, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    pytest.importorskip("onnxscript")
+    from pspnet.export import OpenVinoSegmenter, export_openvino
+
+    weights, calib, images, _ = trained
+    fp32 = load_model(weights)
+    report = export_openvino(fp32, tmp_path / "m.xml", calibration=calib, height=HW[0],
+                             width=HW[1], timing_runs=0)
+    assert report.ok and report.path == tmp_path / "m.xml" and report.runtime == "openvino"
+    assert "int8 IR vs eager fp32" in report.format()
+    int8 = load_model(tmp_path / "m.xml")
+    assert isinstance(int8, OpenVinoSegmenter) and int8.input_size == HW
+    assert int8.metadata["precision"] == "int8" and int8.metadata["calibration_images"] == 8
+    assert "NNCF" in int8.metadata["quantization"]
+    with torch.no_grad():
+        ref = fp32(images)["out"].argmax(1)
+    got = int8(images)
+    assert got.shape == (4, 3, *HW)
+    assert (got.argmax(1) == ref).float().mean() >= 0.95  # the threshold of the PT2E test
+    # quantized for real: the IR holds int8 weights, not only fp32 ones
+    assert "i8" in (tmp_path / "m.xml").read_text()

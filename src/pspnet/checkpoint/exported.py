@@ -1,24 +1,29 @@
-"""Open the files ``pspnet export`` writes: ONNX and TorchScript runtimes that look like models.
+"""Open the files ``pspnet export`` writes: ONNX, OpenVINO and TorchScript runtimes that look
+like models.
 
 Reading an export is "weights in", like reading a weight directory or a foreign checkpoint, so
 it lives in the checkpoint layer: :func:`pspnet.checkpoint.load_model` hands ONNX and
-TorchScript files (recognised by their content, not their suffix: a training checkpoint is a
-``.pt`` file too) to :func:`open_export` here. The writers are in :mod:`pspnet.export`.
+TorchScript files and OpenVINO IR (``.xml`` beside its ``.bin``), recognised by their content,
+not their suffix (a training checkpoint is a ``.pt`` file too), to :func:`open_export` here. The
+writers are in :mod:`pspnet.export`.
 
-* :class:`OnnxSegmenter`, :class:`TorchScriptSegmenter`, :func:`load_exported`,
+* :class:`OnnxSegmenter`, :class:`OpenVinoSegmenter`, :class:`TorchScriptSegmenter`,
+  :func:`load_exported`,
   :func:`read_metadata`: runtimes usable wherever :mod:`pspnet.inference` expects a model
   (``predict(runtime, images, ...)``); they return logits ``(N, C, H, W)`` (or labels for
   ``output="labels"`` exports) and expose ``.meta`` (:class:`~pspnet.checkpoint.WeightsMeta`)
   like :func:`pspnet.load_model`'s models.
 * :func:`is_exported`: whether a model is such a runtime (it cannot be folded or compiled).
 
-Running ONNX files needs onnxruntime (``pip install 'pspnet[onnx]'``); nothing here imports it
-until an ONNX file is opened.
+Running ONNX files needs onnxruntime (``pip install 'pspnet[onnx]'``), OpenVINO IR files
+openvino (``pip install 'pspnet[openvino]'``); nothing here imports them until such a file is
+opened.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -35,6 +40,7 @@ from pspnet.config import ConfigError, Preprocessing, from_dict
 
 __all__ = [
     "OnnxSegmenter",
+    "OpenVinoSegmenter",
     "TorchScriptSegmenter",
     "load_exported",
     "is_exported",
@@ -55,6 +61,7 @@ EXPORT_VERSION = 1
 ONNX_INSTALL_HINT = (
     "install the ONNX extra: pip install 'pspnet[onnx]' (onnx, onnxscript, onnxruntime)"
 )
+OPENVINO_INSTALL_HINT = "install the OpenVINO extra: pip install 'pspnet[openvino]'"
 _TS_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 
 
@@ -226,6 +233,73 @@ class OnnxSegmenter(_ExportedRuntime):
         return torch.from_numpy(out).to(device)
 
 
+class OpenVinoSegmenter(_ExportedRuntime):
+    """Run a pspnet OpenVINO IR export (``model.xml`` + ``model.bin``) with OpenVINO on the CPU.
+
+    Behaves like :class:`OnnxSegmenter`: (N, 3, H, W) normalised float batch in, float32 logits
+    (N, C, H, W) out (labels for ``output="labels"`` exports), fixed-size exports refuse other
+    sizes naming the fix. Compiled with ``INFERENCE_PRECISION_HINT=f32``: OpenVINO would
+    otherwise run float layers in bf16 on CPUs that have it, and an fp32 export must give fp32's
+    results (an int8 export's quantized layers stay int8).
+
+    Args:
+        path: The ``.xml`` file; its ``.bin`` must lie beside it.
+        threads: Inference threads (default: OpenVINO's choice).
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        super().__init__()
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ImportError(
+                f"running OpenVINO exports needs openvino; {OPENVINO_INSTALL_HINT}"
+            ) from None
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"OpenVINO IR file {p} does not exist")
+        weights = p.with_suffix(".bin")
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"{p} is an OpenVINO IR file but its weights {weights.name} are not beside it; "
+                "copy the .xml and .bin files together"
+            )
+        core = ov.Core()
+        try:
+            model = core.read_model(str(p))
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
+            raise ValueError(f"cannot load {p} with OpenVINO: {e}") from None
+        doc = None
+        if model.has_rt_info([METADATA_KEY]):
+            try:
+                doc = json.loads(model.get_rt_info([METADATA_KEY]).astype(str))
+            except (json.JSONDecodeError, RuntimeError):
+                doc = None
+        self._init_meta(p, _check_doc(doc, str(p)))
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(model, "CPU", config)
+        # One infer request, used under a lock: a request is not thread-safe, and serve may call
+        # the runtime from several threads.
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def forward(self, images: Tensor | np.ndarray) -> Tensor:
+        """Logits (N, C, H, W) float32 (labels (N, H, W) int64 for labels exports)."""
+        x, device = _as_float32(images)
+        self.check_input(x)
+        if isinstance(x, Tensor):
+            x = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        with self._lock:
+            out = self._request.infer({0: x})[0]
+            # the result is a view of the request's output buffer, reused by the next call
+            out = np.array(out, copy=True)
+        if self.output == "labels":
+            out = out.astype(np.int64, copy=False)
+        return torch.from_numpy(out).to(device)
+
+
 class TorchScriptSegmenter(_ExportedRuntime):
     """A pspnet TorchScript export, with its metadata and a size check that names the fix.
 
@@ -269,8 +343,12 @@ class TorchScriptSegmenter(_ExportedRuntime):
         return out.to(device)
 
 
-def load_exported(path: str | Path, **kwargs: Any) -> OnnxSegmenter | TorchScriptSegmenter:
-    """Open an ONNX (``.onnx``) or TorchScript (``.pt``/``.ts``/...) export as a model-like runtime.
+Runtime = OnnxSegmenter | OpenVinoSegmenter | TorchScriptSegmenter
+
+
+def load_exported(path: str | Path, **kwargs: Any) -> Runtime:
+    """Open an ONNX (``.onnx``), OpenVINO IR (``.xml``) or TorchScript (``.pt``/``.ts``/...)
+    export as a model-like runtime.
 
     Unknown suffixes are recognised by content (TorchScript files are zip archives). ``kwargs``
     go to the runtime's constructor.
@@ -281,22 +359,36 @@ def load_exported(path: str | Path, **kwargs: Any) -> OnnxSegmenter | TorchScrip
     suffix = p.suffix.lower()
     if suffix == ".onnx":
         return OnnxSegmenter(p, **kwargs)
+    if suffix == ".xml" or detect_file_kind(p) == "openvino":
+        return OpenVinoSegmenter(p, **kwargs)
     if suffix in _TS_SUFFIXES or zipfile.is_zipfile(p):
         return TorchScriptSegmenter(p, **kwargs)
     return OnnxSegmenter(p, **kwargs)
 
 
 def is_exported(model: object) -> bool:
-    """Whether ``model`` is an exported file's runtime (ONNX Runtime or TorchScript), not an
-    eager PyTorch model: it brings its own metadata and cannot be folded or compiled."""
-    return isinstance(model, (OnnxSegmenter, TorchScriptSegmenter))
+    """Whether ``model`` is an exported file's runtime (ONNX Runtime, OpenVINO or TorchScript),
+    not an eager PyTorch model: it brings its own metadata and cannot be folded or compiled."""
+    return isinstance(model, (OnnxSegmenter, OpenVinoSegmenter, TorchScriptSegmenter))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The pspnet metadata document of an ONNX or TorchScript export (no session is started)."""
+    """The pspnet metadata document of an ONNX, OpenVINO IR or TorchScript export (no session
+    is started)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"exported model {p} does not exist")
+    if detect_file_kind(p) == "openvino":
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ImportError(
+                f"reading OpenVINO metadata needs openvino; {OPENVINO_INSTALL_HINT}"
+            ) from None
+        model = ov.Core().read_model(str(p))
+        raw = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info(
+            [METADATA_KEY]) else "null"
+        return _check_doc(json.loads(raw), str(p))
     if zipfile.is_zipfile(p):
         extra = {TS_EXTRA: ""}
         with warnings.catch_warnings():
@@ -313,11 +405,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def exported_kind(path: Path) -> str | None:
-    """``"onnx"`` or ``"torchscript"`` when ``path`` is such a file (by content), else None."""
+    """``"onnx"``, ``"openvino"`` or ``"torchscript"`` when ``path`` is such a file (by
+    content), else None."""
     if not path.is_file():
         return None
     kind = detect_file_kind(path)
-    return kind if kind in ("onnx", "torchscript") else None
+    return kind if kind in ("onnx", "openvino", "torchscript") else None
 
 
 def optimisation_refused(path: str | Path, names: Sequence[str], noun: str) -> str:
@@ -328,9 +421,10 @@ def optimisation_refused(path: str | Path, names: Sequence[str], noun: str) -> s
 
 def _not_an_export(path: Path, kind: str) -> str:
     """The message for an ONNX / TorchScript file that ``pspnet export`` did not write."""
-    what = ("it looks like an ONNX model, but one without pspnet export metadata" if kind == "onnx"
-            else "it is a TorchScript file without pspnet export metadata")
-    runtime = "ONNX Runtime" if kind == "onnx" else "TorchScript"
+    what = {"onnx": "it looks like an ONNX model, but one without pspnet export metadata",
+            "openvino": "it is an OpenVINO IR file without pspnet export metadata",
+            }.get(kind, "it is a TorchScript file without pspnet export metadata")
+    runtime = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}.get(kind, "TorchScript")
     return (f"{path} is not a PyTorch checkpoint ({what}): `pspnet predict --weights {path}` "
             f"and `pspnet evaluate --weights {path}` run {runtime} on files written by "
             "`pspnet export` only; export the model with pspnet")
@@ -345,22 +439,22 @@ def open_export(
     precision: str = "fp32",
     compile: bool = False,
     **options: Any,
-) -> OnnxSegmenter | TorchScriptSegmenter:
-    """:func:`pspnet.checkpoint.load_model` for an ONNX or TorchScript export.
+) -> Runtime:
+    """:func:`pspnet.checkpoint.load_model` for an ONNX, OpenVINO IR or TorchScript export.
 
     Exports run in their own runtime on the CPU; their metadata gives the classes, palette and
     preprocessing (``.meta``), and ``arch`` / ``num_classes`` are checked against it.
 
     Args:
         path: The export (``kind`` from :func:`exported_kind`).
-        kind: ``"onnx"`` or ``"torchscript"``.
+        kind: ``"onnx"``, ``"openvino"`` or ``"torchscript"``.
         arch, num_classes: Checked against the export's metadata when given.
         precision, compile: Must stay ``"fp32"`` / ``False``: an export is not PyTorch weights.
         **options: Not accepted (they configure foreign checkpoints).
 
     Raises:
-        CheckpointError: ``precision`` / ``compile`` / ``options`` given, onnxruntime missing
-            (naming the extra), a file without pspnet export metadata, a file the runtime
+        CheckpointError: ``precision`` / ``compile`` / ``options`` given, onnxruntime or
+            openvino missing (naming the extra), an OpenVINO ``.xml`` without its ``.bin``, a file without pspnet export metadata, a file the runtime
             cannot open, or ``arch`` / ``num_classes`` that contradict the file.
     """
     refused = [f"{k}={v!r}" for k, v in (("precision", precision), ("compile", compile))
@@ -370,9 +464,10 @@ def open_export(
     if options:
         raise CheckpointError(f"{path} is an exported model; model options "
                               f"({', '.join(sorted(options))}) apply to foreign checkpoints only")
+    runtimes = {"onnx": OnnxSegmenter, "openvino": OpenVinoSegmenter}
     try:
-        runtime = OnnxSegmenter(path) if kind == "onnx" else TorchScriptSegmenter(path)
-    except ImportError as e:  # onnxruntime missing: one line naming the extra
+        runtime = runtimes.get(kind, TorchScriptSegmenter)(path)
+    except (ImportError, FileNotFoundError) as e:  # a missing extra or .bin: one line, the fix
         raise CheckpointError(f"cannot run {path}: {e}") from None
     except NotAnExportError:
         raise CheckpointError(_not_an_export(path, kind)) from None

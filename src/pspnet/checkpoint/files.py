@@ -37,7 +37,8 @@ def detect_file_kind(path: str | Path) -> str:
     Returns:
         ``"torch"`` (a ``torch.save`` zip archive, or one too damaged to list: :func:`torch.load`
         then reports it), ``"pickle"`` (a legacy ``torch.save`` file or any binary pickle),
-        ``"torchscript"`` (a ``torch.jit.save`` archive), ``"onnx"``, ``"safetensors"``,
+        ``"torchscript"`` (a ``torch.jit.save`` archive), ``"onnx"``, ``"openvino"`` (an
+        OpenVINO IR ``.xml``: XML whose root is ``<net>``), ``"safetensors"``,
         ``"zip"`` (another zip archive), ``"text"``, ``"empty"`` or ``"unknown"``.
 
     Raises:
@@ -72,6 +73,8 @@ def detect_file_kind(path: str | Path) -> str:
         return "onnx"
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 32:
         return "safetensors"
+    if head.lstrip().startswith(b"<") and b"<net " in head and b"<layers" in head:
+        return "openvino"
     if b"\x00" not in head:
         try:
             codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
@@ -87,6 +90,11 @@ def _not_a_checkpoint(p: Path, kind: str) -> str:
         return (
             f"{p} is not a PyTorch checkpoint (it looks like an ONNX model: use `pspnet predict "
             f"--weights {p}` or `pspnet evaluate --weights {p}`, which run it with ONNX Runtime)"
+        )
+    if kind == "openvino":
+        return (
+            f"{p} is not a PyTorch checkpoint (it is an OpenVINO IR file: use `pspnet predict "
+            f"--weights {p}` or `pspnet evaluate --weights {p}`, which run it with OpenVINO)"
         )
     if kind == "torchscript":
         return (

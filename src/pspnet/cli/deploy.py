@@ -11,9 +11,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pspnet.checkpoint import load_model
     from pspnet.export import export_onnx, export_torchscript, is_exported
 
-    if args.dynamic and args.format != "onnx":
-        raise ValueError("--dynamic is available for --format onnx only; TorchScript exports "
-                         "a fixed size and refuses others")
+    if args.dynamic and args.format == "torchscript":
+        raise ValueError("--dynamic is available for --format onnx and openvino only; "
+                         "TorchScript exports a fixed size and refuses others")
     check_output_file(args.out, "--out")  # before the export, which takes a while
     model = load_model(args.weights)
     if is_exported(model):
@@ -21,6 +21,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                          "weights it was made from")
     if args.int8 or args.calibration_list:
         report = _export_int8(model, args)
+    elif args.format == "openvino":
+        from pspnet.export.openvino import export_openvino
+
+        report = export_openvino(model, args.out, height=args.height, width=args.width,
+                                 dynamic=args.dynamic, output=args.output,
+                                 check=not args.no_check)
     elif args.format == "onnx":
         report = export_onnx(model, args.out, height=args.height, width=args.width,
                              dynamic=args.dynamic, output=args.output, check=not args.no_check)
@@ -32,17 +38,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_int8(model: object, args: argparse.Namespace) -> object:
-    """``--int8 --calibration-list FILE``: an ONNX Runtime int8 export."""
+    """``--int8 --calibration-list FILE``: an ONNX Runtime or OpenVINO (NNCF) int8 export."""
     from pspnet.checkpoint.calibration import CALIBRATION_FIX
     from pspnet.export.int8 import export_onnx_int8
 
     if not args.int8:
         raise ValueError("--calibration-list is for --int8 exports; add --int8 or leave it out")
-    if args.format != "onnx":
-        raise ValueError(f"--int8 exports ONNX (ONNX Runtime quantization), not {args.format}; "
-                         "use --format onnx")
+    if args.format == "torchscript":
+        raise ValueError("--int8 exports ONNX (ONNX Runtime quantization) or OpenVINO IR (NNCF), "
+                         "not torchscript; use --format onnx or --format openvino")
     if not args.calibration_list:
         raise ValueError(f"--int8 needs --calibration-list FILE; {CALIBRATION_FIX}")
+    if args.format == "openvino":
+        from pspnet.export.openvino import export_openvino
+
+        return export_openvino(model, args.out, height=args.height, width=args.width,  # type: ignore[arg-type]
+                               dynamic=args.dynamic, output=args.output,
+                               calibration=args.calibration_list, check=not args.no_check)
     return export_onnx_int8(model, args.out, calibration=args.calibration_list,  # type: ignore[arg-type]
                             height=args.height, width=args.width, dynamic=args.dynamic,
                             output=args.output, check=not args.no_check)

@@ -148,7 +148,7 @@ def _add_set(s: argparse.ArgumentParser, help: str) -> None:
 def _add_weights(s: argparse.ArgumentParser) -> None:
     """``--weights`` of the verbs that run a model: anything :func:`pspnet.load_model` opens."""
     s.add_argument("--weights", required=True,
-                   help="weight directory, foreign checkpoint, exported .onnx/.ts file, or a "
+                   help="weight directory, foreign checkpoint, exported .onnx/.xml/.ts file, or a "
                         "zoo name (pspnet zoo; downloaded to the cache on first use)")
 
 
@@ -407,21 +407,23 @@ def _add_report(sub: Subparsers) -> None:
 
 def _add_export(sub: Subparsers) -> None:
     """The ``export`` verb."""
-    s = sub.add_parser("export", help="export to ONNX or TorchScript, checked against eager")
+    s = sub.add_parser("export", help="export to ONNX, OpenVINO or TorchScript, checked against "
+                                      "eager")
     s.add_argument("--weights", required=True,
                    help="weight directory, foreign checkpoint, or a zoo name (pspnet zoo)")
-    s.add_argument("--format", choices=["onnx", "torchscript"], required=True,
-                   help="file format to write")
-    s.add_argument("--out", required=True, help="output file (.onnx or .ts)")
+    s.add_argument("--format", choices=["onnx", "openvino", "torchscript"], required=True,
+                   help="file format to write (openvino: IR .xml + .bin, the openvino extra)")
+    s.add_argument("--out", required=True, help="output file (.onnx, .xml or .ts)")
     s.add_argument("--height", type=int, default=473,
                    help="export (and fixed) input height, pixels (default 473)")
     s.add_argument("--width", type=int, default=473,
                    help="export (and fixed) input width, pixels (default 473)")
     s.add_argument("--dynamic", action="store_true",
-                   help="ONNX graph valid at any size (exact shape-generic pyramid pooling)")
+                   help="ONNX / OpenVINO graph valid at any size (exact shape-generic pyramid "
+                        "pooling)")
     s.add_argument("--int8", action="store_true",
-                   help="ONNX only: quantize to int8 with ONNX Runtime static quantization, "
-                        "calibrated on --calibration-list images")
+                   help="quantize to int8, calibrated on --calibration-list images: ONNX with "
+                        "ONNX Runtime static quantization, OpenVINO with NNCF")
     s.add_argument("--calibration-list", default=None, metavar="FILE",
                    help="with --int8: calibration images, one path per line (relative to the "
                         "file's folder), or a folder; e.g. 32 training images")

@@ -1,4 +1,4 @@
-"""Export a PSPNet to ONNX or TorchScript, with a parity check against eager PyTorch.
+"""Export a PSPNet to ONNX, OpenVINO IR or TorchScript, with a parity check against eager PyTorch.
 
 The pyramid pooling problem
 ---------------------------
@@ -33,13 +33,16 @@ What this module does about it
 Public API (one module each)
 ---------------------------
 * :func:`export_onnx` (:mod:`pspnet.export.onnx`), :func:`export_torchscript`
-  (:mod:`pspnet.export.torchscript`) -> :class:`ExportReport` (:mod:`pspnet.export.parity`:
+  (:mod:`pspnet.export.torchscript`), :func:`export_openvino` (:mod:`pspnet.export.openvino`:
+  the ONNX graph converted to OpenVINO IR, fp32 or int8 through NNCF; the ``openvino`` extra)
+  -> :class:`ExportReport` (:mod:`pspnet.export.parity`:
   the check against eager PyTorch and its report; :mod:`pspnet.export.common`: what both
   exporters share).
 * :class:`ExactAdaptivePool2d`, :func:`exportable_copy` (:mod:`pspnet.export.pooling`): the
   shape-generic pooling.
 * Reading exports is :mod:`pspnet.checkpoint.exported` (:func:`pspnet.load_model` opens them):
-  :class:`OnnxSegmenter`, :class:`TorchScriptSegmenter`, :func:`load_exported`,
+  :class:`OnnxSegmenter`, :class:`OpenVinoSegmenter`, :class:`TorchScriptSegmenter`,
+  :func:`load_exported`,
   :func:`read_metadata` are re-exported here. They are runtimes usable wherever
   :mod:`pspnet.inference` expects a model (``predict(runtime, images, ...)``); they return
   logits ``(N, C, H, W)`` (or labels for ``output="labels"`` exports) and expose ``.meta``
@@ -52,12 +55,14 @@ onnxruntime); nothing here imports them until called.
 from pspnet.checkpoint.exported import (
     METADATA_KEY,
     OnnxSegmenter,
+    OpenVinoSegmenter,
     TorchScriptSegmenter,
     is_exported,
     load_exported,
     read_metadata,
 )
 from pspnet.export.onnx import export_onnx
+from pspnet.export.openvino import export_openvino
 from pspnet.export.parity import ExportCheckError, ExportReport, SizeCheck
 from pspnet.export.pooling import ExactAdaptivePool2d, exportable_copy
 from pspnet.export.torchscript import export_torchscript
@@ -69,8 +74,10 @@ __all__ = [
     "ExportReport",
     "ExportCheckError",
     "export_onnx",
+    "export_openvino",
     "export_torchscript",
     "OnnxSegmenter",
+    "OpenVinoSegmenter",
     "TorchScriptSegmenter",
     "load_exported",
     "is_exported",

@@ -71,7 +71,7 @@ class ExportReport:
     """What an export wrote and how closely it reproduces eager PyTorch."""
 
     path: Path
-    runtime: Literal["onnx", "torchscript"]
+    runtime: Literal["onnx", "openvino", "torchscript"]
     input_size: tuple[int, int]
     """The size the graph was traced at (the only accepted size unless ``dynamic``)."""
     dynamic: bool
@@ -87,6 +87,8 @@ class ExportReport:
     replaced_pools: int = 0
     """Adaptive pooling layers swapped for :class:`ExactAdaptivePool2d` (dynamic ONNX only)."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    """Further lines of the report (e.g. an int8 file's agreement with eager fp32)."""
 
     @property
     def max_abs_diff(self) -> float | None:
@@ -113,6 +115,7 @@ class ExportReport:
             lines += ["    " + c.format() for c in self.checks]
         else:
             lines.append("  parity not checked (check=False)")
+        lines += ["  " + n for n in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
