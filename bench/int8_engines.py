@@ -80,22 +80,12 @@ def _openvino(onnx_path: Path, x: np.ndarray, calib: list[np.ndarray], threads: 
     return lambda: request.infer({0: x})
 
 
-def int8_gemm_peak(n: int = 2048, repeats: int = 5) -> float | None:
-    """Measured int8 GEMM throughput (GOP/s, u8/s8 products summed in int32) through
-    ``torch._int_mm``, the oneDNN kernel PT2E's quantized convolutions also reach; ``None``
-    where this build has no CPU int8 matmul."""
-    a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-    b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+def int8_peak(n: int = 2048) -> float | None:
+    """The int8 GEMM peak (GOP/s) of this process, or None where this build has none."""
     try:
-        torch._int_mm(a, b)  # warm-up, kernel selection
+        return matmul_peak(torch.int8, n)
     except RuntimeError:
         return None
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch._int_mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def main() -> None:
@@ -156,7 +146,7 @@ def main() -> None:
     # median time, against the measured fp32 or int8 GEMM peak of this process.
     with torch.inference_mode():
         flops = count_flops(lambda: model(x))
-    peaks = {"fp32": matmul_peak(torch.float32), "int8": int8_gemm_peak()}
+    peaks = {"fp32": matmul_peak(torch.float32), "int8": int8_peak()}
     print(f"\n{args.arch} {s}x{s}, {args.classes} classes, batch 1, {threads} threads, "
           f"{args.rounds} alternating rounds; {flops / 1e9:.1f} GFLOP per image; measured "
           f"GEMM peak fp32 {peaks['fp32']:.0f} GFLOP/s, int8 "

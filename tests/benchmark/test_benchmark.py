@@ -139,3 +139,8 @@ def test_gemm_peak_on_a_named_device() -> None:
     import torch
 
     assert bench.matmul_peak(torch.float32, 64, repeats=1, device="cpu") > 0
+    try:
+        int8 = bench.matmul_peak(torch.int8, 64, repeats=1, device="cpu")
+    except RuntimeError:  # a build without a CPU int8 matmul
+        return
+    assert int8 > 0

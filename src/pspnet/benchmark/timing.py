@@ -66,15 +66,28 @@ def peak_rss_mib() -> float | None:
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5, device: str = "cpu") -> float:
-    """Measured GEMM throughput in GFLOP/s for ``dtype`` on ``device`` (median of ``repeats``)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b  # warm-up (oneDNN/AMX kernel selection)
+    """Measured GEMM throughput in G(FL)OP/s for ``dtype`` on ``device`` (median of ``repeats``).
+
+    ``torch.int8``: s8 x s8 products summed in int32 through ``torch._int_mm``, the oneDNN
+    kernel PT2E's quantized convolutions also reach (GOP/s).
+
+    Raises:
+        RuntimeError: ``torch.int8`` where this build has no int8 matmul on ``device``.
+    """
+    if dtype == torch.int8:
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
+        mm = torch._int_mm
+    else:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        mm = torch.matmul
+    mm(a, b)  # warm-up (oneDNN/AMX kernel selection)
     times = []
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        a @ b
+        mm(a, b)
         _sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
