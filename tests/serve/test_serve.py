@@ -655,6 +655,29 @@ def test_onnx_export_is_served_with_its_metadata(start, tiny, tmp_path) -> None:
                               eager_labels(tiny, data, Preprocessing())[0])
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("openvino", "onnx", "onnxscript")),
+    reason="openvino/onnx/onnxscript not installed: pip install 'pspnet[openvino]'")
+def test_openvino_export_is_served_like_the_onnx_one(start, tiny, tmp_path) -> None:
+    from pspnet.export import export_openvino
+
+    path = tmp_path / "model.xml"
+    export_openvino(tiny, path, height=EXPORT_HW[0], width=EXPORT_HW[1], timing_runs=0)
+    srv = start(load_model(path))
+    index = json.loads(request(srv.port, "GET", "/")[2])
+    assert index["export"]["runtime"] == "openvino"
+    assert index["inference"]["mode"] == "slide"  # fixed-size: a window of its size
+    assert json.loads(request(srv.port, "GET", "/health")[2])["classes"] == list(CLASSES)
+    for h, w in [IMAGE_HW, (20, 30)]:
+        data = png_bytes(h, w, seed=h)
+        status, _, body = post_image(srv.port, data)
+        assert status == 200
+        assert_same_mask(body, eager_labels(tiny, data, mode="slide", crop_size=EXPORT_HW))
+    body = post_image(srv.port, png_bytes(seed=5))[2]
+    assert Image.open(io.BytesIO(body)).getpalette()[:9] == [v for c in EXPORT_PALETTE for v in c]
+
+
 def test_fixed_size_export_is_served_with_a_window_of_its_size(start, tiny, exports) -> None:
     srv = start(load_model(exports["logits.ts"]))
     index = json.loads(request(srv.port, "GET", "/")[2])
