@@ -47,6 +47,7 @@ from PIL import Image
 
 from pspnet.benchmark import CAMVID_ENV
 from pspnet.benchmark.data_pipeline import CamVidNotFoundError, require_camvid
+from pspnet.engine.run_report import pick_weights
 from pspnet.report import machine as _machine
 from pspnet.report.camvid_page import (
     BudgetPoint,
@@ -119,22 +120,6 @@ def train_command(
 
 # --------------------------------------------------------------------------------------------
 # Test-set evaluation
-
-
-def pick_weights(work_dir: Path) -> Path:
-    """``WORK_DIR/best`` when it holds weights, else ``WORK_DIR/final``.
-
-    Raises:
-        BenchError: Neither holds weights.
-    """
-    for name in ("best", "final"):
-        d = work_dir / name
-        if (d / "config.json").is_file():
-            return d
-    raise BenchError(
-        f"no weights in {work_dir} (neither best/ nor final/ has a config.json): train first "
-        "(python bench/camvid.py train --minutes M) or pass the right --work-dir"
-    )
 
 
 def _load_for_test(weights: Path, data_root: Path) -> tuple[Any, list[str], np.ndarray]:
