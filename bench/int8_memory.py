@@ -11,6 +11,8 @@ counted against the ONNX Runtime variants (a deployment loads the quantized file
   runs) on a randomly initialised PSPNet;
 * ``fp32 ort`` / ``int8 ort``: ONNX Runtime on the project's export and on its static int8
   quantization (``pspnet.export.int8.quantize_onnx``); these processes import no torch.
+* ``fp32 ov`` / ``int8 ov``: OpenVINO on the same graph converted to IR and on its NNCF
+  quantization (what ``pspnet export --format openvino [--int8]`` writes); no torch either.
 
 Weights and calibration images are random: memory does not depend on them.
 
@@ -27,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("fp32 eager", "fp32 compiled", "int8 pt2e", "fp32 ort", "int8 ort")
+VARIANTS = ("fp32 eager", "fp32 compiled", "int8 pt2e", "fp32 ort", "int8 ort", "fp32 ov",
+            "int8 ov")
 
 
 def _mib(field: str) -> float:
@@ -48,7 +51,8 @@ def _torch_model(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    """Write ``fp32.onnx`` and ``int8.onnx`` into ``args.dir``."""
+    """Write ``fp32.onnx`` and ``int8.onnx`` (and with ``--openvino`` ``fp32.xml`` and
+    ``int8.xml``) into ``args.dir``."""
     torch, model = _torch_model(args)
     from pspnet.export import export_onnx
     from pspnet.export.int8 import quantize_onnx
@@ -57,12 +61,31 @@ def _prepare(args: argparse.Namespace) -> None:
     export_onnx(model, src, height=args.size, width=args.size, check=False)
     calib = [torch.randn(1, 3, args.size, args.size).numpy() for _ in range(args.calib)]
     quantize_onnx(src, dst, calib)
+    if args.openvino:
+        import nncf
+        import openvino as ov
+
+        graph = ov.convert_model(str(src))
+        ov.save_model(graph, str(Path(args.dir) / "fp32.xml"), compress_to_fp16=False)
+        int8 = nncf.quantize(graph, nncf.Dataset(calib), subset_size=len(calib))
+        ov.save_model(int8, str(Path(args.dir) / "int8.xml"), compress_to_fp16=False)
 
 
 def _child(args: argparse.Namespace) -> dict[str, float]:
     """Run one variant; its baseline, peak and time of the last prediction."""
     name = args.child
-    if name.endswith(" ort"):
+    if name.endswith(" ov"):
+        import numpy as np
+        import openvino as ov
+
+        base = _mib("VmRSS")
+        path = Path(args.dir) / ("int8.xml" if name.startswith("int8") else "fp32.xml")
+        # as pspnet's OpenVinoSegmenter compiles it: float layers in fp32
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size), np.float32)
+        runs = [lambda: request.infer({0: x})]
+    elif name.endswith(" ort"):
         import numpy as np
         import onnxruntime as ort
 
@@ -108,6 +131,7 @@ def main() -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--openvino", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.prepare:
         return _prepare(args)
@@ -120,9 +144,11 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         me = [sys.executable, __file__, *common, "--dir", tmp]
-        if any(v.endswith(" ort") for v in only):
-            print("exporting and quantizing the ONNX files ...", flush=True)
-            subprocess.run([*me, "--prepare"], check=True)
+        files = [v for v in only if v.endswith((" ort", " ov"))]
+        if files:
+            print("exporting and quantizing the ONNX (and OpenVINO) files ...", flush=True)
+            ov = ["--openvino"] if any(v.endswith(" ov") for v in files) else []
+            subprocess.run([*me, "--prepare", *ov], check=True)
         for name in only:
             out = subprocess.run([*me, "--child", name], check=True, capture_output=True,
                                  text=True).stdout
