@@ -72,6 +72,9 @@ class Int8Model(nn.Module):
     def __init__(self, graph: nn.Module, calibration_images: int) -> None:
         super().__init__()
         self.graph = graph
+        # Born in eval mode: callers that save and restore the mode (evaluate_model does
+        # ``net.train(net.training)`` afterwards) must never ask an int8 model to train.
+        self.training = False
         self.precision = "int8"
         self.compiled = True
         self.calibration_images = calibration_images
