@@ -279,10 +279,10 @@ class OpenVinoSegmenter(_ExportedRuntime):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = core.compile_model(model, "CPU", config)
+        self._compiled = core.compile_model(model, "CPU", config)
         # One infer request, used under a lock: a request is not thread-safe, and serve may call
         # the runtime from several threads.
-        self._request = self.compiled.create_infer_request()
+        self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
 
     def forward(self, images: Tensor | np.ndarray) -> Tensor:
