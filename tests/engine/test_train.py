@@ -133,8 +133,10 @@ def test_time_budget_plans_the_schedule_and_writes_final(tiny_data: dict, tmp_pa
     if result.stop_reason == "completed":
         assert result.iterations == result.max_iter == train_recs[-1]["max_iter"], log
         assert train_recs[-1]["progress"] == pytest.approx(1.0)
-    else:  # a machine that suddenly got much slower: stopped on time, nearly at the end
-        assert result.stop_reason == "time_budget" and train_recs[-1]["progress"] > 0.8, log
+    else:  # a machine that suddenly got much slower: stopped on time, well into the schedule
+        # (CI on a loaded 2-core host stopped at 8 of 10 planned steps: progress exactly 0.8;
+        # the bug this guards against, a schedule planned far beyond the budget, stops near 0.1)
+        assert result.stop_reason == "time_budget" and train_recs[-1]["progress"] >= 0.5, log
     # ... within the budget: a step is started only when it is expected to fit, so the run
     # may overrun by at most one step that was slower than expected (on a loaded machine a
     # step of this tiny model has taken 25 s instead of 0.5), plus slack for the final save.
