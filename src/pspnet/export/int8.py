@@ -27,7 +27,16 @@ from pspnet.config import Preprocessing
 from pspnet.export.onnx import export_onnx
 from pspnet.export.parity import ExportReport
 
-__all__ = ["export_onnx_int8", "quantize_onnx"]
+__all__ = ["export_onnx_int8", "quantize_onnx", "calibration_arrays"]
+
+
+def calibration_arrays(model: nn.Module, meta: WeightsMeta | None, calibration: Calibration | None,
+                       size: tuple[int, int], limit: int | None) -> list[Any]:
+    """The calibration images as (1, 3, H, W) float32 numpy arrays of ``size``, normalised
+    with ``meta``'s preprocessing (else ``model.meta``'s, else the authors')."""
+    meta = meta if meta is not None else getattr(model, "meta", None)
+    pre = meta.preprocess if isinstance(meta, WeightsMeta) else Preprocessing()
+    return [x.numpy() for x in calibration_images(calibration, pre, size=size, limit=limit)]
 
 
 def quantize_onnx(src: Path, dst: Path, images: list[Any]) -> dict[str, Any]:
@@ -91,9 +100,7 @@ def export_onnx_int8(
         The fp32 export's :class:`ExportReport` (its parity check), with ``path`` the int8 file.
     """
     meta = meta if meta is not None else getattr(model, "meta", None)
-    pre = meta.preprocess if isinstance(meta, WeightsMeta) else Preprocessing()
-    images = [x.numpy() for x in calibration_images(calibration, pre, size=(height, width),
-                                                    limit=limit)]
+    images = calibration_arrays(model, meta, calibration, (height, width), limit)
     path = Path(path)
     with tempfile.TemporaryDirectory(dir=path.parent if path.parent.is_dir() else None) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"

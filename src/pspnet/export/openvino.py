@@ -29,15 +29,15 @@ from typing import Any
 from torch import nn
 
 from pspnet.checkpoint import WeightsMeta
-from pspnet.checkpoint.calibration import Calibration, calibration_images
+from pspnet.checkpoint.calibration import Calibration
 from pspnet.checkpoint.exported import (
     METADATA_KEY,
     OPENVINO_INSTALL_HINT,
     OpenVinoSegmenter,
     read_metadata,
 )
-from pspnet.config import Preprocessing
 from pspnet.export.common import Output, check_args, prepare
+from pspnet.export.int8 import calibration_arrays
 from pspnet.export.onnx import export_onnx
 from pspnet.export.parity import ExportCheckError, ExportReport, check_sizes_for, parity
 
@@ -111,10 +111,7 @@ def export_openvino(
     t0 = time.perf_counter()
     images = None
     if calibration is not None:  # read first: a bad image fails before the long export
-        meta_ = meta if meta is not None else getattr(model, "meta", None)
-        pre = meta_.preprocess if isinstance(meta_, WeightsMeta) else Preprocessing()
-        images = [x.numpy() for x in calibration_images(calibration, pre, size=(height, width),
-                                                        limit=limit)]
+        images = calibration_arrays(model, meta, calibration, (height, width), limit)
     _, ref, _ = prepare(model, output, height, width)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmp_dir:
