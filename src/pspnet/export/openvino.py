@@ -39,7 +39,8 @@ from pspnet.checkpoint.exported import (
 from pspnet.export.common import Output, check_args, prepare
 from pspnet.export.int8 import calibration_arrays
 from pspnet.export.onnx import export_onnx
-from pspnet.export.parity import ExportCheckError, ExportReport, check_sizes_for, parity
+from pspnet.export.parity import (ExportCheckError, ExportReport, check_sizes_for, parity,
+                                  report_for)
 
 __all__ = ["export_openvino"]
 
@@ -127,12 +128,7 @@ def export_openvino(
         sizes = check_sizes_for(height, width, dynamic)
         checks = (parity(ref, OpenVinoSegmenter(fp32_xml), sizes, output=output, rtol=rtol,
                          timing_runs=timing_runs, seed=seed + 1) if check else ())
-        report = ExportReport(
-            path=path, runtime="openvino", input_size=(height, width), dynamic=dynamic,
-            output=output, num_classes=int(doc["num_classes"]), opset=doc.get("opset"),
-            rtol=rtol, checks=checks, min_size=tuple(doc["min_size"]) if doc["min_size"] else None,
-            metadata=doc,
-        )  # fmt: skip
+        report = report_for(path, doc, rtol)(checks=checks)
         if check and not report.ok:
             raise ExportCheckError(
                 f"the OpenVINO IR does not reproduce eager PyTorch; no file was written to "
