@@ -29,6 +29,7 @@ fp32): the compiled network alone called on a prepared tensor, the same network 
 eager; taking turns in one process, medians and ratios, and the peak memory each adds::
 
     python bench/fast_path.py --speed [--arch pspnet50 --size 473 --classes 150 --repeats 5]
+    python bench/fast_path.py --speed --precision bf16   # CPUs with AVX512-BF16 / AMX
 
 Writes ``<out>.json`` and ``<out>.md`` (``--out``, default ``docs/bench/fast_path``, or
 ``docs/bench/fast_path_speed`` with ``--speed``) with the command, commit and machine. The data default is the CamVid test split from ``$PSPNET_CAMVID``
@@ -290,7 +291,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     return doc
 
 
-#: --speed variants -> what each runs (all fp32, batch 1).
+#: --speed variants -> what each runs (batch 1; the fast paths in --precision, eager in fp32).
 SPEED_VARIANTS: dict[str, str] = {
     "eager": "fp32 eager network, model(x)['out'] (the reference)",
     "network": "folded network compiled alone (inductor freezing), called on the prepared tensor",
@@ -317,8 +318,13 @@ def _peak_added_mib(fn: Any) -> float:
     return (peak_rss_mib() or 0.0) - before
 
 
-def speed_fns(arch: str, size: int, classes: int, tmp: Path) -> dict[str, Any]:
-    """The --speed variants as zero-argument callables on one random network and input."""
+def speed_fns(arch: str, size: int, classes: int, tmp: Path,
+              precision: str = "fp32") -> dict[str, Any]:
+    """The --speed variants as zero-argument callables on one random network and input.
+
+    ``precision="bf16"``: the network alone is the folded network in bf16 channels-last, called
+    on a bf16 channels-last tensor prepared beforehand (the issue's 232 ms case on AMX), and
+    ``load_model`` is asked for bf16; ``eager`` stays the fp32 eager reference."""
     import torch
 
     from pspnet.checkpoint import WeightsMeta, load_model, save_weights
@@ -329,13 +335,18 @@ def speed_fns(arch: str, size: int, classes: int, tmp: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     model = create_model(arch, classes, aux=False).eval()
     save_weights(model, tmp / "w", WeightsMeta(model=model.config))
-    fast = load_model(tmp / "w", compile=True)
-    network = torch.compile(fold_batchnorm(model), dynamic=False)
+    fast = load_model(tmp / "w", compile=True, precision=precision)
+    folded = fold_batchnorm(model)
     x = torch.randn(1, 3, size, size)
+    x_net = x
+    if precision == "bf16":
+        folded = folded.to(torch.bfloat16).to(memory_format=torch.channels_last)
+        x_net = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    network = torch.compile(folded, dynamic=False)
 
     def run_network() -> Any:
         with torch.inference_mode(), _freezing(True):
-            return network(x)["out"]
+            return network(x_net)["out"]
 
     def run_eager() -> Any:
         with torch.inference_mode():
@@ -363,7 +374,7 @@ def speed(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        fns = speed_fns(args.arch, args.size, args.classes, Path(tmp))
+        fns = speed_fns(args.arch, args.size, args.classes, Path(tmp), args.precision)
         t0 = time.perf_counter()
         for fn in fns.values():  # warm-up: compiles each graph once
             fn()
@@ -380,13 +391,13 @@ def speed(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             times[n]], "vs_eager": med["eager"] / med[n], "vs_network": med[n] / med["network"],
             "peak_added_mib": peak[n]} for n in fns}
     doc = {"arch": args.arch, "size": args.size, "classes": args.classes,
-           "repeats": args.repeats, "threads": torch.get_num_threads(),
+           "precision": args.precision, "repeats": args.repeats, "threads": torch.get_num_threads(),
            "warmup_s": round(warm_s, 1), "variants": rows,
            "command": shlex.join(["python", "bench/fast_path.py", *argv]),
            "commit": git_commit(REPO), "machine": machine_info(),
            "date": time.strftime("%Y-%m-%d %H:%M")}
-    lines = [f"{args.arch} {args.size}x{args.size}, {args.classes} classes, batch 1, fp32, "
-             f"{args.repeats} rounds in turn; machine: {format_machine(doc['machine'])}", "",
+    lines = [f"{args.arch} {args.size}x{args.size}, {args.classes} classes, batch 1, "
+             f"{args.precision} (eager: fp32), {args.repeats} rounds in turn; machine: {format_machine(doc['machine'])}", "",
              "| variant | what | ms (median) | vs fp32 eager | time / network alone | "
              "peak memory added (MiB) |", "|---|---|---|---|---|---|"]
     for n, r in rows.items():
@@ -415,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=473, help="--speed: input side (default 473)")
     p.add_argument("--classes", type=int, default=150, help="--speed: classes (default 150)")
     p.add_argument("--repeats", type=int, default=5, help="--speed: rounds (default 5)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="--speed: precision of the fast paths (default fp32; eager stays fp32)")
     p.add_argument("--data-root", help="root of --list's paths (default: CamVid)")
     p.add_argument("--list", help="list file of `image label` lines (with --data-root)")
     p.add_argument("--split", default="test", help="CamVid split when no --list (default test)")
@@ -436,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.out is None:
-        args.out = str(DEFAULT_OUT) + ("_speed" if args.speed else "")
+        args.out = str(DEFAULT_OUT) + ("_speed" if args.speed else "") + (
+            "_bf16" if args.speed and args.precision == "bf16" else "")
     try:
         if args.speed:
             speed(args, argv)

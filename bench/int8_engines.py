@@ -9,7 +9,10 @@ the ratio to fp32 eager of the same rounds), a PSPNet at one size, batch 1:
 * ``int8 ort``: ONNX Runtime static quantization (QDQ, per-channel, u8 activations / s8
   weights) of the project's ONNX export;
 * ``ov fp32`` / ``int8 ov``: OpenVINO on the same ONNX file, int8 via NNCF post-training
-  quantization.
+  quantization;
+* where the CPU computes bf16 natively (AVX512-BF16 / AMX) also ``bf16 compiled``
+  (``load_model(..., precision="bf16", compile=True)``'s path), ``ov bf16`` and
+  ``int8 ov bf16`` (OpenVINO with its bf16 precision hint, its own default on such CPUs).
 
 Engines that are not installed are skipped (named in the output). Calibration uses random
 normalised images: this script measures speed only; accuracy is ``bench/int8_camvid.py``'s.
@@ -33,6 +36,7 @@ from pspnet import create_model
 from pspnet.benchmark import count_flops, matmul_peak
 from pspnet.export import export_onnx
 from pspnet.models.fuse import optimize_for_inference
+from pspnet.precision import cpu_has_native_bf16
 
 
 def _pt2e(model: torch.nn.Module, x: torch.Tensor, calib: list[torch.Tensor]) -> Callable:
@@ -65,7 +69,7 @@ def _ort(onnx_path: Path, x: np.ndarray, calib: list[np.ndarray], threads: int) 
 
 
 def _openvino(onnx_path: Path, x: np.ndarray, calib: list[np.ndarray], threads: int,
-              int8: bool) -> Callable:
+              int8: bool, hint: str = "f32") -> Callable:
     import openvino as ov
 
     core = ov.Core()
@@ -75,7 +79,7 @@ def _openvino(onnx_path: Path, x: np.ndarray, calib: list[np.ndarray], threads: 
 
         model = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                 "INFERENCE_PRECISION_HINT": "f32"})
+                                                 "INFERENCE_PRECISION_HINT": hint})
     request = compiled.create_infer_request()
     return lambda: request.infer({0: x})
 
@@ -98,6 +102,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated variant names to run")
     args = ap.parse_args()
     threads = torch.get_num_threads()
+    native_bf16 = cpu_has_native_bf16()  # bf16 rows only where bf16 is not emulated
     torch.manual_seed(0)
     model = create_model(args.arch, args.classes).eval()
     s = args.size
@@ -127,12 +132,18 @@ def main() -> None:
     add("fp32 eager", lambda: (lambda: model(x)))
     fast = optimize_for_inference(model, compile=True)
     add("fp32 compiled", lambda: (lambda: fast(x)))
+    if native_bf16:
+        bf16 = optimize_for_inference(model, precision="bf16", compile=True)
+        add("bf16 compiled", lambda: (lambda: bf16(x)))
     add("int8 pt2e", lambda: _pt2e(model, x, calib))
     if not only or only & {"int8 ort", "ov fp32", "int8 ov"}:
         export_onnx(model, onnx_path, height=s, width=s, check=False)
     add("int8 ort", lambda: _ort(onnx_path, xn, calibn, threads))
     add("ov fp32", lambda: _openvino(onnx_path, xn, calibn, threads, int8=False))
     add("int8 ov", lambda: _openvino(onnx_path, xn, calibn, threads, int8=True))
+    if native_bf16:  # OpenVINO's default on such CPUs; the project's files ask for f32
+        add("ov bf16", lambda: _openvino(onnx_path, xn, calibn, threads, False, "bf16"))
+        add("int8 ov bf16", lambda: _openvino(onnx_path, xn, calibn, threads, True, "bf16"))
     times: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
         for _ in range(args.rounds):
@@ -146,17 +157,19 @@ def main() -> None:
     # median time, against the measured fp32 or int8 GEMM peak of this process.
     with torch.inference_mode():
         flops = count_flops(lambda: model(x))
-    peaks = {"fp32": matmul_peak(torch.float32), "int8": int8_peak()}
+    peaks = {"fp32": matmul_peak(torch.float32), "int8": int8_peak(),
+             "bf16": matmul_peak(torch.bfloat16) if native_bf16 else None}
     print(f"\n{args.arch} {s}x{s}, {args.classes} classes, batch 1, {threads} threads, "
           f"{args.rounds} alternating rounds; {flops / 1e9:.1f} GFLOP per image; measured "
           f"GEMM peak fp32 {peaks['fp32']:.0f} GFLOP/s, int8 "
-          + ("n/a" if peaks["int8"] is None else f"{peaks['int8']:.0f} GOP/s"))
+          + ("n/a" if peaks["int8"] is None else f"{peaks['int8']:.0f} GOP/s")
+          + ("" if peaks["bf16"] is None else f", bf16 {peaks['bf16']:.0f} GFLOP/s"))
     print("| path | median ms | min ms | vs fp32 eager | G(FL)OP/s | % of peak |\n"
           "|---|---|---|---|---|---|")
     for name, ts in times.items():
         med = statistics.median(ts)
         rate = flops / (med / 1e3) / 1e9
-        peak = peaks["int8" if "int8" in name else "fp32"]
+        peak = peaks["int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"]
         share = "n/a" if peak is None else f"{100 * rate / peak:.0f}%"
         print(f"| {name} | {med:.0f} | {min(ts):.0f} | {base / med:.2f}x | {rate:.0f} | "
               f"{share} |")

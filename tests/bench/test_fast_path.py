@@ -93,3 +93,25 @@ def test_list_file_limit_and_errors(fp_mod, setup, tmp_path, capsys):
     assert "--data-root and --list" in capsys.readouterr().err
     assert fp_mod.main(["--weights", str(weights), "--variants", "int8", "--out", str(out)]) == 2
     assert "int8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_speed_mode_times_each_path_in_the_asked_precision(fp_mod, tmp_path, monkeypatch,
+                                                           precision):
+    # The wiring, not the speed: torch.compile is the identity here (compiling costs minutes).
+    monkeypatch.setattr(fp_mod, "git_commit", lambda *_: "abc1234")
+    monkeypatch.setattr(torch, "compile", lambda m, **_: m)
+    fns = fp_mod.speed_fns("pspnet_r18", 33, 3, tmp_path / "w", precision)
+    with torch.inference_mode():
+        labels, logits, network = fns["labels"](), fns["logits"](), fns["network"]()
+    assert logits.dtype == torch.float32 and logits.is_contiguous()
+    want = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert network.dtype == want  # the network alone runs in the asked precision
+    assert torch.equal(labels, fns["before"]())  # the labels path gives the old path's labels
+    out = tmp_path / "speed"
+    argv = ["--speed", "--arch", "pspnet_r18", "--size", "33", "--classes", "3", "--repeats",
+            "1", "--precision", precision, "--out", str(out)]
+    assert fp_mod.main(argv) == 0
+    doc = json.loads(Path(f"{out}.json").read_text())
+    assert doc["precision"] == precision and set(doc["variants"]) == set(fns)
+    assert f"batch 1, {precision} (eager: fp32)" in Path(f"{out}.md").read_text()

@@ -11,6 +11,7 @@ import torch
 
 from _engine_tiny import NUM_CLASSES, tiny_config
 from pspnet.cli import main
+from pspnet.config import ConfigError
 from pspnet.engine.defaults import precision_reason, resolve_choices, schedule_choices
 from pspnet.engine.run_config import build_config_explained, describe_dry_run
 from pspnet.engine.train import train
@@ -63,6 +64,19 @@ def test_a_config_file_keeps_its_stride(tiny_data: dict, tmp_path: Path) -> None
                                          data_root=str(tiny_data["root"]),
                                          train_list=str(tiny_data["train"]))
     assert cfg.model.output_stride == 8 and chosen == []
+
+
+def test_the_class_file_gives_the_number_of_classes(tiny_data: dict, tmp_path: Path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("sky\nroad\ncar\n")
+    common = {"data_root": str(tiny_data["root"]), "train_list": str(tiny_data["train"])}
+    cfg, _ = build_config_explained(classes_file=str(names), **common)
+    assert cfg.model.num_classes == 3
+    assert build_config_explained(classes_file=str(names), num_classes=3, **common)[0] == cfg
+    with pytest.raises(ConfigError, match=r"data.class_names.*--classes-file.*nope.txt"):
+        build_config_explained(classes_file=str(tmp_path / "nope.txt"), **common)
+    with pytest.raises(ConfigError, match="--num-classes K.*--classes-file FILE"):
+        build_config_explained(**common)
 
 
 def test_precision_reason_names_the_cpu() -> None:

@@ -196,3 +196,18 @@ def test_compiled_fast_path_equals_the_compiled_network(net: nn.Module) -> None:
         tol = {"fp32": 1e-5, "bf16": 2e-2}[precision]
         torch.testing.assert_close(fast(x)["out"], old, rtol=tol, atol=tol)
         assert fast.compile_seconds > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_argmax_is_argmax_with_its_tie_rule(dtype: torch.dtype,
+                                                    channels_last: bool) -> None:
+    from pspnet.inference.multiscale import _channel_argmax
+
+    g = torch.Generator().manual_seed(0)
+    # few distinct values: many ties, where the first maximal channel must win, as in argmax
+    scores = torch.randint(0, 3, (2, 7, 9, 11), generator=g).to(dtype)
+    if channels_last:
+        scores = scores.contiguous(memory_format=torch.channels_last)
+    got = _channel_argmax(scores)
+    assert got.dtype == torch.int64 and torch.equal(got, scores.argmax(dim=1))

@@ -99,7 +99,8 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--data-root", "data.root", "root the list files' paths are relative to"),
     Flag("--train-list", "data.train_list", "training list: 'image label' per line"),
     Flag("--val-list", "data.val_list", "validation list (validation during training)"),
-    Flag("--num-classes", "model.num_classes", "number of classes in the labels", int),
+    Flag("--num-classes", "model.num_classes",
+         "number of classes in the labels (default: the names in --classes-file)", int),
     Flag("--classes-file", "data.class_names",
          "class names, one a line, or `index<TAB>name<TAB>R G B` lines (then colour-coded "
          "RGB labels are mapped to those classes)", aliases=("--class-names",)),

@@ -22,6 +22,8 @@ from pspnet.checkpoint.init_weights import with_init_model
 from pspnet.checkpoint.training import find_checkpoint, load_checkpoint
 from pspnet.config import Config, ConfigError, apply_overrides, load_yaml, merge
 from pspnet.config.flags import TRAIN_FLAGS, flags_tree
+from pspnet.data.classes import read_class_file
+from pspnet.data.io import MissingDataFileError
 from pspnet.data.layouts import get_dataset_spec
 from pspnet.data.split import SPLIT_FILE
 from pspnet.data.training import TrainData, auto_crop, build_data
@@ -89,13 +91,22 @@ def build_config_explained(
     tree = apply_overrides(tree, list(overrides))
     tree = with_init_model(tree)  # --init-weights: the architecture follows the file
     model = tree.setdefault("model", {})
+    if model.get("num_classes") is None and tree.get("data", {}).get("class_names"):
+        # --classes-file names the classes: their count is the number of classes.
+        try:
+            names = read_class_file(tree["data"]["class_names"]).names
+        except MissingDataFileError:
+            raise ConfigError(f"`data.class_names` (--classes-file): file "
+                              f"{tree['data']['class_names']} does not exist") from None
+        model["num_classes"] = len(names)
     if model.get("num_classes") is None:
         dataset = tree.get("data", {}).get("dataset")
         if not dataset:
             # The dataclass default (21) would silently train a VOC-sized head on any data.
             raise ConfigError(
                 "`model.num_classes` is not set: give --num-classes K (the number of classes in "
-                "the labels, the ignore value not counted) or use a config file that sets it"
+                "the labels, the ignore value not counted), --classes-file FILE (one name per "
+                "class) or a config file that sets it"
             )
         model["num_classes"] = get_dataset_spec(str(dataset)).num_classes
     chosen = []
