@@ -1,0 +1,253 @@
+"""``pspnet train``'s defaults against the plain loop: same data, machine and minutes.
+
+Issue 18's measurement. Each *variant* is trained for ``--minutes`` and scored on the test
+split (whole image, single scale, void ignored); results go to ``WORK/results.jsonl`` (one line
+per finished run, skipped when run again) and ``report`` turns them into a table and a plot::
+
+    python bench/recipe.py run --minutes 15 --variants plain cli "cli:model.output_stride=8"
+    python bench/recipe.py report [--work-dir W] [--out docs/recipe]
+
+Variants:
+
+* ``plain``: ``bench/plain_loop.py`` (the baseline: no choices beyond the obvious ones);
+* ``cli``: ``pspnet train`` given nothing but the images, labels, class file and
+  ``--time-budget`` (the project's defaults, whatever this commit chooses), then
+  ``pspnet evaluate`` on its ``final`` weights;
+* ``cli:KEY=VALUE,KEY=VALUE``: the same with ``--set`` overrides (one sweep point).
+
+``--parallel 2`` (the default on two or more CPUs) runs two variants at a time, each pinned to
+its own core with one thread (``OMP_NUM_THREADS=1``): the pair shares the machine alike, and a
+sweep takes half the wall time. The report says so. The data is a prepared layout (``ROOT/images/
+<split>``, ``ROOT/labels/<split>``, ``ROOT/classes.txt``): ``--data`` or ``$PSPNET_CAMVID`` (CamVid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from pspnet.benchmark.data_pipeline import CamVidNotFoundError, require_camvid  # noqa: E402
+from pspnet.report.machine import format_machine, machine_info  # noqa: E402
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_name(variant: str, minutes: float, seed: int) -> str:
+    """A folder name for one run: ``cli_model.output_stride=8_15min_s0``."""
+    safe = variant.replace(":", "_").replace(",", "_").replace("/", "-")
+    safe = safe.replace("[", "").replace("]", "").replace("model.", "").replace("optim.", "")
+    safe = safe.replace("data.", "").replace("train.", "")
+    return f"{safe}_{minutes:g}min_s{seed}"
+
+
+def commands(variant: str, data: Path, out: Path, minutes: float, seed: int) -> list[list[str]]:
+    """The processes one variant runs, in order (train, then score on the test split)."""
+    py = sys.executable
+    if variant == "plain":
+        return [[py, str(REPO / "bench" / "plain_loop.py"), "--root", str(data),
+                 "--train-list", str(out.parent / "train.txt"),
+                 "--eval-list", str(out.parent / "test.txt"),
+                 "--classes", str(data / "classes.txt"), "--minutes", str(minutes),
+                 "--seed", str(seed), "--out", str(out / "plain.json")]]
+    if variant != "cli" and not variant.startswith("cli:"):
+        raise SystemExit(f"unknown variant {variant!r}: plain, cli or cli:KEY=VALUE,...")
+    sets = _split_sets(variant.partition(":")[2])
+    train = [py, "-m", "pspnet", "train", "--images", str(data / "images" / "train"),
+             "--labels", str(data / "labels" / "train"), "--classes-file",
+             str(data / "classes.txt"), "--time-budget", str(minutes),
+             "--work-dir", str(out / "run"), "--overwrite", "-q",
+             "--set", f"train.seed={seed}", *sets]
+    score = [py, "-m", "pspnet", "evaluate", "--weights", str(out / "run" / "final"),
+             "--images", str(data / "images" / "test"), "--labels", str(data / "labels" / "test"),
+             "--classes-file", str(data / "classes.txt"), "--out", str(out / "test"), "-q"]
+    return [train, score]
+
+
+def _split_sets(text: str) -> list[str]:
+    """``a=1,b=[0.5,2]`` -> ``["a=1", "b=[0.5,2]"]``: commas inside brackets stay."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p for p in [*parts, cur] if p]
+
+
+def write_lists(data: Path, out: Path) -> None:
+    """``train.txt`` / ``test.txt`` of ``image label`` lines for the plain loop."""
+    for split in ("train", "test"):
+        names = sorted(p.stem for p in (data / "images" / split).glob("*.png"))
+        lines = [f"images/{split}/{n}.png labels/{split}/{n}.png" for n in names]
+        (out / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def collect(variant: str, out: Path) -> dict[str, Any]:
+    """mIoU, pixel accuracy, steps and epochs of a finished run."""
+    if variant == "plain":
+        doc = json.loads((out / "plain.json").read_text())
+        return {"mIoU": doc["mIoU"], "pixel_acc": doc["pixel_acc"], "steps": doc["steps"],
+                "epochs": doc["epochs"], "precision": doc["precision"]}
+    import yaml
+
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    steps, precision = 0, None
+    for line in (out / "run" / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        precision = rec.get("precision", precision) if rec.get("event") == "start" else precision
+        if rec.get("event") == "end":
+            steps = int(rec["iteration"])
+    n_train = len((out.parent / "train.txt").read_text().splitlines())
+    return {"mIoU": metrics["mIoU"], "pixel_acc": metrics["allAcc"], "steps": steps,
+            "epochs": steps * cfg["train"]["batch_size"] / max(n_train, 1),
+            "precision": precision, "chosen": _chosen(out / "run" / "log.jsonl")}
+
+
+def _chosen(log: Path) -> list[str]:
+    """The ``defaults`` record of a pspnet train log: what the project chose, as lines."""
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "defaults":
+            return [f"{c['key']} = {c['value']}" for c in rec.get("chosen", [])]
+    return []
+
+
+def run(args: argparse.Namespace) -> None:
+    data = require_camvid(("train", "test"), root=args.data, default=REPO.parent / "shared" /
+                          "data" / "camvid")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    write_lists(data, work)
+    results = work / "results.jsonl"
+    done = {json.loads(x)["name"] for x in results.read_text().splitlines()} if results.exists() else set()
+    todo = [(v, s) for s in args.seeds for v in args.variants
+            if run_name(v, args.minutes, s) not in done]
+    cores = sorted(os.sched_getaffinity(0))
+    slots = max(1, min(args.parallel, len(cores)))
+    print(f"{len(todo)} run(s) of {args.minutes:g} min, {slots} at a time; "
+          f"{format_machine(machine_info())}", flush=True)
+    running: list[tuple[str, int, Path, list[list[str]], subprocess.Popen, int, float]] = []
+    free = list(cores[:slots])
+    while todo or running:
+        while todo and free:
+            variant, seed = todo.pop(0)
+            out = work / run_name(variant, args.minutes, seed)
+            out.mkdir(exist_ok=True)
+            cmds = commands(variant, data, out, args.minutes, seed)
+            core = free.pop(0)
+            running.append((variant, seed, out, cmds, _start(cmds[0], out, core, slots), core,
+                            time.time()))
+            print(f"start {out.name} on core {core}", flush=True)
+        time.sleep(5)
+        for item in list(running):
+            variant, seed, out, cmds, proc, core, t0 = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0:
+                free.append(core)
+                print(f"FAILED {out.name} (exit {proc.returncode}): see {out}/stderr.txt")
+                continue
+            if len(cmds) > 1:  # the next step of this variant (scoring) on the same core
+                running.append((variant, seed, out, cmds[1:], _start(cmds[1], out, core, slots),
+                                core, t0))
+                continue
+            free.append(core)
+            rec = {"name": out.name, "variant": variant, "minutes": args.minutes, "seed": seed,
+                   **collect(variant, out), "wall_s": round(time.time() - t0),
+                   "parallel": slots, "threads": 1 if slots > 1 else None,
+                   "commit": _commit(), "machine": machine_info(),
+                   "date": time.strftime("%Y-%m-%d %H:%M"),
+                   "commands": [shlex.join(c) for c in commands(variant, data, out,
+                                                                args.minutes, seed)]}
+            with results.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(f"done {out.name}: mIoU {100 * rec['mIoU']:.1f}, pixel acc "
+                  f"{100 * rec['pixel_acc']:.1f}, {rec['steps']} steps", flush=True)
+
+
+def _start(cmd: list[str], out: Path, core: int, slots: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    if slots > 1:  # one core and one thread each: a pair shares the machine alike
+        env["OMP_NUM_THREADS"] = "1"
+    preexec = (lambda: os.sched_setaffinity(0, {core})) if slots > 1 else None
+    log = (out / "stdout.txt").open("a")
+    err = (out / "stderr.txt").open("a")
+    return subprocess.Popen(cmd, stdout=log, stderr=err, env=env, preexec_fn=preexec,
+                            cwd=str(REPO))
+
+
+def report(args: argparse.Namespace) -> None:
+    from pspnet.report.charts import Series, line_plot
+
+    work = Path(args.work_dir)
+    recs = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["<!-- written by: python bench/recipe.py report -->", "",
+             "| variant | minutes | seed | test mIoU | pixel acc | steps | epochs | precision | "
+             "run side by side | commit |", "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    for r in sorted(recs, key=lambda r: (r["minutes"], r["variant"], r["seed"])):
+        lines.append(f"| `{r['variant']}` | {r['minutes']:g} | {r['seed']} | "
+                     f"{100 * r['mIoU']:.1f} | {100 * r['pixel_acc']:.1f} | {r['steps']} | "
+                     f"{r['epochs']:.1f} | {r['precision']} | "
+                     f"{'2 x 1 core' if r['parallel'] > 1 else 'alone'} | {r['commit']} |")
+    machines = sorted({format_machine(r["machine"]) for r in recs})
+    lines += ["", "Machine(s): " + "; ".join(machines)]
+    palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+               (140, 86, 75)]
+    series = []
+    for i, v in enumerate(sorted({r["variant"] for r in recs})):
+        pts = sorted((r["minutes"], 100 * r["mIoU"]) for r in recs if r["variant"] == v)
+        series.append(Series(label=v, xs=[p[0] for p in pts], ys=[p[1] for p in pts],
+                             color=palette[i % len(palette)], markers=True))
+    line_plot(out / "sweep.png", series, title="CamVid test mIoU against training minutes",
+              xlabel="training budget (minutes)", ylabel="test mIoU (%)")
+    lines += ["", "![test mIoU against minutes](sweep.png)"]
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--minutes", type=float, required=True)
+    r.add_argument("--variants", nargs="+", default=["plain", "cli"])
+    r.add_argument("--seeds", type=int, nargs="+", default=[0])
+    r.add_argument("--parallel", type=int, default=2)
+    r.add_argument("--data", default=None, help="prepared data root (default: $PSPNET_CAMVID)")
+    r.add_argument("--work-dir", default="work_dirs/recipe")
+    q = sub.add_parser("report")
+    q.add_argument("--work-dir", default="work_dirs/recipe")
+    q.add_argument("--out", default="docs/recipe")
+    args = p.parse_args(argv)
+    try:
+        run(args) if args.cmd == "run" else report(args)
+    except CamVidNotFoundError as e:
+        print(f"skipped: {e}")
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

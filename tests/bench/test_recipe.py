@@ -1,0 +1,50 @@
+"""bench/recipe.py: pspnet train's defaults and the plain loop, trained and scored alike."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import load_bench_script
+from camvid_fake import make_fake_camvid
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    yield from load_bench_script("recipe.py", "bench_recipe")
+
+
+def test_variant_names_and_overrides(recipe) -> None:
+    assert recipe._split_sets("model.output_stride=8,data.scale=[0.75,1.5]") == [
+        "model.output_stride=8", "data.scale=[0.75,1.5]"]
+    name = recipe.run_name("cli:model.output_stride=8,data.scale=[0.75,1.5]", 15, 2)
+    assert name == "cli_output_stride=8_scale=0.75_1.5_15min_s2"
+    train, score = recipe.commands("cli:optim.lr=0.02", Path("D"), Path("W/x"), 15, 1)
+    assert train[train.index("--time-budget") + 1] == "15"
+    assert train[-2:] == ["train.seed=1", "optim.lr=0.02"]  # the seed, then the sweep point
+    assert score[score.index("--weights") + 1] == str(Path("W/x/run/final"))
+    with pytest.raises(SystemExit, match="unknown variant"):
+        recipe.commands("nope", Path("D"), Path("W/x"), 15, 1)
+
+
+@pytest.mark.slow
+def test_runs_both_recipes_and_reports(recipe, tmp_path: Path) -> None:
+    data = make_fake_camvid(tmp_path / "camvid", n_test=4, size=(40, 48))
+    for sub in ("images", "labels"):  # a train split: the test images again
+        shutil.copytree(data / sub / "test", data / sub / "train")
+    work = tmp_path / "work"
+    argv = ["run", "--minutes", "0.05", "--variants", "plain", "cli:train.batch_size=2",
+            "--data", str(data), "--work-dir", str(work), "--parallel", "1"]
+    assert recipe.main(argv) == 0
+    recs = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in recs] == ["plain", "cli:train.batch_size=2"]
+    for r in recs:
+        assert 0 <= r["mIoU"] <= 1 and 0 <= r["pixel_acc"] <= 1 and r["steps"] >= 1
+    assert any(c.startswith("data.crop_size") for c in recs[1]["chosen"])
+    assert recipe.main(argv) == 0  # finished runs are not run again
+    assert len((work / "results.jsonl").read_text().splitlines()) == 2
+    assert recipe.main(["report", "--work-dir", str(work), "--out", str(tmp_path / "doc")]) == 0
+    md = (tmp_path / "doc" / "sweep.md").read_text()
+    assert "| `plain` | 0.05 | 0 |" in md and (tmp_path / "doc" / "sweep.png").stat().st_size
