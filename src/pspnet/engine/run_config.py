@@ -40,7 +40,9 @@ __all__ = ["CPU_OUTPUT_STRIDE", "build_config", "build_config_explained", "check
 #: Output stride ``pspnet train`` uses on a CPU when neither a config file nor ``--set`` gives
 #: one. Measured on two AVX2 cores (pspnet_r18, 240x320 crops, batch 8, fp32): ~2.3-2.9 s a
 #: step at stride 16 against ~4x that at stride 8; under a time budget the 4x more steps
-#: matter more than the finer features (docs/results.md uses it on CamVid).
+#: matter more than the finer features (docs/results.md uses it on CamVid). Also where bf16 is
+#: native (AMX Xeon, bf16, one core per run, CamVid test after 15 minutes, docs/recipe.md):
+#: stride 16 made 558 steps and scored 35.5 mIoU, stride 8 296 steps and 31.8.
 CPU_OUTPUT_STRIDE = 16
 
 
@@ -114,9 +116,10 @@ def build_config_explained(
         model["output_stride"] = CPU_OUTPUT_STRIDE  # a CPU default, written to config.yaml
         chosen.append(Choice(
             "model.output_stride", str(CPU_OUTPUT_STRIDE),
-            "training on a CPU without a config file: a step takes about a quarter of stride "
-            "8's time (measured on two AVX2 cores), more steps in the same minutes; --set "
-            "model.output_stride=8 for the paper's"))  # fmt: skip
+            "training on a CPU without a config file: a step takes a quarter to a half of "
+            "stride 8's time, and the extra steps scored more in the same minutes (measured "
+            "on AVX2 and AMX CPUs, docs/recipe.md); --set model.output_stride=8 for the "
+            "paper's"))  # fmt: skip
     return Config.from_dict(tree), chosen
 
 
