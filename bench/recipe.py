@@ -37,15 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from pspnet.benchmark.data_pipeline import CamVidNotFoundError, require_camvid  # noqa: E402
-from pspnet.report.machine import format_machine, machine_info  # noqa: E402
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from pspnet.report.machine import format_machine, git_commit, machine_info  # noqa: E402
 
 
 def run_name(variant: str, minutes: float, seed: int) -> str:
@@ -146,6 +138,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"{len(todo)} run(s) of {args.minutes:g} min, {slots} at a time; "
           f"{format_machine(machine_info())}", flush=True)
     running: list[tuple[str, int, Path, list[list[str]], subprocess.Popen, int, float]] = []
+    commit = git_commit(REPO)  # the code the runs start with (a later edit does not count)
     free = list(cores[:slots])
     while todo or running:
         while todo and free:
@@ -175,7 +168,7 @@ def run(args: argparse.Namespace) -> None:
             rec = {"name": out.name, "variant": variant, "minutes": args.minutes, "seed": seed,
                    **collect(variant, out), "wall_s": round(time.time() - t0),
                    "parallel": slots, "threads": 1 if slots > 1 else None,
-                   "commit": _commit(), "machine": machine_info(),
+                   "commit": commit, "machine": machine_info(),
                    "date": time.strftime("%Y-%m-%d %H:%M"),
                    "commands": [shlex.join(c) for c in commands(variant, data, out,
                                                                 args.minutes, seed)]}

@@ -39,6 +39,23 @@ def test_dry_run_lists_each_choice_with_its_reason_and_writes_nothing(
     assert "train.epochs" in chosen and "(100 steps of 2 per epoch)" in chosen["train.epochs"]
     assert "data: 8 training images, 3 validation images; batch 4; 100 steps" in out
     assert "output_stride: 16" in out and "crop_size:\n    - 40\n    - 40" in out
+    # from scratch on a CPU: the measured learning rate and scale range, each with its reason
+    assert chosen["optim.lr"].startswith("  optim.lr = 0.02: training from scratch")
+    assert "data.scale=[0.5,2] for the paper's" in chosen["data.scale"]
+    assert "lr: 0.02" in out and "scale:\n    - 0.75\n    - 1.5" in out
+
+
+def test_cpu_choices_leave_what_was_set_and_fine_tuning_alone(tiny_data: dict,
+                                                              tmp_path: Path) -> None:
+    common = {"data_root": str(tiny_data["root"]), "train_list": str(tiny_data["train"]),
+              "num_classes": NUM_CLASSES}
+    cfg, chosen = build_config_explained(**common, overrides=["optim.lr=0.05",
+                                                              "data.scale=[0.5,2]"])
+    assert cfg.optim.lr == 0.05 and cfg.data.scale == (0.5, 2.0)
+    assert [c.key for c in chosen] == ["model.output_stride"]
+    weights = tmp_path / "backbone.pth"  # fine-tuning keeps the paper's rate
+    cfg, chosen = build_config_explained(**common, backbone_weights=str(weights))
+    assert cfg.optim.lr == 0.01 and "optim.lr" not in [c.key for c in chosen]
 
 
 def test_a_run_that_sets_everything_is_told_nothing_was_chosen(
