@@ -6,9 +6,10 @@ the model, predicts one image (twice where the first call compiles) and reports 
 ONNX files are written first, by another process, so that exporting and quantizing are not
 counted against the ONNX Runtime variants (a deployment loads the quantized file):
 
-* ``fp32 eager`` / ``fp32 compiled`` (BN folded, inductor) / ``int8 pt2e`` (torchao PT2E,
-  quantized and compiled in the process: that is how ``load_model(..., precision="int8")``
-  runs) on a randomly initialised PSPNet;
+* ``fp32 eager`` / ``fp32 compiled`` (BN folded, inductor) / ``bf16 compiled`` (the same in
+  bf16 channels-last: ``load_model(..., precision="bf16", compile=True)``) / ``int8 pt2e``
+  (torchao PT2E, quantized and compiled in the process: that is how
+  ``load_model(..., precision="int8")`` runs) on a randomly initialised PSPNet;
 * ``fp32 ort`` / ``int8 ort``: ONNX Runtime on the project's export and on its static int8
   quantization (``pspnet.export.int8.quantize_onnx``); these processes import no torch.
 * ``fp32 ov`` / ``int8 ov``: OpenVINO on the same graph converted to IR and on its NNCF
@@ -29,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("fp32 eager", "fp32 compiled", "int8 pt2e", "fp32 ort", "int8 ort", "fp32 ov",
-            "int8 ov")
+VARIANTS = ("fp32 eager", "fp32 compiled", "bf16 compiled", "int8 pt2e", "fp32 ort",
+            "int8 ort", "fp32 ov", "int8 ov")
 
 
 def _mib(field: str) -> float:
@@ -102,10 +103,10 @@ def _child(args: argparse.Namespace) -> dict[str, float]:
         x = torch.randn(1, 3, args.size, args.size)
         if name == "fp32 eager":
             fn = model
-        elif name == "fp32 compiled":
+        elif name in ("fp32 compiled", "bf16 compiled"):
             from pspnet.models.fuse import optimize_for_inference
 
-            fn = optimize_for_inference(model, compile=True)
+            fn = optimize_for_inference(model, precision=name[:4], compile=True)
         else:
             from pspnet.models.quantize import quantize_pt2e
 

@@ -214,7 +214,7 @@ def report(args: argparse.Namespace) -> None:
         series.append(Series(label=v, xs=[p[0] for p in pts], ys=[p[1] for p in pts],
                              color=palette[i % len(palette)], markers=True))
     line_plot(out / "sweep.png", series, title="CamVid test mIoU against training minutes",
-              xlabel="training budget (minutes)", ylabel="test mIoU (%)")
+              xlabel="training budget (minutes)", ylabel="test mIoU (%)", y_from_zero=False)
     lines += ["", "![test mIoU against minutes](sweep.png)"]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
