@@ -34,8 +34,9 @@ from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, broadcast_ob
 from pspnet.precision import resolve_channels_last, resolve_precision
 from pspnet.report.machine import usable_cpus
 
-__all__ = ["CPU_OUTPUT_STRIDE", "CPU_SCALE", "CPU_SCRATCH_LR", "build_config", "build_config_explained", "check_finite",
-           "check_resume", "describe_dry_run", "dry_run", "find_resume", "resolve_config"]
+__all__ = ["CPU_OUTPUT_STRIDE", "CPU_SCALE", "CPU_SCRATCH_LR", "build_config",
+           "build_config_explained", "check_finite", "check_resume", "describe_dry_run",
+           "dry_run", "find_resume", "resolve_config"]
 
 #: Output stride ``pspnet train`` uses on a CPU when neither a config file nor ``--set`` gives
 #: one. Measured on two AVX2 cores (pspnet_r18, 240x320 crops, batch 8, fp32): ~2.3-2.9 s a
