@@ -41,7 +41,8 @@ from pspnet.report.machine import format_machine, git_commit, machine_info  # no
 
 
 def run_name(variant: str, minutes: float, seed: int) -> str:
-    """A folder name for one run: ``cli_model.output_stride=8_15min_s0``."""
+    """A folder name for one run: ``cli_output_stride=8_15min_s0`` (section prefixes and
+    brackets dropped)."""
     safe = variant.replace(":", "_").replace(",", "_").replace("/", "-")
     safe = safe.replace("[", "").replace("]", "").replace("model.", "").replace("optim.", "")
     safe = safe.replace("data.", "").replace("train.", "")
@@ -102,25 +103,17 @@ def collect(variant: str, out: Path) -> dict[str, Any]:
 
     metrics = json.loads((out / "test" / "metrics.json").read_text())
     cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
-    steps, precision = 0, None
+    events = {}  # the log's start, defaults and end records (one pass over the log)
     for line in (out / "run" / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        precision = rec.get("precision", precision) if rec.get("event") == "start" else precision
-        if rec.get("event") == "end":
-            steps = int(rec["iteration"])
-    n_train = len((out.parent / "train.txt").read_text().splitlines())
+        if rec.get("event") in ("start", "defaults", "end"):
+            events[rec["event"]] = rec
+    start, steps = events["start"], int(events["end"]["iteration"])
+    chosen = events.get("defaults", {}).get("chosen", [])
     return {"mIoU": metrics["mIoU"], "pixel_acc": metrics["allAcc"], "steps": steps,
-            "epochs": steps * cfg["train"]["batch_size"] / max(n_train, 1),
-            "precision": precision, "chosen": _chosen(out / "run" / "log.jsonl")}
-
-
-def _chosen(log: Path) -> list[str]:
-    """The ``defaults`` record of a pspnet train log: what the project chose, as lines."""
-    for line in log.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("event") == "defaults":
-            return [f"{c['key']} = {c['value']}" for c in rec.get("chosen", [])]
-    return []
+            "epochs": steps * cfg["train"]["batch_size"] / max(start["train_images"], 1),
+            "precision": start["precision"],
+            "chosen": [f"{c['key']} = {c['value']}" for c in chosen]}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -137,7 +130,8 @@ def run(args: argparse.Namespace) -> None:
     slots = max(1, min(args.parallel, len(cores)))
     print(f"{len(todo)} run(s) of {args.minutes:g} min, {slots} at a time; "
           f"{format_machine(machine_info())}", flush=True)
-    running: list[tuple[str, int, Path, list[list[str]], subprocess.Popen, int, float]] = []
+    # (variant, seed, out, its commands, index of the one running, process, core, start time)
+    running: list[tuple[str, int, Path, list[list[str]], int, subprocess.Popen, int, float]] = []
     commit = git_commit(REPO)  # the code the runs start with (a later edit does not count)
     free = list(cores[:slots])
     while todo or running:
@@ -147,12 +141,12 @@ def run(args: argparse.Namespace) -> None:
             out.mkdir(exist_ok=True)
             cmds = commands(variant, data, out, args.minutes, seed)
             core = free.pop(0)
-            running.append((variant, seed, out, cmds, _start(cmds[0], out, core, slots), core,
-                            time.time()))
+            running.append((variant, seed, out, cmds, 0, _start(cmds[0], out, core, slots),
+                            core, time.time()))
             print(f"start {out.name} on core {core}", flush=True)
         time.sleep(5)
         for item in list(running):
-            variant, seed, out, cmds, proc, core, t0 = item
+            variant, seed, out, cmds, i, proc, core, t0 = item
             if proc.poll() is None:
                 continue
             running.remove(item)
@@ -160,9 +154,9 @@ def run(args: argparse.Namespace) -> None:
                 free.append(core)
                 print(f"FAILED {out.name} (exit {proc.returncode}): see {out}/stderr.txt")
                 continue
-            if len(cmds) > 1:  # the next step of this variant (scoring) on the same core
-                running.append((variant, seed, out, cmds[1:], _start(cmds[1], out, core, slots),
-                                core, t0))
+            if i + 1 < len(cmds):  # the next step of this variant (scoring) on the same core
+                running.append((variant, seed, out, cmds, i + 1,
+                                _start(cmds[i + 1], out, core, slots), core, t0))
                 continue
             free.append(core)
             rec = {"name": out.name, "variant": variant, "minutes": args.minutes, "seed": seed,
@@ -170,8 +164,7 @@ def run(args: argparse.Namespace) -> None:
                    "parallel": slots, "threads": 1 if slots > 1 else None,
                    "commit": commit, "machine": machine_info(),
                    "date": time.strftime("%Y-%m-%d %H:%M"),
-                   "commands": [shlex.join(c) for c in commands(variant, data, out,
-                                                                args.minutes, seed)]}
+                   "commands": [shlex.join(c) for c in cmds]}
             with results.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(f"done {out.name}: mIoU {100 * rec['mIoU']:.1f}, pixel acc "
