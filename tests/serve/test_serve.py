@@ -49,6 +49,7 @@ from pspnet.engine.predict import to_tensor  # noqa: E402
 from pspnet.inference import InferenceOptions  # noqa: E402
 from pspnet.export import export_onnx, export_torchscript  # noqa: E402
 from pspnet.inference import predict  # noqa: E402
+from pspnet.serve import server as serve_server  # noqa: E402
 from pspnet.serve import (  # noqa: E402
     ServeError,
     ServerThread,
@@ -352,6 +353,36 @@ def test_content_length_over_limit_is_refused_before_the_body(start, model) -> N
     status, _, _ = post_image(srv.port, b"\0" * (LIMIT + 1))
     assert status == 413
     assert post_image(srv.port, png_bytes())[0] == 200  # under the limit: fine
+
+
+def test_a_client_that_sends_a_refused_body_anyway_still_reads_the_413(start, model) -> None:
+    # The server answers before the body and lingers: closing at once with the client's bytes
+    # unread would reset the connection under a client still writing (no 413 to read).
+    srv = start(model, max_body_bytes=LIMIT)
+    for _ in range(3):
+        status, _, body = post_image(srv.port, b"\0" * (LIMIT * 32))
+        assert status == 413 and b"limit" in body
+    assert post_image(srv.port, png_bytes())[0] == 200
+
+
+def test_lingering_after_a_refused_body_is_bounded(start, model) -> None:
+    srv = start(model, max_body_bytes=LIMIT)
+    answer = b""
+    chunk = b"\0" * 65536
+    with socket.create_connection((HOST, srv.port), timeout=5) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  b"Content-Length: %d\r\n\r\n" % (1 << 40))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 15:  # a client that never stops sending
+            try:
+                if select.select([s], [], [], 0)[0]:
+                    answer += s.recv(65536)  # the 413, then b"" (the server's FIN) ...
+                s.sendall(chunk)  # ... and the client goes on regardless
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        elapsed = time.monotonic() - t0
+    assert parse_raw(answer)[0] == 413
+    assert elapsed < serve_server.LINGER_S + 3, f"the server kept discarding for {elapsed:.1f} s"
 
 
 def test_chunked_body_over_limit_is_cut_off_without_reading_it_all(start, model) -> None:

@@ -29,7 +29,9 @@ Limits (:class:`ServeLimits`), each enforced before the work it guards
   at most 16 KiB (400 while it is incomplete, 431 once parsed); the connection is closed.
 * Body size: a ``Content-Length`` above ``max_body_bytes`` is refused before any byte of the
   body is read; a chunked body is counted while it is read and refused the moment it passes the
-  limit (413). Nothing is buffered beyond the limit.
+  limit (413). Nothing is buffered beyond the limit: after the 413 the server half-closes and
+  discards what the client still sends for at most 2 s (a lingering close, so that a client
+  that writes its whole body first still reads the answer instead of a connection reset).
 * Body time: the whole body must arrive within ``timeout_s`` of the request head, with no
   pause longer than ``idle_timeout_s`` (408): a client that stalls is cut off early.
 * Image: only PNG, JPEG, BMP, TIFF and WebP, recognised from the bytes (415 otherwise);

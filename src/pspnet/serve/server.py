@@ -39,7 +39,15 @@ logger = logging.getLogger("pspnet.serve")
 #: adds it; pyproject.toml bounds uvicorn and h11 to the versions this was tested with, and
 #: tests/serve/test_protocol_hook.py fails if a hook stops being called.
 UVICORN_PROTOCOL = "uvicorn.protocols.http.h11_impl:H11Protocol"
-HOOKED_METHODS = ("connection_made", "data_received", "connection_lost", "send_400_response")
+HOOKED_METHODS = ("connection_made", "data_received", "eof_received", "connection_lost",
+                  "send_400_response")
+
+#: How long a connection whose request body was refused unread (413 before the body) keeps
+#: reading and discarding what the client still sends, after the answer and a half-close.
+#: Closing at once with unread bytes makes the kernel reset the connection, and a client
+#: still writing its body sees "connection reset" instead of the 413 (nginx's lingering close
+#: does the same; its lingering_timeout is 5 s).
+LINGER_S = 2.0
 
 
 def _uvicorn_protocol() -> type:
@@ -71,8 +79,47 @@ def _raw_json(status: int, reason: str, message: str) -> bytes:
     return head.encode("ascii") + body
 
 
+class _LingeringTransport:
+    """The connection's transport, whose ``close`` lingers while a request body is unread.
+
+    uvicorn closes the transport after every answer. When the app refused a body without
+    reading it (413), ``close`` instead sends the answer and a FIN (``write_eof``), then
+    discards what arrives until the client closes or :data:`LINGER_S` passes. Reads resume
+    then, so nothing is buffered: the protocol drops the bytes (see ``lingering``).
+    """
+
+    def __init__(self, transport: Any, body_unread: Any) -> None:
+        self._transport = transport
+        self._body_unread = body_unread
+        self._timer: asyncio.TimerHandle | None = None
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        t = self._transport
+        if self.lingering or t.is_closing():
+            return
+        if not self._body_unread() or not t.can_write_eof():
+            t.close()
+            return
+        self.lingering = True
+        t.write_eof()  # after the buffered answer
+        t.resume_reading()
+        self._timer = asyncio.get_running_loop().call_later(LINGER_S, t.close)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def _protocol_class(header_timeout_s: float) -> type:
-    """uvicorn's h11 protocol with a deadline for the request head and JSON 400s.
+    """uvicorn's h11 protocol with a deadline for the request head, JSON 400s and a lingering
+    close after a body refused unread (:class:`_LingeringTransport`).
 
     It keeps its own state (the transport it was given, whether the head has ended) and uses
     only the asyncio.Protocol methods of the class it extends, plus ``send_400_response``.
@@ -84,14 +131,21 @@ def _protocol_class(header_timeout_s: float) -> type:
         _pspnet_transport: Any = None
         _pspnet_head_seen = False
         _pspnet_tail = b""
+        _pspnet_linger: _LingeringTransport | None = None
 
         def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
+            import h11
+
+            self._pspnet_linger = _LingeringTransport(
+                transport, lambda: self.conn.their_state is h11.SEND_BODY)
+            super().connection_made(self._pspnet_linger)
             self._pspnet_transport = transport
             self._pspnet_timer = asyncio.get_running_loop().call_later(
                 header_timeout_s, self._pspnet_head_timeout)
 
         def data_received(self, data: bytes) -> None:
+            if self._pspnet_linger is not None and self._pspnet_linger.lingering:
+                return  # the rest of a refused body: dropped
             if not self._pspnet_head_seen:
                 # Every response closes its connection, so a connection carries one request;
                 # its head ends at the first empty line.
@@ -103,9 +157,16 @@ def _protocol_class(header_timeout_s: float) -> type:
                 self._pspnet_tail = window[-3:]
             super().data_received(data)
 
+        def eof_received(self) -> bool | None:
+            if self._pspnet_linger is not None and self._pspnet_linger.lingering:
+                return None  # the client is done sending: the transport closes now
+            return super().eof_received()  # type: ignore[no-any-return]
+
         def connection_lost(self, exc: Exception | None) -> None:
             if self._pspnet_timer is not None:
                 self._pspnet_timer.cancel()
+            if self._pspnet_linger is not None:
+                self._pspnet_linger.cancel()
             super().connection_lost(exc)
 
         def _pspnet_head_timeout(self) -> None:
