@@ -89,14 +89,47 @@ def test_settings_are_validated_naming_the_flag() -> None:
     with pytest.raises(ConfigError, match=r"--min-scale must be in \[0.25, 1\], got 1.5"):
         DemoSettings(min_scale=1.5)
     assert DemoSettings(seeds=3, seed_start=5).seed_list() == [5, 6, 7]
+    with pytest.raises(ConfigError, match=r"--scene-width must be an integer in \[32, --size "
+                                          r"448\] .*, got 500"):
+        DemoSettings(scene_width=500)
+    with pytest.raises(ConfigError, match=r"--scene-width .* got 31"):
+        DemoSettings(scene_width=31)
+    # The gap runs along the height of a narrow scene: 264 fits 448x224 (not 224x224).
+    assert DemoSettings(scene_width=224).scene_size == (448, 224)
+    with pytest.raises(ConfigError, match=r"--gap 264 leaves no room for a vessel in 224x224"):
+        DemoSettings(size=224, gap=264)
+
+
+def test_a_narrow_scene_has_its_own_folders_and_crop(tmp_path: Path,
+                                                     no_scenes: list[dict[str, object]]) -> None:
+    s = DemoSettings(iterations=2, seeds=1, size=64, scene_width=32, gap=20, n_train=8,
+                     n_val=2, batch_size=2)
+    assert s.scene_name == "64x32" and DemoSettings(size=64, gap=20).scene_name == "64"
+    assert demo_run._run_dir(tmp_path, s, "fcn", 0).name == "fcn_64x32px_gap20_w16_s0_2it"
+    assert s.run_settings(0)["scene_width"] == 32
+    cfg = demo_run._config(tmp_path, tmp_path / "w", "fcn", s, 0)
+    assert tuple(cfg.data.crop_size) == (64, 32)
+    with pytest.raises(_Stop):
+        run_demo(tmp_path, s)
+    assert no_scenes[-1]["size"] == (64, 32)
+    assert build_parser().parse_args(["demo", "--scene-width", "224"]).scene_width == 224
+
+
+def test_a_square_run_recorded_before_scene_width_is_resumed(
+    tmp_path: Path, no_scenes: list[dict[str, object]]
+) -> None:
+    stamp = {k: v for k, v in SMALL.run_settings(0).items() if k != "scene_width"}
+    _fake_run(tmp_path, 0, stamp)  # as written before the field existed
+    with pytest.raises(_Stop):  # accepted: it goes on to the scenes
+        run_demo(tmp_path, SMALL)
 
 
 def test_cli_defaults_are_the_demo_defaults() -> None:
     args = build_parser().parse_args(["demo"])
     d = DemoSettings()
-    assert (args.iterations, args.seeds, args.seed_start, args.size, args.gap, args.width,
-            args.min_scale) == (d.iterations, d.seeds, d.seed_start, d.size, d.gap, d.width,
-                                d.min_scale)
+    assert (args.iterations, args.seeds, args.seed_start, args.size, args.scene_width, args.gap,
+            args.width, args.min_scale) == (d.iterations, d.seeds, d.seed_start, d.size,
+                                            d.scene_width, d.gap, d.width, d.min_scale)
     assert (d.iterations, d.seeds, d.size, d.gap, d.width, d.min_scale, d.batch_size) == (
         180, 3, 448, 264, 16, 1.0, 4)
 

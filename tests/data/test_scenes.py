@@ -432,3 +432,40 @@ def test_the_demo_geometry_keeps_its_gap():
         vessel = (label == BOAT) | (label == CAR)
         context = (label == WATER) | (label == ROAD)
         assert vessel.any() and chebyshev_distance(vessel, context) >= 48
+
+
+@pytest.mark.parametrize("size", [(160, 64), (64, 160)])
+def test_non_square_context_lies_on_one_short_side_beyond_the_gap(size):
+    """A tall scene has its band on the top or bottom edge, a wide one on the left or right: the
+    gap runs along the long axis (max_gap follows it), one band only, vessels beyond the gap."""
+    H, W = size
+    gap = 80
+    assert max_gap(size) == max(H, W) - int(np.ceil(_MAX_DEPTH * min(H, W))) - 10 >= gap
+    short = ({"top": np.s_[0, :], "bottom": np.s_[-1, :]} if H > W
+             else {"left": np.s_[:, 0], "right": np.s_[:, -1]})
+    seen = set()
+    for seed in range(24):
+        _, label = render_context_scene(np.random.default_rng([5, seed]), size, gap=gap)
+        context = (label == WATER) | (label == ROAD)
+        vessel = (label == BOAT) | (label == CAR)
+        sides = [name for name, idx in short.items() if context[idx].all()]
+        assert len(sides) == 1, sides
+        seen.add(sides[0])
+        # No context along the long edges beyond the band's depth of the short side.
+        rows, cols = np.nonzero(context)
+        along = rows if H > W else cols
+        far = along if sides[0] in ("top", "left") else max(H, W) - 1 - along
+        assert far.max() < int(np.ceil(_MAX_DEPTH * min(H, W)))
+        assert vessel.any() and chebyshev_distance(vessel, context) >= gap
+    assert seen == set(short)  # both short sides occur
+
+
+def test_non_square_objects_are_identical_across_contexts():
+    for seed in range(6):
+        img_w, lab_w = render_context_scene(np.random.default_rng([8, seed]), (160, 64), gap=80,
+                                            context="water")
+        img_r, lab_r = render_context_scene(np.random.default_rng([8, seed]), (160, 64), gap=80,
+                                            context="road")
+        assert np.array_equal(lab_w == BOAT, lab_r == CAR) and (lab_w == BOAT).any()
+        assert np.array_equal(img_w[lab_w == BOAT], img_r[lab_r == CAR])
+

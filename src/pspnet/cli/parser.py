@@ -275,7 +275,12 @@ def _add_demo(sub: Subparsers) -> None:
                    help="number of training seeds; the claim is checked over them (default 3)")
     s.add_argument("--seed-start", type=int, default=0,
                    help="first seed: seeds SEED_START .. SEED_START+SEEDS-1 (default 0)")
-    s.add_argument("--size", type=int, default=448, help="scene size in pixels (default 448)")
+    s.add_argument("--size", type=int, default=448,
+                   help="scene height in pixels, its side if square (default 448)")
+    s.add_argument("--scene-width", type=int, default=None,
+                   help="scene width in pixels, at most --size (default: square); the context "
+                        "band then lies on the top or bottom edge, so the gap runs along the "
+                        "height at a fraction of the cost")
     s.add_argument("--gap", type=int, default=264,
                    help="pixels between every vessel and the deciding water or road (default "
                         "264, beyond the FCN's 257-px receptive field)")

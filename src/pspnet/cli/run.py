@@ -231,7 +231,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out")
 
     settings = DemoSettings(iterations=args.iterations, seeds=args.seeds,
-                            seed_start=args.seed_start, size=args.size, gap=args.gap,
+                            seed_start=args.seed_start, size=args.size,
+                            scene_width=args.scene_width, gap=args.gap,
                             width=args.width, min_scale=args.min_scale)
     result = run_demo(args.out, settings, fresh=args.fresh, progress=not args.quiet)
     print(f"report: {result.report}")

@@ -6,6 +6,9 @@ Here the deciding context is kept farther away than that reach, by construction:
 
 * The scene is a *field* (neutral, the same texture distribution whatever the context).
 * Along one image side, or two adjacent sides, lies a *context band*: water or road (never both).
+  In a non-square scene the band lies along one of the two *short* sides only, so the distance
+  that matters runs along the long axis: a 448x224 scene keeps the 448-px one's gap at half the
+  pixels (the receptive field matters along one axis only).
 * Vessels (the very sprites of :func:`pspnet.data.scenes._draw_vessel`) stand on the field, every
   pixel at least ``gap`` pixels (Chebyshev distance, hence at least that in Euclidean distance)
   from every context pixel. They are labelled ``boat`` when the band is water and ``car`` when it
@@ -84,9 +87,14 @@ _MIN_ROOM = 10
 
 
 def _band_mask(layout_rng: np.random.Generator, H: int, W: int) -> np.ndarray:
-    """Context band(s): one side, or two adjacent sides, with a wavy inner edge; (H, W) bool."""
-    first = int(layout_rng.integers(0, 4))
-    sides = [first] if layout_rng.random() < 0.6 else [first, (first + 1) % 4]
+    """Context band(s) with a wavy inner edge; (H, W) bool. Square scenes: one side, or two
+    adjacent sides. Otherwise one of the two short sides (top/bottom of a tall scene)."""
+    if H == W:
+        first = int(layout_rng.integers(0, 4))
+        sides = [first] if layout_rng.random() < 0.6 else [first, (first + 1) % 4]
+    else:
+        short = (0, 2) if H > W else (1, 3)  # top/bottom span the width; left/right the height
+        sides = [short[int(layout_rng.integers(0, 2))]]
     rows = np.arange(H, dtype=np.float32)[:, None]  # (H, 1)
     cols = np.arange(W, dtype=np.float32)[None, :]  # (1, W)
     band = np.zeros((H, W), bool)
@@ -109,10 +117,11 @@ def max_gap(size: Sequence[int]) -> int:
     """The largest ``gap`` that leaves room for a vessel in every scene of ``size``.
 
     The deepest band reaches ``_MAX_DEPTH`` of the smaller side (two adjacent sides in the worst
-    case); beyond it and the gap a (shrunken) vessel needs ``_MIN_ROOM`` pixels.
+    case); beyond it and the gap a (shrunken) vessel needs ``_MIN_ROOM`` pixels. In a
+    non-square scene the band lies on a short side and the gap runs along the long one.
     """
     H, W = _check_size(size)
-    return min(H, W) - int(np.ceil(_MAX_DEPTH * min(H, W))) - _MIN_ROOM
+    return max(H, W) - int(np.ceil(_MAX_DEPTH * min(H, W))) - _MIN_ROOM
 
 
 def check_gap(gap: int | None, size: Sequence[int]) -> int:
@@ -229,7 +238,9 @@ def render_context_scene(
     if context not in (None, "water", "road"):
         raise ValueError(f"context must be 'water', 'road' or None, got {context!r}")
     H, W = _check_size(size)
-    side = min(H, W)
+    # Sprite sizes follow the smaller side in a square scene; a non-square one keeps the sprites
+    # of the square scene of its long side while they fit (the objects do not shrink with it).
+    side = min(H, W) if H == W else min(max(H, W), int(min(H, W) / 0.32))
     gap = check_gap(gap, (H, W))
     on_water = rng.random() < 0.5  # drawn even when forced, so the streams below do not shift
     if context is not None:

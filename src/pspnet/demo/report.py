@@ -138,6 +138,12 @@ def _html_table(table: Table) -> str:
 FCN_REACH_PX = 257
 
 
+def _scene_size(s: dict[str, Any]) -> str:
+    """``448`` or ``448x224`` (height x width) from a run's settings."""
+    w = s.get("scene_width")
+    return str(s["size"]) if w is None else f"{s['size']}x{w}"
+
+
 def _intro(s: dict[str, Any], seeds: list[int]) -> str:
     low = s.get("min_scale", 0.75)
     scale = "no random scaling" if low == 1.0 else f"scale {low:g}-1.0"
@@ -152,7 +158,7 @@ def _intro(s: dict[str, Any], seeds: list[int]) -> str:
         f"±10°, fp32) and "
         f"**{s['iterations']} iterations** per run, for seeds {', '.join(map(str, seeds))}. Data: "
         f"{s['n_train']} training and {s['n_val']} held-out validation context scenes of "
-        f"{s['size']} px, generated with seed 0: a boat and a car are the same sprites, and only "
+        f"{_scene_size(s)} px, generated with seed 0: a boat and a car are the same sprites, and only "
         f"the water or road at least {s['gap']} px away decides the class. Evaluated on the "
         f"validation scenes (whole image). {reach} \"vessel acc.\": of the pixels that are "
         "boat or car and predicted boat or car, the share named right (0.5 = chance)."

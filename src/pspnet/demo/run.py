@@ -53,7 +53,10 @@ class DemoSettings:
         iterations: Optimizer steps per run (fixed: no time budget).
         seeds: Number of training seeds.
         seed_start: The first seed (seeds ``seed_start .. seed_start + seeds - 1``).
-        size: Scene side in pixels (also the crop size).
+        size: Scene height in pixels (its side when ``scene_width`` is None); also the crop.
+        scene_width: Scene width in pixels; None: square. Narrower scenes put the context band
+            on the top or bottom edge, so the gap runs along the height and a 448x224 scene
+            keeps the 448-px one's design at half the cost per step.
         gap: Neutral band between every vessel and the context, in pixels. Beyond the FCN's
             receptive field (:data:`FCN_REACH_PX`, measured in ``tests/test_demo.py``) the
             FCN's logits on a vessel do not depend on the context at all; within it (e.g. 48
@@ -72,6 +75,7 @@ class DemoSettings:
     seeds: int = 3
     seed_start: int = 0
     size: int = 448
+    scene_width: int | None = None
     gap: int = 264
     width: int = 16
     min_scale: float = 1.0
@@ -92,15 +96,31 @@ class DemoSettings:
         if isinstance(self.min_scale, bool) or not isinstance(self.min_scale, (int, float)) \
                 or not 0.25 <= self.min_scale <= 1.0:
             raise ConfigError(f"demo: --min-scale must be in [0.25, 1], got {self.min_scale!r}")
-        if self.gap > (top := max_gap((self.size, self.size))):
+        w = self.scene_width
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int)
+                              or not 32 <= w <= self.size):
+            raise ConfigError(f"demo: --scene-width must be an integer in [32, --size "
+                              f"{self.size}] (the context lies along the height), got {w!r}")
+        if self.gap > (top := max_gap(self.scene_size)):
+            h, w = self.scene_size
             raise ConfigError(f"demo: --gap {self.gap} leaves no room for a vessel in "
-                              f"{self.size}x{self.size} scenes; use --gap {top} or less, or a "
-                              "larger --size")
+                              f"{h}x{w} scenes; use --gap {top} or less, or a larger --size")
+
+    @property
+    def scene_size(self) -> tuple[int, int]:
+        """(height, width) of the scenes."""
+        return self.size, self.size if self.scene_width is None else self.scene_width
+
+    @property
+    def scene_name(self) -> str:
+        """``448`` or ``448x224``: how folder names and the report give the scene size."""
+        h, w = self.scene_size
+        return str(h) if h == w else f"{h}x{w}"
 
     def run_settings(self, seed: int) -> dict[str, int | float]:
         """What one run is trained with (recorded beside it and in ``results.jsonl``)."""
-        return {"iterations": self.iterations, "seed": seed, "size": self.size, "gap": self.gap,
-                "width": self.width, "min_scale": self.min_scale, "n_train": self.n_train,
+        return {"iterations": self.iterations, "seed": seed, "size": self.size,
+                "scene_width": self.scene_width, "gap": self.gap, "width": self.width, "min_scale": self.min_scale, "n_train": self.n_train,
                 "n_val": self.n_val, "batch_size": self.batch_size}
 
     def seed_list(self) -> list[int]:
@@ -130,7 +150,7 @@ def vessel_accuracy(confusion: np.ndarray) -> float:
 
 
 def _run_dir(out: Path, s: DemoSettings, model: str, seed: int) -> Path:
-    return out / "runs" / f"{model}_{s.size}px_gap{s.gap}_w{s.width}_s{seed}_{s.iterations}it"
+    return out / "runs" / f"{model}_{s.scene_name}px_gap{s.gap}_w{s.width}_s{seed}_{s.iterations}it"
 
 
 def _refuse_other_settings(work: Path, settings: dict[str, int | float]) -> None:
@@ -143,6 +163,8 @@ def _refuse_other_settings(work: Path, settings: dict[str, int | float]) -> None
         return
     stamp = work / _SETTINGS_FILE
     old = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if old is not None:  # runs recorded before scene_width existed were square
+        old = {"scene_width": None, **old}
     if old == settings:
         return
     fix = "re-run with --fresh to delete the earlier runs and train again, or use another --out"
@@ -172,7 +194,7 @@ def _config(data: Path, work: Path, model: str, s: DemoSettings, seed: int) -> C
         "model": demo_model_options(model, s),
         "data": {"root": str(data), "train_list": str(data / "train.txt"),
                  "val_list": str(data / "val.txt"), "class_names": str(data / "classes.txt"),
-                 "crop_size": s.size, "scale": [s.min_scale, 1.0], "rotate": [-10, 10]},
+                 "crop_size": list(s.scene_size), "scale": [s.min_scale, 1.0], "rotate": [-10, 10]},
         "optim": {"lr": 0.02},
         # fp32 everywhere: bf16 on one CPU and fp32 on another would give other numbers.
         "train": {"work_dir": str(work), "max_iter": s.iterations, "batch_size": s.batch_size,
@@ -209,10 +231,10 @@ def _prepare(out: Path, s: DemoSettings, fresh: bool, progress: bool) -> Path:
                 shutil.rmtree(work)
             elif not fresh:
                 _refuse_other_settings(work, s.run_settings(seed))
-    scenes = out / f"context_{s.size}_gap{s.gap}"
+    scenes = out / f"context_{s.scene_name}_gap{s.gap}"
     try:
         return generate_scenes(scenes, n_train=s.n_train, n_val=s.n_val, seed=DATA_SEED,
-                               size=(s.size, s.size), progress=progress, overwrite=fresh,
+                               size=s.scene_size, progress=progress, overwrite=fresh,
                                mode="context", gap=s.gap)
     except ScenesMismatchError:
         raise FileExistsError(
