@@ -94,9 +94,11 @@ def test_settings_are_validated_naming_the_flag() -> None:
         DemoSettings(scene_width=500)
     with pytest.raises(ConfigError, match=r"--scene-width .* got 31"):
         DemoSettings(scene_width=31)
-    # The gap runs along the height of a narrow scene: 264 fits 448x224 (not 224x224).
-    assert DemoSettings(scene_width=224).scene_size == (448, 224)
-    with pytest.raises(ConfigError, match=r"--gap 264 leaves no room for a vessel in 224x224"):
+    # By default half as wide as tall; the gap runs along the height: 264 fits 448x224.
+    assert DemoSettings().scene_size == (448, 224)
+    assert DemoSettings(size=40, gap=10).scene_size == (40, 32)  # at least 32 wide
+    assert DemoSettings(scene_width=448).scene_size == (448, 448)  # square on request
+    with pytest.raises(ConfigError, match=r"--gap 264 leaves no room for a vessel in 224x112"):
         DemoSettings(size=224, gap=264)
 
 
@@ -104,7 +106,10 @@ def test_a_narrow_scene_has_its_own_folders_and_crop(tmp_path: Path,
                                                      no_scenes: list[dict[str, object]]) -> None:
     s = DemoSettings(iterations=2, seeds=1, size=64, scene_width=32, gap=20, n_train=8,
                      n_val=2, batch_size=2)
-    assert s.scene_name == "64x32" and DemoSettings(size=64, gap=20).scene_name == "64"
+    square = DemoSettings(size=64, scene_width=64, gap=20)
+    assert s.scene_name == "64x32" and square.scene_name == "64"
+    # square runs record no scene_width, as before the field existed
+    assert square.run_settings(0)["scene_width"] is None
     assert demo_run._run_dir(tmp_path, s, "fcn", 0).name == "fcn_64x32px_gap20_w16_s0_2it"
     assert s.run_settings(0)["scene_width"] == 32
     cfg = demo_run._config(tmp_path, tmp_path / "w", "fcn", s, 0)
@@ -131,7 +136,7 @@ def test_cli_defaults_are_the_demo_defaults() -> None:
             args.width, args.min_scale) == (d.iterations, d.seeds, d.seed_start, d.size,
                                             d.scene_width, d.gap, d.width, d.min_scale)
     assert (d.iterations, d.seeds, d.size, d.gap, d.width, d.min_scale, d.batch_size) == (
-        180, 3, 448, 264, 16, 1.0, 4)
+        120, 3, 448, 264, 16, 1.0, 4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,14 +296,16 @@ def _logits(model: str, image: np.ndarray) -> torch.Tensor:
         return net(x)["out"][0]  # (classes, H, W)
 
 
-def test_the_fcn_cannot_see_the_context_and_pspnet_can() -> None:
+@pytest.mark.parametrize("size", [(384, 384), DemoSettings().scene_size])
+def test_the_fcn_cannot_see_the_context_and_pspnet_can(size: tuple[int, int]) -> None:
     """One scene rendered on water and on road: identical pixels but the context band. The
     demo's FCN gives every vessel pixel the very same logits (the band lies beyond its whole
-    receptive field, so no amount of training can name the vessels); PSPNet's pyramid sees it."""
+    receptive field, so no amount of training can name the vessels); PSPNet's pyramid sees it.
+    Square scenes and the default demo's (448x224, the band on the top or bottom edge)."""
     s = BEYOND_REACH
-    img_w, lab_w = render_context_scene(np.random.default_rng(5), (s.size, s.size), gap=s.gap,
+    img_w, lab_w = render_context_scene(np.random.default_rng(5), size, gap=s.gap,
                                         context="water")
-    img_r, lab_r = render_context_scene(np.random.default_rng(5), (s.size, s.size), gap=s.gap,
+    img_r, lab_r = render_context_scene(np.random.default_rng(5), size, gap=s.gap,
                                         context="road")
     vessels = lab_w == BOAT
     assert vessels.any() and (lab_r[vessels] == CAR).all()

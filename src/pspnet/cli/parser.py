@@ -269,18 +269,17 @@ def _add_demo(sub: Subparsers) -> None:
     s = sub.add_parser("demo", help="the embedded demo: generated scenes, PSPNet vs FCN, a report")
     s.add_argument("--out", default="demo_out",
                    help="output folder: data, models, report (default demo_out)")
-    s.add_argument("--iterations", type=int, default=180,
-                   help="training steps per run, the same on every machine (default 180)")
+    s.add_argument("--iterations", type=int, default=120,
+                   help="training steps per run, the same on every machine (default 120)")
     s.add_argument("--seeds", type=int, default=3,
                    help="number of training seeds; the claim is checked over them (default 3)")
     s.add_argument("--seed-start", type=int, default=0,
                    help="first seed: seeds SEED_START .. SEED_START+SEEDS-1 (default 0)")
-    s.add_argument("--size", type=int, default=448,
-                   help="scene height in pixels, its side if square (default 448)")
+    s.add_argument("--size", type=int, default=448, help="scene height in pixels (default 448)")
     s.add_argument("--scene-width", type=int, default=None,
-                   help="scene width in pixels, at most --size (default: square); the context "
-                        "band then lies on the top or bottom edge, so the gap runs along the "
-                        "height at a fraction of the cost")
+                   help="scene width in pixels, at most --size (default: half of --size; "
+                        "--size for square scenes); the context band lies on the top or bottom "
+                        "edge of a scene narrower than tall, so the gap runs along the height")
     s.add_argument("--gap", type=int, default=264,
                    help="pixels between every vessel and the deciding water or road (default "
                         "264, beyond the FCN's 257-px receptive field)")

@@ -53,10 +53,12 @@ class DemoSettings:
         iterations: Optimizer steps per run (fixed: no time budget).
         seeds: Number of training seeds.
         seed_start: The first seed (seeds ``seed_start .. seed_start + seeds - 1``).
-        size: Scene height in pixels (its side when ``scene_width`` is None); also the crop.
-        scene_width: Scene width in pixels; None: square. Narrower scenes put the context band
-            on the top or bottom edge, so the gap runs along the height and a 448x224 scene
-            keeps the 448-px one's design at half the cost per step.
+        size: Scene height in pixels; the scenes are also the training crops.
+        scene_width: Scene width in pixels, at most ``size`` (``size``: square scenes). None:
+            half of ``size`` (at least 32). A scene narrower than tall has its context band on
+            the top or bottom edge, so the gap runs along the height: 448x224 scenes keep the
+            448-px design (the FCN's reach matters along one axis only) at half the cost per
+            step, and their vessels cover twice the share of the pixels.
         gap: Neutral band between every vessel and the context, in pixels. Beyond the FCN's
             receptive field (:data:`FCN_REACH_PX`, measured in ``tests/test_demo.py``) the
             FCN's logits on a vessel do not depend on the context at all; within it (e.g. 48
@@ -71,7 +73,7 @@ class DemoSettings:
         batch_size: Images per step.
     """
 
-    iterations: int = 180
+    iterations: int = 120
     seeds: int = 3
     seed_start: int = 0
     size: int = 448
@@ -109,7 +111,9 @@ class DemoSettings:
     @property
     def scene_size(self) -> tuple[int, int]:
         """(height, width) of the scenes."""
-        return self.size, self.size if self.scene_width is None else self.scene_width
+        if self.scene_width is None:
+            return self.size, min(self.size, max(32, self.size // 2))
+        return self.size, self.scene_width
 
     @property
     def scene_name(self) -> str:
@@ -119,8 +123,10 @@ class DemoSettings:
 
     def run_settings(self, seed: int) -> dict[str, int | float]:
         """What one run is trained with (recorded beside it and in ``results.jsonl``)."""
-        return {"iterations": self.iterations, "seed": seed, "size": self.size,
-                "scene_width": self.scene_width, "gap": self.gap, "width": self.width, "min_scale": self.min_scale, "n_train": self.n_train,
+        h, w = self.scene_size
+        return {"iterations": self.iterations, "seed": seed, "size": h,
+                # None for square scenes, as recorded before the field existed
+                "scene_width": None if w == h else w, "gap": self.gap, "width": self.width, "min_scale": self.min_scale, "n_train": self.n_train,
                 "n_val": self.n_val, "batch_size": self.batch_size}
 
     def seed_list(self) -> list[int]:
