@@ -158,8 +158,8 @@ def _intro(s: dict[str, Any], seeds: list[int]) -> str:
         f"±10°, fp32) and "
         f"**{s['iterations']} iterations** per run, for seeds {', '.join(map(str, seeds))}. Data: "
         f"{s['n_train']} training and {s['n_val']} held-out validation context scenes of "
-        f"{_scene_size(s)} px, generated with seed 0: a boat and a car are the same sprites, and only "
-        f"the water or road at least {s['gap']} px away decides the class. Evaluated on the "
+        f"{_scene_size(s)} px, generated with seed 0: a boat and a car are the same sprites, and "
+        f"only the water or road at least {s['gap']} px away decides the class. Evaluated on the "
         f"validation scenes (whole image). {reach} \"vessel acc.\": of the pixels that are "
         "boat or car and predicted boat or car, the share named right (0.5 = chance)."
     )

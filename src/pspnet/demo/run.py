@@ -126,8 +126,9 @@ class DemoSettings:
         h, w = self.scene_size
         return {"iterations": self.iterations, "seed": seed, "size": h,
                 # None for square scenes, as recorded before the field existed
-                "scene_width": None if w == h else w, "gap": self.gap, "width": self.width, "min_scale": self.min_scale, "n_train": self.n_train,
-                "n_val": self.n_val, "batch_size": self.batch_size}
+                "scene_width": None if w == h else w, "gap": self.gap, "width": self.width,
+                "min_scale": self.min_scale, "n_train": self.n_train, "n_val": self.n_val,
+                "batch_size": self.batch_size}
 
     def seed_list(self) -> list[int]:
         return list(range(self.seed_start, self.seed_start + self.seeds))
@@ -156,7 +157,8 @@ def vessel_accuracy(confusion: np.ndarray) -> float:
 
 
 def _run_dir(out: Path, s: DemoSettings, model: str, seed: int) -> Path:
-    return out / "runs" / f"{model}_{s.scene_name}px_gap{s.gap}_w{s.width}_s{seed}_{s.iterations}it"
+    name = f"{model}_{s.scene_name}px_gap{s.gap}_w{s.width}_s{seed}_{s.iterations}it"
+    return out / "runs" / name
 
 
 def _refuse_other_settings(work: Path, settings: dict[str, int | float]) -> None:
@@ -200,7 +202,8 @@ def _config(data: Path, work: Path, model: str, s: DemoSettings, seed: int) -> C
         "model": demo_model_options(model, s),
         "data": {"root": str(data), "train_list": str(data / "train.txt"),
                  "val_list": str(data / "val.txt"), "class_names": str(data / "classes.txt"),
-                 "crop_size": list(s.scene_size), "scale": [s.min_scale, 1.0], "rotate": [-10, 10]},
+                 "crop_size": list(s.scene_size), "scale": [s.min_scale, 1.0],
+                 "rotate": [-10, 10]},
         "optim": {"lr": 0.02},
         # fp32 everywhere: bf16 on one CPU and fp32 on another would give other numbers.
         "train": {"work_dir": str(work), "max_iter": s.iterations, "batch_size": s.batch_size,

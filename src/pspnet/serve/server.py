@@ -16,6 +16,7 @@ import math
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +89,7 @@ class _LingeringTransport:
     then, so nothing is buffered: the protocol drops the bytes (see ``lingering``).
     """
 
-    def __init__(self, transport: Any, body_unread: Any) -> None:
+    def __init__(self, transport: Any, body_unread: Callable[[], bool]) -> None:
         self._transport = transport
         self._body_unread = body_unread
         self._timer: asyncio.TimerHandle | None = None
