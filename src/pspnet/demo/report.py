@@ -138,8 +138,9 @@ def _html_table(table: Table) -> str:
 FCN_REACH_PX = 257
 
 
-def _scene_size(s: dict[str, Any]) -> str:
-    """``448`` or ``448x224`` (height x width) from a run's settings."""
+def scene_label(s: dict[str, Any]) -> str:
+    """``448`` (square) or ``448x224`` (height x width) from a run's settings (folder names,
+    the report)."""
     w = s.get("scene_width")
     return str(s["size"]) if w is None else f"{s['size']}x{w}"
 
@@ -158,7 +159,7 @@ def _intro(s: dict[str, Any], seeds: list[int]) -> str:
         f"±10°, fp32) and "
         f"**{s['iterations']} iterations** per run, for seeds {', '.join(map(str, seeds))}. Data: "
         f"{s['n_train']} training and {s['n_val']} held-out validation context scenes of "
-        f"{_scene_size(s)} px, generated with seed 0: a boat and a car are the same sprites, and "
+        f"{scene_label(s)} px, generated with seed 0: a boat and a car are the same sprites, and "
         f"only the water or road at least {s['gap']} px away decides the class. Evaluated on the "
         f"validation scenes (whole image). {reach} \"vessel acc.\": of the pixels that are "
         "boat or car and predicted boat or car, the share named right (0.5 = chance)."

@@ -24,7 +24,7 @@ from pspnet.data.context_scenes import CONTEXT_CLASSES, max_gap
 from pspnet.data.datasets import SegmentationDataset, list_file_samples
 from pspnet.data.scenes import BOAT, CAR, ScenesMismatchError, generate_scenes
 from pspnet.demo.agreement import SeedAgreement
-from pspnet.demo.report import FCN_REACH_PX, write_report
+from pspnet.demo.report import FCN_REACH_PX, scene_label, write_report
 from pspnet.engine.evaluate import evaluate_model, write_metrics
 from pspnet.engine.train import train
 
@@ -118,8 +118,7 @@ class DemoSettings:
     @property
     def scene_name(self) -> str:
         """``448`` or ``448x224``: how folder names and the report give the scene size."""
-        h, w = self.scene_size
-        return str(h) if h == w else f"{h}x{w}"
+        return scene_label(self.run_settings(0))
 
     def run_settings(self, seed: int) -> dict[str, int | float]:
         """What one run is trained with (recorded beside it and in ``results.jsonl``)."""
