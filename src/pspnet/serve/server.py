@@ -40,8 +40,7 @@ logger = logging.getLogger("pspnet.serve")
 #: adds it; pyproject.toml bounds uvicorn and h11 to the versions this was tested with, and
 #: tests/serve/test_protocol_hook.py fails if a hook stops being called.
 UVICORN_PROTOCOL = "uvicorn.protocols.http.h11_impl:H11Protocol"
-HOOKED_METHODS = ("connection_made", "data_received", "eof_received", "connection_lost",
-                  "send_400_response")
+HOOKED_METHODS = ("connection_made", "data_received", "connection_lost", "send_400_response")
 
 #: How long a connection whose request body was refused unread (413 before the body) keeps
 #: reading and discarding what the client still sends, after the answer and a half-close.
@@ -85,8 +84,9 @@ class _LingeringTransport:
 
     uvicorn closes the transport after every answer. When the app refused a body without
     reading it (413), ``close`` instead sends the answer and a FIN (``write_eof``), then
-    discards what arrives until the client closes or :data:`LINGER_S` passes. Reads resume
-    then, so nothing is buffered: the protocol drops the bytes (see ``lingering``).
+    discards what arrives until the client closes (uvicorn's ``eof_received`` lets the
+    transport close then) or :data:`LINGER_S` passes. Reads resume, so nothing is buffered:
+    the protocol drops the bytes (see ``lingering``).
     """
 
     def __init__(self, transport: Any, body_unread: Callable[[], bool]) -> None:
@@ -157,11 +157,6 @@ def _protocol_class(header_timeout_s: float) -> type:
                         self._pspnet_timer.cancel()
                 self._pspnet_tail = window[-3:]
             super().data_received(data)
-
-        def eof_received(self) -> bool | None:
-            if self._pspnet_linger is not None and self._pspnet_linger.lingering:
-                return None  # the client is done sending: the transport closes now
-            return super().eof_received()  # type: ignore[no-any-return]
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._pspnet_timer is not None:
