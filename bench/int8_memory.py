@@ -106,12 +106,13 @@ def _child(args: argparse.Namespace) -> dict[str, float]:
         elif name in ("fp32 compiled", "bf16 compiled"):
             from pspnet.models.fuse import optimize_for_inference
 
-            fn = optimize_for_inference(model, precision=name[:4], compile=True)
+            # inplace, as load_model / the CLI do: they own the model they read
+            fn = optimize_for_inference(model, precision=name[:4], compile=True, inplace=True)
         else:
             from pspnet.models.quantize import quantize_pt2e
 
             calib = [torch.randn(1, 3, args.size, args.size) for _ in range(args.calib)]
-            fn = quantize_pt2e(model, calib)
+            fn = quantize_pt2e(model, calib, inplace=True)
         runs = [lambda: fn(x)] * (1 if name == "fp32 eager" else 2)  # compile, then run
         torch.set_grad_enabled(False)
     for run in runs:

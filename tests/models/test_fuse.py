@@ -32,6 +32,19 @@ def test_folding_removes_every_bn_and_keeps_logits(model: torch.nn.Module) -> No
         torch.testing.assert_close(folded(X)["out"], model(X)["out"], rtol=1e-4, atol=1e-5)
 
 
+def test_inplace_folding_converts_the_model_itself(model: torch.nn.Module) -> None:
+    own = pspnet.create_model("pspnet_r18", 4, head_channels=64)
+    own.load_state_dict(model.state_dict())
+    folded = fold_batchnorm(own.eval(), inplace=True)
+    assert folded is own  # no copy: one set of weights in memory (load_model's path)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in own.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(own(X)["out"], model(X)["out"], rtol=1e-4, atol=1e-5)
+    fast = optimize_for_inference(model, precision="fp32")
+    assert fast.model is not model and any(  # the default still leaves the caller's model alone
+        isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, tol", [("fp32", 1e-5), ("bf16", 0.05)])
 def test_optimized_model_matches_eager(model: torch.nn.Module, precision: str, tol: float) -> None:

@@ -99,6 +99,10 @@ def test_int8_labels_mostly_equal_fp32(trained: tuple[Path, Path, torch.Tensor, 
     assert got.dtype == torch.float32 and got.shape == (4, 3, *HW)
     assert (ref == truth).mean() >= 0.90, "the fp32 model is not trained enough to compare"
     assert (got.argmax(1).numpy() == ref).mean() >= 0.95
+    # convert_pt2e leaves the float weights registered; they are dropped (nothing reads them)
+    float_weights = [n for n, t in int8.graph.state_dict().items()
+                     if t.is_floating_point() and t.dim() == 4]
+    assert float_weights == [] and any(t.dtype == torch.int8 for t in int8.graph.state_dict().values())
     assert not int8.training  # born in eval mode: evaluate_model restores the mode it found
     assert int8.eval() is int8 and not int8.training  # evaluate_model calls eval()
     with pytest.raises(RuntimeError, match="int8"):

@@ -229,7 +229,8 @@ def load_model(
     if precision == "int8" or calibration is not None:
         return _quantized(model, precision, calibration)
     if precision != "fp32" or compile:
-        return optimize_for_inference(model, precision=precision, compile=compile)  # type: ignore[arg-type]
+        return optimize_for_inference(  # inplace: the model read here is nobody else's
+            model, precision=precision, compile=compile, inplace=True)  # type: ignore[arg-type]
     return model
 
 
@@ -244,7 +245,8 @@ def _quantized(model: PSPNet, precision: str, calibration: Calibration | None) -
 
     images = calibration_images(calibration, model.meta.preprocess)  # type: ignore[union-attr]
     try:
-        return quantize_pt2e(model, images)
+        # inplace: the model was read here and is not returned, so its weights need no copy
+        return quantize_pt2e(model, images, inplace=True)
     except ImportError as e:
         raise CheckpointError(str(e)) from None
 

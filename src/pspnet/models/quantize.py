@@ -105,13 +105,37 @@ class Int8Model(nn.Module):
         return {"out": torch.cat(outs) if len(outs) > 1 else outs[0]}
 
 
-def quantize_pt2e(model: nn.Module, calibration: Sequence[Tensor]) -> Int8Model:
+def _drop_unused_tensors(graph: torch.fx.GraphModule) -> int:
+    """Delete the parameters and buffers no node of ``graph`` reads; their bytes.
+
+    ``convert_pt2e`` folds each weight's quantization into an int8 constant but leaves the
+    float32 weight registered on the module: 178 MiB of pspnet50's 179 that nothing reads
+    (measured), kept for as long as the int8 model lives.
+    """
+    used = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
+    freed = 0
+    tensors = [*graph.named_parameters(remove_duplicate=False),
+               *graph.named_buffers(remove_duplicate=False)]
+    for name, tensor in tensors:
+        if name in used:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        delattr(graph.get_submodule(owner) if owner else graph, leaf)
+        freed += tensor.numel() * tensor.element_size()
+    return freed
+
+
+def quantize_pt2e(
+    model: nn.Module, calibration: Sequence[Tensor], *, inplace: bool = False
+) -> Int8Model:
     """Quantize a trained (eager, fp32) PSPNet to int8 with calibration images.
 
     Args:
-        model: The eager network (not modified: BN is folded in a copy).
+        model: The eager network (not modified unless ``inplace``: BN is folded in a copy).
         calibration: Normalised float32 images, each (N, 3, H, W), all of one size. More
             images give steadier activation ranges; 16-64 training images are usual.
+        inplace: Fold BN into ``model`` itself instead of a copy (one copy of the float
+            weights less at the peak; ``load_model`` owns its model and passes True).
 
     Returns:
         An :class:`Int8Model` carrying the original's ``config`` and ``meta``.
@@ -128,7 +152,7 @@ def quantize_pt2e(model: nn.Module, calibration: Sequence[Tensor]) -> Int8Model:
             f"calibration images must be (N, 3, H, W) batches of one size, got {sorted(shapes)}"
         )
     q, xiq = _import_torchao()
-    net = _Logits(fold_batchnorm(model)).eval()
+    net = _Logits(fold_batchnorm(model, inplace=inplace)).eval()
     example = (calibration[0][:1].to(torch.float32),)
     dims = {"images": {2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}}
     with torch.no_grad():
@@ -142,6 +166,8 @@ def quantize_pt2e(model: nn.Module, calibration: Sequence[Tensor]) -> Int8Model:
             for i in range(images.shape[0]):
                 prepared(images[i : i + 1].to(torch.float32))
         converted = q.convert_pt2e(prepared)
+    del exported, prepared, net  # the float graphs: only the int8 one is kept
+    _drop_unused_tensors(converted)
     fast = Int8Model(converted, len(calibration))
     for attr in ("config", "meta"):
         if hasattr(model, attr):
