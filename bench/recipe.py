@@ -17,7 +17,9 @@ Variants:
 
 ``--parallel 2`` (the default on two or more CPUs) runs two variants at a time, each pinned to
 its own core with one thread (``OMP_NUM_THREADS=1``): the pair shares the machine alike, and a
-sweep takes half the wall time. The report says so. The data is a prepared layout (``ROOT/images/
+sweep takes half the wall time. The report says so. ``--cores 1`` gives one invocation its own
+core (pinned, one thread) so that two sweeps of different budgets can share a machine, e.g. a
+120-minute run on core 0 beside a 60-minute pair run one after the other on core 1. The data is a prepared layout (``ROOT/images/
 <split>``, ``ROOT/labels/<split>``, ``ROOT/classes.txt``): ``--data`` or ``$PSPNET_CAMVID`` (CamVid).
 """
 
@@ -126,8 +128,9 @@ def run(args: argparse.Namespace) -> None:
     done = {json.loads(x)["name"] for x in results.read_text().splitlines()} if results.exists() else set()
     todo = [(v, s) for s in args.seeds for v in args.variants
             if run_name(v, args.minutes, s) not in done]
-    cores = sorted(os.sched_getaffinity(0))
+    cores = args.cores or sorted(os.sched_getaffinity(0))
     slots = max(1, min(args.parallel, len(cores)))
+    pinned = slots > 1 or bool(args.cores)  # --cores: another sweep owns the other core(s)
     print(f"{len(todo)} run(s) of {args.minutes:g} min, {slots} at a time; "
           f"{format_machine(machine_info())}", flush=True)
     # (variant, seed, out, its commands, index of the one running, process, core, start time)
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> None:
             out.mkdir(exist_ok=True)
             cmds = commands(variant, data, out, args.minutes, seed)
             core = free.pop(0)
-            running.append((variant, seed, out, cmds, 0, _start(cmds[0], out, core, slots),
+            running.append((variant, seed, out, cmds, 0, _start(cmds[0], out, core, pinned),
                             core, time.time()))
             print(f"start {out.name} on core {core}", flush=True)
         time.sleep(5)
@@ -156,12 +159,13 @@ def run(args: argparse.Namespace) -> None:
                 continue
             if i + 1 < len(cmds):  # the next step of this variant (scoring) on the same core
                 running.append((variant, seed, out, cmds, i + 1,
-                                _start(cmds[i + 1], out, core, slots), core, t0))
+                                _start(cmds[i + 1], out, core, pinned), core, t0))
                 continue
             free.append(core)
             rec = {"name": out.name, "variant": variant, "minutes": args.minutes, "seed": seed,
                    **collect(variant, out), "wall_s": round(time.time() - t0),
-                   "parallel": slots, "threads": 1 if slots > 1 else None,
+                   "parallel": slots, "threads": 1 if pinned else None,
+                   "cores": [core] if pinned else None,
                    "commit": commit, "machine": machine_info(),
                    "date": time.strftime("%Y-%m-%d %H:%M"),
                    "commands": [shlex.join(c) for c in cmds]}
@@ -171,11 +175,11 @@ def run(args: argparse.Namespace) -> None:
                   f"{100 * rec['pixel_acc']:.1f}, {rec['steps']} steps", flush=True)
 
 
-def _start(cmd: list[str], out: Path, core: int, slots: int) -> subprocess.Popen:
+def _start(cmd: list[str], out: Path, core: int, pinned: bool) -> subprocess.Popen:
     env = dict(os.environ)
-    if slots > 1:  # one core and one thread each: a pair shares the machine alike
+    if pinned:  # one core and one thread each: runs side by side share the machine alike
         env["OMP_NUM_THREADS"] = "1"
-    preexec = (lambda: os.sched_setaffinity(0, {core})) if slots > 1 else None
+    preexec = (lambda: os.sched_setaffinity(0, {core})) if pinned else None
     log = (out / "stdout.txt").open("a")
     err = (out / "stderr.txt").open("a")
     return subprocess.Popen(cmd, stdout=log, stderr=err, env=env, preexec_fn=preexec,
@@ -196,7 +200,7 @@ def report(args: argparse.Namespace) -> None:
         lines.append(f"| `{r['variant']}` | {r['minutes']:g} | {r['seed']} | "
                      f"{100 * r['mIoU']:.1f} | {100 * r['pixel_acc']:.1f} | {r['steps']} | "
                      f"{r['epochs']:.1f} | {r['precision']} | "
-                     f"{'2 x 1 core' if r['parallel'] > 1 else 'alone'} | {r['commit']} |")
+                     f"{_side_by_side(r)} | {r['commit']} |")
     machines = sorted({format_machine(r["machine"]) for r in recs})
     lines += ["", "Machine(s): " + "; ".join(machines)]
     palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
@@ -213,6 +217,15 @@ def report(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def _side_by_side(rec: dict[str, Any]) -> str:
+    """How a run shared the machine, for the report's table."""
+    if rec["parallel"] > 1:
+        return "2 x 1 core"
+    if rec.get("cores"):
+        return f"core {rec['cores'][0]} (another sweep on the other)"
+    return "alone"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -221,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--variants", nargs="+", default=["plain", "cli"])
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
     r.add_argument("--parallel", type=int, default=2)
+    r.add_argument("--cores", type=int, nargs="+", default=None,
+                   help="run only on these cores, pinned, one thread each (default: all, "
+                        "pinned when --parallel > 1)")
     r.add_argument("--data", default=None, help="prepared data root (default: $PSPNET_CAMVID)")
     r.add_argument("--work-dir", default="work_dirs/recipe")
     q = sub.add_parser("report")
