@@ -53,7 +53,7 @@ EDGES: dict[str, set[str]] = {
     },
     "pspnet.engine.setup": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.distributed",
-        "pspnet.engine.losses", "pspnet.engine.run_log", "pspnet.models",
+        "pspnet.engine.losses", "pspnet.engine.run_log", "pspnet.models", "pspnet.precision",
     },
     "pspnet.engine.state": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.budget",

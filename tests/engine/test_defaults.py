@@ -12,9 +12,12 @@ import torch
 from _engine_tiny import NUM_CLASSES, tiny_config
 from pspnet.cli import main
 from pspnet.config import ConfigError
-from pspnet.engine.defaults import precision_reason, resolve_choices, schedule_choices
-from pspnet.engine.run_config import build_config_explained, describe_dry_run
+from pspnet.engine.defaults import (WHOLE_FRAME_MIN_EPOCHS, crop_for_budget, precision_reason,
+                                    resolve_choices, schedule_choices, whole_frame_candidate)
+from pspnet.engine.run_config import build_config_explained, check_resume, describe_dry_run
+from pspnet.engine.setup import time_train_step
 from pspnet.engine.train import train
+from pspnet.models import build_model
 
 
 def _flags(data: dict, work: Path) -> list[str]:
@@ -124,3 +127,83 @@ def test_training_announces_its_choices_in_the_log(tiny_data: dict, tmp_path: Pa
     keys = [c["key"] for c in rec["chosen"]]
     assert keys == ["data.crop_size", "train.precision"]
     assert all(c["why"] for c in rec["chosen"])
+
+
+# --- The time budget's crop: whole images when the budget affords enough epochs of them ------
+
+
+def test_whole_images_are_a_candidate_only_when_larger_than_the_crop_and_small() -> None:
+    assert whole_frame_candidate((320, 320), (360, 480))
+    assert not whole_frame_candidate((320, 320), None)  # the images differ in size
+    assert not whole_frame_candidate((40, 40), (40, 40))  # the square crop is the whole image
+    assert not whole_frame_candidate((320, 320), (1024, 2048))  # large: crops keep their role
+    assert whole_frame_candidate((320, 320), (480, 640))  # WHOLE_FRAME_MAX_PIXELS: 4 crops
+
+
+def test_crop_for_budget_counts_the_epochs_the_budget_affords() -> None:
+    # 367 images, batch 8, 2.0 s a step: 3600 s affords 1800 steps = 39.2 epochs
+    crop, choice = crop_for_budget((320, 320), (360, 480), 2.0, 3600.0, 8, 367)
+    assert crop == (360, 480) and choice.value == "[360, 480]"
+    assert "~39 epochs" in choice.why and "2.00 s" in choice.why and "--crop-size" in choice.why
+    # half the time: 19.6 epochs, fewer than WHOLE_FRAME_MIN_EPOCHS: the square crop
+    crop, choice = crop_for_budget((320, 320), (360, 480), 2.0, 1800.0, 8, 367)
+    assert crop == (320, 320) and choice.value == "[320, 320]"
+    assert f"fewer than the {WHOLE_FRAME_MIN_EPOCHS}" in choice.why and "~20 epochs" in choice.why
+    edge = WHOLE_FRAME_MIN_EPOCHS * 367 / 8 * 2.0  # exactly the threshold: whole images
+    assert crop_for_budget((320, 320), (360, 480), 2.0, edge, 8, 367)[0] == (360, 480)
+
+
+def test_timing_a_step_leaves_the_network_and_the_random_state_as_they_were(
+    tiny_data: dict, tmp_path: Path
+) -> None:
+    cfg = tiny_config(tiny_data, tmp_path / "w")
+    torch.manual_seed(0)
+    net = build_model(cfg.model).to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    seconds = time_train_step(net, cfg, torch.device("cpu"), (40, 48))
+    assert seconds > 0
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout drew in a forked generator
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics restored
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_a_budgeted_run_trains_on_whole_images_when_it_affords_enough_epochs(
+    tiny_data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    import pspnet.engine.defaults as defaults
+
+    monkeypatch.setattr(defaults, "WHOLE_FRAME_MIN_EPOCHS", 0)  # any budget affords "enough"
+    work = tmp_path / "run"
+    cfg = tiny_config(tiny_data, work, max_iter=None, time_budget=0.05, budget_warmup_iters=1,
+                      budget_measure_iters=1).with_overrides(["data.crop_size=null"])
+    train(cfg, progress=False)
+    assert yaml.safe_load((work / "config.yaml").read_text())["data"]["crop_size"] == [40, 48]
+    events = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["crop_size"] == [40, 48]
+    chosen = next(e for e in events if e["event"] == "defaults")["chosen"]
+    crops = [c for c in chosen if c["key"] == "data.crop_size"]
+    assert len(crops) == 1 and crops[0]["why"].startswith("the whole 40x48 image: the budget")
+
+
+def test_the_dry_run_says_the_budget_may_choose_whole_images(tiny_data: dict,
+                                                            tmp_path: Path) -> None:
+    cfg, chosen = build_config_explained(
+        data_root=str(tiny_data["root"]), train_list=str(tiny_data["train"]),
+        num_classes=NUM_CLASSES, work_dir=str(tmp_path / "w"), batch_size=4, time_budget=30)
+    text = describe_dry_run(cfg, chosen, torch.device("cpu"))
+    line = next(x for x in text.splitlines() if x.strip().startswith("data.crop_size"))
+    assert "[40, 40]" in line and "whole 40x48 images instead" in line
+    assert f"at least {WHOLE_FRAME_MIN_EPOCHS} epochs" in line
+
+
+def test_a_resumed_run_keeps_the_crop_it_chose(tiny_data: dict, tmp_path: Path) -> None:
+    chose = tiny_config(tiny_data, tmp_path / "w").with_overrides(["data.crop_size=[40, 48]"])
+    given = chose.with_overrides(["data.crop_size=null"])  # the same command, resumed
+    state = {"config": chose.to_dict(), "world_size": 1}
+    merged = check_resume(given, state, tmp_path / "w" / "last.pt", 1)
+    assert merged.data.crop_size == (40, 48)

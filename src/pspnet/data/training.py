@@ -31,7 +31,7 @@ from pspnet.data.transforms import eval_transform, sample_rng, train_transform
 
 __all__ = [
     "AUTO_CROP_MAX", "TrainData", "auto_crop", "build_data", "drop_bad", "next_batch",
-    "training_loader",
+    "training_loader", "whole_frame",
 ]  # fmt: skip
 
 #: Longest side of the training crop chosen from the data when none is configured.
@@ -199,6 +199,16 @@ def auto_crop(train: SegmentationDataset) -> tuple[int, int]:
         sides.append(min(w, h))
     side = max(8, min([AUTO_CROP_MAX, *sides]))
     return side, side
+
+
+def whole_frame(train: SegmentationDataset) -> tuple[int, int] | None:
+    """``(height, width)`` shared by the first 16 training images, or None when they differ
+    (then no single crop is "the whole image")."""
+    sizes = {image_size(s.image) for s in train.samples[:16]}
+    if len(sizes) != 1:
+        return None
+    w, h = sizes.pop()
+    return h, w
 
 
 def drop_bad(

@@ -24,11 +24,21 @@ from pspnet.report.machine import usable_cpus
 if TYPE_CHECKING:
     from pspnet.engine.state import Run
 
-__all__ = ["DEFAULT_EPOCHS", "Choice", "announce_choices", "planned_steps", "precision_reason",
-           "resolve_choices", "schedule_choices"]
+__all__ = ["DEFAULT_EPOCHS", "WHOLE_FRAME_MAX_PIXELS", "WHOLE_FRAME_MIN_EPOCHS", "Choice",
+           "announce_choices", "crop_for_budget", "planned_steps", "precision_reason",
+           "resolve_choices", "schedule_choices", "whole_frame_candidate"]
 
 #: Epochs when neither ``train.max_iter``, ``train.epochs`` nor ``train.time_budget`` is set.
 DEFAULT_EPOCHS = 50
+
+#: A time-budgeted run without a crop trains on whole images when its budget affords at least
+#: this many epochs of them. Measured on CamVid (360x480 frames, docs/recipe.md): whole frames
+#: scored less than 320x320 crops after 17 epochs of them (30 minutes) and more after 34 (60).
+WHOLE_FRAME_MIN_EPOCHS = 30
+
+#: Whole images are considered only up to this many pixels (four 320x320 crops: 480x640 fits),
+#: so that timing one step of them stays cheap and the crops of large images keep their role.
+WHOLE_FRAME_MAX_PIXELS = 4 * AUTO_CROP_MAX**2
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,46 @@ def planned_steps(tc: TrainConfig, steps_per_epoch: int) -> int:
     return tc.max_iter or (tc.epochs or DEFAULT_EPOCHS) * steps_per_epoch
 
 
+def whole_frame_candidate(square: tuple[int, int], whole: tuple[int, int] | None) -> bool:
+    """Whether whole images of size ``whole`` (None: the images differ in size) are worth
+    timing against the ``square`` crop chosen from the data: larger than it, and small."""
+    return (whole is not None and tuple(whole) != tuple(square)
+            and whole[0] * whole[1] <= WHOLE_FRAME_MAX_PIXELS)
+
+
+def crop_for_budget(square: tuple[int, int], whole: tuple[int, int], step_s: float,
+                    seconds_left: float, batch_size: int,
+                    train_images: int) -> tuple[tuple[int, int], Choice]:
+    """The crop of a time-budgeted run that set none: the whole image when the time left
+    affords at least :data:`WHOLE_FRAME_MIN_EPOCHS` epochs of whole-image steps, else
+    ``square``.
+
+    Args:
+        square: The crop chosen from the data (:func:`pspnet.data.training.auto_crop`).
+        whole: ``(height, width)`` of the training images.
+        step_s: Seconds of one optimizer step on whole images, timed on this machine.
+        seconds_left: Training seconds the budget leaves (validation's share taken out).
+        batch_size: Images per optimizer step.
+        train_images: Images per epoch.
+
+    Returns:
+        ``(crop, choice)``: the crop (height, width) and the announcement of it.
+    """
+    epochs = seconds_left / max(step_s, 1e-9) * batch_size / max(train_images, 1)
+    (h, w), n = whole, WHOLE_FRAME_MIN_EPOCHS
+    timed = f"a whole-image step timed at {step_s:.2f} s on this machine"
+    if epochs >= n:
+        why = (f"the whole {h}x{w} image: the budget affords ~{epochs:.0f} epochs of it "
+               f"({timed}), at least {n}, where whole images scored more than {AUTO_CROP_MAX}-px "
+               "crops (measured, docs/recipe.md); --crop-size sets it")
+        return (h, w), Choice("data.crop_size", f"[{h}, {w}]", why)
+    why = (f"the shortest side among the first 16 training images, at most {AUTO_CROP_MAX} px: "
+           f"the budget affords only ~{epochs:.0f} epochs of whole {h}x{w} images ({timed}), "
+           f"fewer than the {n} where they start to score more (docs/recipe.md); --crop-size "
+           "sets it")
+    return square, Choice("data.crop_size", f"[{square[0]}, {square[1]}]", why)
+
+
 def precision_reason(precision: str, device: torch.device) -> str:
     """Why ``train.precision: auto`` became ``precision`` on ``device``."""
     if device.type == "cuda":
@@ -70,16 +120,21 @@ def precision_reason(precision: str, device: torch.device) -> str:
             "than fp32; --set train.precision=bf16 forces it")
 
 
-def resolve_choices(before: Config, after: Config, device: torch.device,
-                    cpus: int) -> list[Choice]:
+def resolve_choices(before: Config, after: Config, device: torch.device, cpus: int,
+                    whole: tuple[int, int] | None = None) -> list[Choice]:
     """The choices :func:`~pspnet.engine.run_config.resolve_config` made: ``before`` is the
-    config as given, ``after`` the resolved one."""
+    config as given, ``after`` the resolved one; ``whole``: the image size a time-budgeted run
+    will time against the crop (``--dry-run`` says so)."""
     out: list[Choice] = []
     if before.data.crop_size is None:
         h, w = after.data.crop_size  # type: ignore[misc]
-        out.append(Choice("data.crop_size", f"[{h}, {w}]",
-                          f"the shortest side among the first 16 training images, at most "
-                          f"{AUTO_CROP_MAX} px; --crop-size sets it"))
+        why = (f"the shortest side among the first 16 training images, at most {AUTO_CROP_MAX} "
+               "px; --crop-size sets it")
+        if whole is not None:
+            why += (f". With a time budget, whole {whole[0]}x{whole[1]} images instead when "
+                    f"the budget affords at least {WHOLE_FRAME_MIN_EPOCHS} epochs of them: "
+                    "decided after timing one whole-image step as training starts")
+        out.append(Choice("data.crop_size", f"[{h}, {w}]", why))
     tb, ta = before.train, after.train
     if tb.precision == "auto":
         out.append(Choice("train.precision", ta.precision, precision_reason(ta.precision, device)))
@@ -120,8 +175,11 @@ def announce_choices(run: Run, given: Config, chosen: Sequence[Choice]) -> None:
     continues with the values announced when it started."""
     if run.resumed_from is not None:
         return
-    choices = [*chosen, *resolve_choices(given, run.cfg, run.info.device, usable_cpus()),
-               *schedule_choices(run.cfg, run.spe)]
+    choices = [*chosen, *run.setup_choices]
+    made = {c.key for c in choices}  # the set-up's choice (the budget's crop) comes first
+    choices += [c for c in resolve_choices(given, run.cfg, run.info.device, usable_cpus())
+                if c.key not in made]
+    choices += schedule_choices(run.cfg, run.spe)
     if not choices:
         return
     run.log.event("defaults", chosen=[c.to_dict() for c in choices])

@@ -26,8 +26,8 @@ from pspnet.data.classes import read_class_file
 from pspnet.data.io import MissingDataFileError
 from pspnet.data.layouts import get_dataset_spec
 from pspnet.data.split import SPLIT_FILE
-from pspnet.data.training import TrainData, auto_crop, build_data
-from pspnet.engine.defaults import (Choice, planned_steps, resolve_choices,
+from pspnet.data.training import TrainData, auto_crop, build_data, whole_frame
+from pspnet.engine.defaults import (Choice, planned_steps, resolve_choices, whole_frame_candidate,
                                     schedule_choices)
 from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, broadcast_object,
                                        is_distributed, resolve_device)
@@ -288,6 +288,10 @@ def check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int) -> 
     train_section = {**new["train"], **{k: old_train.get(k) for k in
                                           ("seed", "epochs", "max_iter", "time_budget")}}
     merged = {**new, "optim": old.get("optim", new["optim"]), "train": train_section}
+    old_crop = old.get("data", {}).get("crop_size")
+    if new["data"].get("crop_size") is None and old_crop is not None:
+        # A crop the run chose (from the data, or timed against the budget) stays its crop.
+        merged["data"] = {**new["data"], "crop_size": old_crop}
     return Config.from_dict(merged)
 
 
@@ -332,7 +336,10 @@ def describe_dry_run(cfg: Config, chosen: Sequence[Choice], device: torch.device
     tc = resolved.train
     spe = TrainBatchSampler(len(data.train), tc.batch_size, accum_steps=tc.accum_steps, rank=0,
                             world_size=1).steps_per_epoch
-    choices = [*chosen, *resolve_choices(cfg, resolved, device, usable_cpus()),
+    whole = whole_frame(data.train) if cfg.data.crop_size is None and tc.time_budget else None
+    if not whole_frame_candidate(resolved.data.crop_size, whole):  # type: ignore[arg-type]
+        whole = None
+    choices = [*chosen, *resolve_choices(cfg, resolved, device, usable_cpus(), whole),
                *schedule_choices(resolved, spe)]
     if tc.time_budget:
         length = (f"a time budget of {tc.time_budget:g} min: the number of steps is planned "

@@ -1,12 +1,14 @@
 """The pieces a training run is built from, before the first step: the data checked (every
-label scanned, bad samples left out within ``data.skip_bad``) and the network (seeded, on its
-device, SyncBatchNorm and DistributedDataParallel in a multi-process job).
+label scanned, bad samples left out within ``data.skip_bad``), the network (seeded, on its
+device, SyncBatchNorm and DistributedDataParallel in a multi-process job) and, for a
+time-budgeted run that set no crop, the time of a whole-image step (:func:`time_train_step`).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,51 @@ from pspnet.engine.distributed import (
     convert_sync_batchnorm,
     shard_indices,
 )
-from pspnet.engine.losses import class_weights_from_counts
+from pspnet.engine.losses import PSPLoss, class_weights_from_counts
 from pspnet.engine.run_log import RunLog
 from pspnet.models import build_model
+from pspnet.precision import autocast
 
-__all__ = ["check_data", "build_network"]
+__all__ = ["build_network", "check_data", "time_train_step"]
+
+
+def time_train_step(net: nn.Module, cfg: Config, device: torch.device, size: tuple[int, int],
+                    passes: int = 2) -> float:
+    """Seconds of one optimizer step of ``net`` on ``size`` (height, width) inputs: forward and
+    backward of ``batch_size / accum_steps`` random images with the run's precision and memory
+    format, timed over ``passes`` passes after one untimed, times ``accum_steps``.
+
+    The run is left as it was: no optimizer step, gradients cleared, BatchNorm statistics
+    restored and the random generators untouched (dropout draws in a forked RNG).
+    """
+    tc = cfg.train
+    h, w = size
+    per_pass = max(2, tc.batch_size // tc.accum_steps)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(per_pass, 3, h, w, generator=gen).to(device)
+    if tc.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, cfg.model.num_classes, (per_pass, h, w), generator=gen).to(device)
+    criterion = PSPLoss(tc.aux_weight, cfg.data.ignore_index)
+    saved = {name: b.detach().clone() for name, b in net.named_buffers()}
+    net.train()
+    times = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for i in range(passes + 1):
+            t0 = time.perf_counter()
+            with autocast(device, tc.precision):
+                outputs = net(images)
+            loss, _ = criterion(outputs, labels)
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i > 0:  # the first pass allocates and warms the kernels' caches
+                times.append(time.perf_counter() - t0)
+    net.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for name, b in net.named_buffers():
+            b.copy_(saved[name])
+    return tc.accum_steps * sum(times) / len(times)
 
 
 def check_data(

@@ -174,6 +174,9 @@ class Run:
     """Validation images of this process (for the budget's estimate)."""
     val_pixels_factor: float = 1.0
     """Pixels of a validation image over pixels of a crop (for the budget's estimate)."""
+    setup_choices: list[Any] = dataclasses.field(default_factory=list)
+    """Values chosen while setting up (the time budget's crop), as
+    :class:`pspnet.engine.defaults.Choice`; announced with the others."""
 
     @property
     def work_dir(self) -> Path:

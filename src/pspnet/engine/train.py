@@ -68,6 +68,7 @@ is written after it, so the last good one stays as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 import warnings
@@ -82,9 +83,11 @@ from pspnet.checkpoint import save_weights
 from pspnet.checkpoint.training import rng_state, write_checkpoint
 from pspnet.config import Config, ConfigError, TrainConfig
 from pspnet.data.io import image_size
-from pspnet.data.training import build_data, next_batch, stop_workers, training_loader
+from pspnet.data.training import (build_data, next_batch, stop_workers, training_loader,
+                                  whole_frame)
 from pspnet.engine.budget import AUTO_VALIDATIONS, Budget, Plan
-from pspnet.engine.defaults import Choice, announce_choices, planned_steps
+from pspnet.engine.defaults import (Choice, announce_choices, crop_for_budget, planned_steps,
+                                    whole_frame_candidate)
 from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, all_gather_object, barrier,
                                        broadcast_object, cleanup, init_distributed, is_distributed)
 from pspnet.engine.evaluate import evaluate_model
@@ -94,7 +97,7 @@ from pspnet.engine.run_config import (build_config_explained, check_finite, chec
                                       find_resume, resolve_config)
 from pspnet.engine.run_log import RunLog
 from pspnet.engine.run_report import report_after_training
-from pspnet.engine.setup import build_network, check_data
+from pspnet.engine.setup import build_network, check_data, time_train_step
 from pspnet.engine.safety import (IgnoreStopSignals, StopSignals, TrainingInterrupted,
                                   check_work_dir, clear_run_outputs, lock_work_dir, on_main)
 from pspnet.engine.state import (Run, TrainingDiverged, TrainResult, TrainState,
@@ -207,6 +210,7 @@ def _setup(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: fl
     if resumed is not None:
         cfg = check_resume(cfg, resumed[1], resumed[0], info.world_size)
     data = build_data(cfg)
+    crop_open = cfg.data.crop_size is None
     cfg = resolve_config(cfg, data, info.device)
     tc, oc = cfg.train, cfg.optim
     per_pass = tc.batch_size // (tc.accum_steps * info.world_size)
@@ -223,6 +227,9 @@ def _setup(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: fl
         world_size=info.world_size, seed=tc.seed,
     )  # fmt: skip
     net, model = build_network(cfg, info, resumed[1] if resumed else None, log)
+    setup_choices: list[Choice] = []
+    if crop_open and tc.time_budget and resumed is None and info.world_size == 1:
+        cfg, setup_choices = _budget_crop(cfg, data, net, info, t_start)
     optimizer = build_optimizer(
         net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
         head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
@@ -243,6 +250,7 @@ def _setup(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: fl
         ckpt_every=min(x for x in (spe, tc.checkpoint_interval or spe) if x > 0),
         resumed_from=resumed[0] if resumed else None,
         state=TrainState(val_every=_val_every(tc, schedule.max_iter, spe) if val_enabled else None),
+        setup_choices=setup_choices,
     )  # fmt: skip
     if resumed is not None:
         restore_state(run, *resumed)
@@ -257,6 +265,25 @@ def _setup(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: fl
     if progress:
         log.start_bar(schedule.max_iter, run.state.it)
     return run
+
+
+def _budget_crop(cfg: Config, data: Any, net: nn.Module, info: DistInfo,
+                 t_start: float) -> tuple[Config, list[Choice]]:
+    """A time-budgeted run that set no crop: the whole image instead of the square crop when
+    the budget affords enough epochs of it (:func:`~pspnet.engine.defaults.crop_for_budget`),
+    decided by timing one whole-image step here. Returns the config and the choice made."""
+    square = tuple(cfg.data.crop_size)  # type: ignore[arg-type]
+    whole = whole_frame(data.train)
+    if not whole_frame_candidate(square, whole):  # type: ignore[arg-type]
+        return cfg, []
+    tc = cfg.train
+    step_s = time_train_step(net, cfg, info.device, whole)  # type: ignore[arg-type]
+    left = tc.time_budget * 60.0 - (time.perf_counter() - t_start)  # type: ignore[operator]
+    if data.val is not None and tc.val_interval != 0:
+        left *= 1.0 - Budget.VAL_SHARE  # what validations may take at most
+    crop, choice = crop_for_budget(square, whole, step_s, left,  # type: ignore[arg-type]
+                                   tc.batch_size, len(data.train))
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, crop_size=crop)), [choice]
 
 
 def _grad_scaler(precision: str, device: torch.device) -> Any:
