@@ -83,8 +83,8 @@ from pspnet.checkpoint import save_weights
 from pspnet.checkpoint.training import rng_state, write_checkpoint
 from pspnet.config import Config, ConfigError, TrainConfig
 from pspnet.data.io import image_size
-from pspnet.data.training import (build_data, next_batch, stop_workers, training_loader,
-                                  whole_frame)
+from pspnet.data.training import (TrainData, build_data, next_batch, stop_workers,
+                                  training_loader, whole_frame)
 from pspnet.engine.budget import AUTO_VALIDATIONS, Budget, Plan
 from pspnet.engine.defaults import (Choice, announce_choices, crop_for_budget, planned_steps,
                                     whole_frame_candidate)
@@ -267,11 +267,13 @@ def _setup(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: fl
     return run
 
 
-def _budget_crop(cfg: Config, data: Any, net: nn.Module, info: DistInfo,
+def _budget_crop(cfg: Config, data: TrainData, net: nn.Module, info: DistInfo,
                  t_start: float) -> tuple[Config, list[Choice]]:
     """A time-budgeted run that set no crop: the whole image instead of the square crop when
     the budget affords enough epochs of it (:func:`~pspnet.engine.defaults.crop_for_budget`),
-    decided by timing one whole-image step here. Returns the config and the choice made."""
+    decided by timing one whole-image step here (one process only: the ranks of a distributed
+    run would have to agree on one timing, so they keep the square crop). Returns the config
+    and the choice made."""
     square = tuple(cfg.data.crop_size)  # type: ignore[arg-type]
     whole = whole_frame(data.train)
     if not whole_frame_candidate(square, whole):  # type: ignore[arg-type]
