@@ -19,8 +19,15 @@ Variants:
 its own core with one thread (``OMP_NUM_THREADS=1``): the pair shares the machine alike, and a
 sweep takes half the wall time. The report says so. ``--cores 1`` gives one invocation its own
 core (pinned, one thread) so that two sweeps of different budgets can share a machine, e.g. a
-120-minute run on core 0 beside a 60-minute pair run one after the other on core 1. The data is a prepared layout (``ROOT/images/
-<split>``, ``ROOT/labels/<split>``, ``ROOT/classes.txt``): ``--data`` or ``$PSPNET_CAMVID`` (CamVid).
+120-minute run on core 0 beside a 60-minute pair run one after the other on core 1. The data
+is a prepared layout (``ROOT/images/<split>``, ``ROOT/labels/<split>``, ``ROOT/classes.txt``):
+``--data`` or ``$PSPNET_CAMVID`` (CamVid). ``scenes`` writes the demo's generated scenes in
+that layout (no test split: score them with ``--split val``)::
+
+    python bench/recipe.py scenes --out work_dirs/scenes_448x224
+    python bench/recipe.py run --minutes 5 --data work_dirs/scenes_448x224 --split val \
+        --work-dir work_dirs/recipe_scenes
+    python bench/recipe.py report --work-dir work_dirs/recipe_scenes --out docs/recipe/scenes
 """
 
 from __future__ import annotations
@@ -51,13 +58,14 @@ def run_name(variant: str, minutes: float, seed: int) -> str:
     return f"{safe}_{minutes:g}min_s{seed}"
 
 
-def commands(variant: str, data: Path, out: Path, minutes: float, seed: int) -> list[list[str]]:
-    """The processes one variant runs, in order (train, then score on the test split)."""
+def commands(variant: str, data: Path, out: Path, minutes: float, seed: int,
+             split: str = "test") -> list[list[str]]:
+    """The processes one variant runs, in order (train, then score on ``split``)."""
     py = sys.executable
     if variant == "plain":
         return [[py, str(REPO / "bench" / "plain_loop.py"), "--root", str(data),
                  "--train-list", str(out.parent / "train.txt"),
-                 "--eval-list", str(out.parent / "test.txt"),
+                 "--eval-list", str(out.parent / f"{split}.txt"),
                  "--classes", str(data / "classes.txt"), "--minutes", str(minutes),
                  "--seed", str(seed), "--out", str(out / "plain.json")]]
     if variant != "cli" and not variant.startswith("cli:"):
@@ -69,8 +77,8 @@ def commands(variant: str, data: Path, out: Path, minutes: float, seed: int) -> 
              "--work-dir", str(out / "run"), "--overwrite", "-q",
              "--set", f"train.seed={seed}", *sets]
     score = [py, "-m", "pspnet", "evaluate", "--weights", str(out / "run" / "final"),
-             "--images", str(data / "images" / "test"), "--labels", str(data / "labels" / "test"),
-             "--classes-file", str(data / "classes.txt"), "--out", str(out / "test"), "-q"]
+             "--images", str(data / "images" / split), "--labels", str(data / "labels" / split),
+             "--classes-file", str(data / "classes.txt"), "--out", str(out / split), "-q"]
     return [train, score]
 
 
@@ -87,15 +95,15 @@ def _split_sets(text: str) -> list[str]:
     return [p for p in [*parts, cur] if p]
 
 
-def write_lists(data: Path, out: Path) -> None:
-    """``train.txt`` / ``test.txt`` of ``image label`` lines for the plain loop."""
-    for split in ("train", "test"):
-        names = sorted(p.stem for p in (data / "images" / split).glob("*.png"))
-        lines = [f"images/{split}/{n}.png labels/{split}/{n}.png" for n in names]
-        (out / f"{split}.txt").write_text("\n".join(lines) + "\n")
+def write_lists(data: Path, out: Path, split: str = "test") -> None:
+    """``train.txt`` and ``<split>.txt`` of ``image label`` lines for the plain loop."""
+    for name in ("train", split):
+        stems = sorted(p.stem for p in (data / "images" / name).glob("*.png"))
+        lines = [f"images/{name}/{n}.png labels/{name}/{n}.png" for n in stems]
+        (out / f"{name}.txt").write_text("\n".join(lines) + "\n")
 
 
-def collect(variant: str, out: Path) -> dict[str, Any]:
+def collect(variant: str, out: Path, split: str = "test") -> dict[str, Any]:
     """mIoU, pixel accuracy, steps and epochs of a finished run."""
     if variant == "plain":
         doc = json.loads((out / "plain.json").read_text())
@@ -103,7 +111,7 @@ def collect(variant: str, out: Path) -> dict[str, Any]:
                 "epochs": doc["epochs"], "precision": doc["precision"]}
     import yaml
 
-    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    metrics = json.loads((out / split / "metrics.json").read_text())
     cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
     events = {}  # the log's start, defaults and end records (one pass over the log)
     for line in (out / "run" / "log.jsonl").read_text().splitlines():
@@ -119,13 +127,14 @@ def collect(variant: str, out: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
-    data = require_camvid(("train", "test"), root=args.data, default=REPO.parent / "shared" /
-                          "data" / "camvid")
+    data = require_camvid(("train", args.split), root=args.data, default=REPO.parent /
+                          "shared" / "data" / "camvid")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    write_lists(data, work)
+    write_lists(data, work, args.split)
     results = work / "results.jsonl"
-    done = {json.loads(x)["name"] for x in results.read_text().splitlines()} if results.exists() else set()
+    done = ({json.loads(x)["name"] for x in results.read_text().splitlines()}
+            if results.exists() else set())
     todo = [(v, s) for s in args.seeds for v in args.variants
             if run_name(v, args.minutes, s) not in done]
     cores = args.cores or sorted(os.sched_getaffinity(0))
@@ -142,7 +151,7 @@ def run(args: argparse.Namespace) -> None:
             variant, seed = todo.pop(0)
             out = work / run_name(variant, args.minutes, seed)
             out.mkdir(exist_ok=True)
-            cmds = commands(variant, data, out, args.minutes, seed)
+            cmds = commands(variant, data, out, args.minutes, seed, args.split)
             core = free.pop(0)
             running.append((variant, seed, out, cmds, 0, _start(cmds[0], out, core, pinned),
                             core, time.time()))
@@ -163,7 +172,8 @@ def run(args: argparse.Namespace) -> None:
                 continue
             free.append(core)
             rec = {"name": out.name, "variant": variant, "minutes": args.minutes, "seed": seed,
-                   **collect(variant, out), "wall_s": round(time.time() - t0),
+                   **collect(variant, out, args.split), "data": data.name,
+                   "split": args.split, "wall_s": round(time.time() - t0),
                    "parallel": slots, "threads": 1 if pinned else None,
                    "cores": [core] if pinned else None,
                    "commit": commit, "machine": machine_info(),
@@ -186,6 +196,19 @@ def _start(cmd: list[str], out: Path, core: int, pinned: bool) -> subprocess.Pop
                             cwd=str(REPO))
 
 
+def scenes(args: argparse.Namespace) -> None:
+    """The demo's data (``pspnet demo``'s defaults: 400 + 60 context scenes, 448x224, the
+    context 264 px from every vessel) as a prepared layout; ``run --data OUT --split val``."""
+    from pspnet.data.scenes import generate_scenes
+    from pspnet.demo.run import DATA_SEED, DemoSettings
+
+    s = DemoSettings()
+    out = generate_scenes(args.out, n_train=s.n_train, n_val=s.n_val, size=s.scene_size,
+                          seed=DATA_SEED, mode="context", gap=s.gap)
+    print(f"scenes: {out} (train {s.n_train}, val {s.n_val}, {s.scene_size[0]}x"
+          f"{s.scene_size[1]}, gap {s.gap})")
+
+
 def report(args: argparse.Namespace) -> None:
     from pspnet.report.charts import Series, line_plot
 
@@ -194,27 +217,56 @@ def report(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["<!-- written by: python bench/recipe.py report -->", "",
-             "| variant | minutes | seed | test mIoU | pixel acc | steps | epochs | precision | "
-             "run side by side | commit |", "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+             "| variant | what ran | minutes | seed | test mIoU | pixel acc | steps | epochs | "
+             "precision | run side by side | commit |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    for r in recs:  # `cli` meant different defaults at different commits: say what ran
+        r["recipe"] = recipe_of(r, work)
     for r in sorted(recs, key=lambda r: (r["minutes"], r["variant"], r["seed"])):
-        lines.append(f"| `{r['variant']}` | {r['minutes']:g} | {r['seed']} | "
+        lines.append(f"| `{r['variant']}` | {r['recipe']} | {r['minutes']:g} | {r['seed']} | "
                      f"{100 * r['mIoU']:.1f} | {100 * r['pixel_acc']:.1f} | {r['steps']} | "
                      f"{r['epochs']:.1f} | {r['precision']} | "
                      f"{_side_by_side(r)} | {r['commit']} |")
     machines = sorted({format_machine(r["machine"]) for r in recs})
     lines += ["", "Machine(s): " + "; ".join(machines)]
     palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
-               (140, 86, 75)]
+               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34)]
     series = []
-    for i, v in enumerate(sorted({r["variant"] for r in recs})):
-        pts = sorted((r["minutes"], 100 * r["mIoU"]) for r in recs if r["variant"] == v)
-        series.append(Series(label=v, xs=[p[0] for p in pts], ys=[p[1] for p in pts],
+    for i, label in enumerate(sorted({r["recipe"] for r in recs})):
+        by_minutes: dict[float, list[float]] = {}
+        for r in recs:
+            if r["recipe"] == label:
+                by_minutes.setdefault(r["minutes"], []).append(100 * r["mIoU"])
+        xs = sorted(by_minutes)  # one point per budget: the mean over its seeds
+        series.append(Series(label=label, xs=xs,
+                             ys=[sum(by_minutes[x]) / len(by_minutes[x]) for x in xs],
                              color=palette[i % len(palette)], markers=True))
-    line_plot(out / "sweep.png", series, title="CamVid test mIoU against training minutes",
+    scored = sorted({f"{r.get('data', 'camvid')} {r.get('split', 'test')}" for r in recs})
+    line_plot(out / "sweep.png", series, title=f"{', '.join(scored)} mIoU against training "
+              "minutes (mean over seeds)",
               xlabel="training budget (minutes)", ylabel="test mIoU (%)", y_from_zero=False)
     lines += ["", "![test mIoU against minutes](sweep.png)"]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def recipe_of(rec: dict[str, Any], work: Path) -> str:
+    """What a run trained with, in a few words: the plain loop, or the stride, crop, lr and
+    scale range of ``pspnet train``'s saved config (``run/config.yaml``)."""
+    if rec["variant"] == "plain":
+        return "plain loop"
+    cfg_path = work / rec["name"] / "run" / "config.yaml"
+    if not cfg_path.is_file():
+        return rec["variant"]
+    import yaml
+
+    cfg = yaml.safe_load(cfg_path.read_text())
+    (h, w), (lo, hi) = cfg["data"]["crop_size"], cfg["data"]["scale"]
+    text = (f"stride {cfg['model']['output_stride']}, crop {h}x{w}, lr {cfg['optim']['lr']:g}, "
+            f"scale {lo:g}-{hi:g}")
+    if list(cfg["data"]["rotate"]) == [0, 0] and not cfg["data"]["blur"]:
+        text += ", no rotation or blur"
+    return text
 
 
 def _side_by_side(rec: dict[str, Any]) -> str:
@@ -238,13 +290,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only on these cores, pinned, one thread each (default: all, "
                         "pinned when --parallel > 1)")
     r.add_argument("--data", default=None, help="prepared data root (default: $PSPNET_CAMVID)")
+    r.add_argument("--split", default="test",
+                   help="the split every run is scored on (default: test; a data set without "
+                        "one, e.g. generated scenes: val)")
     r.add_argument("--work-dir", default="work_dirs/recipe")
+    g = sub.add_parser("scenes", help="write the demo's context scenes as a prepared data set")
+    g.add_argument("--out", default="work_dirs/scenes_448x224")
     q = sub.add_parser("report")
     q.add_argument("--work-dir", default="work_dirs/recipe")
     q.add_argument("--out", default="docs/recipe")
     args = p.parse_args(argv)
     try:
-        run(args) if args.cmd == "run" else report(args)
+        {"run": run, "scenes": scenes, "report": report}[args.cmd](args)
     except CamVidNotFoundError as e:
         print(f"skipped: {e}")
         return 0

@@ -47,4 +47,8 @@ def test_runs_both_recipes_and_reports(recipe, tmp_path: Path) -> None:
     assert len((work / "results.jsonl").read_text().splitlines()) == 2
     assert recipe.main(["report", "--work-dir", str(work), "--out", str(tmp_path / "doc")]) == 0
     md = (tmp_path / "doc" / "sweep.md").read_text()
-    assert "| `plain` | 0.05 | 0 |" in md and (tmp_path / "doc" / "sweep.png").stat().st_size
+    assert "| `plain` | plain loop | 0.05 | 0 |" in md
+    assert (tmp_path / "doc" / "sweep.png").stat().st_size
+    crop = next(c for c in recs[1]["chosen"] if c.startswith("data.crop_size"))
+    h, w = crop.split("= ")[1].strip("[]").split(", ")  # what the run's own config says it ran
+    assert f"| `cli:train.batch_size=2` | stride 16, crop {h}x{w}, lr 0.02, scale 0.75-1.5 |" in md
