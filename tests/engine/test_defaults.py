@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from _engine_tiny import NUM_CLASSES, tiny_config
+from _engine_tiny import NUM_CLASSES, make_tiny_dataset, tiny_config
 from pspnet.cli import main
 from pspnet.config import ConfigError
-from pspnet.engine.defaults import (WHOLE_FRAME_MIN_EPOCHS, crop_for_budget, precision_reason,
-                                    resolve_choices, schedule_choices, whole_frame_candidate)
+from pspnet.engine.defaults import (WHOLE_FRAME_MIN_EPOCHS, crop_for_budget, crop_from_images,
+                                    crop_reason, precision_reason, resolve_choices,
+                                    schedule_choices, whole_frame_candidate)
 from pspnet.engine.run_config import build_config_explained, check_resume, describe_dry_run
 from pspnet.engine.setup import time_train_step
 from pspnet.engine.train import train
@@ -138,6 +139,29 @@ def test_whole_images_are_a_candidate_only_when_larger_than_the_crop_and_small()
     assert not whole_frame_candidate((40, 40), (40, 40))  # the square crop is the whole image
     assert not whole_frame_candidate((320, 320), (1024, 2048))  # large: crops keep their role
     assert whole_frame_candidate((320, 320), (480, 640))  # WHOLE_FRAME_MAX_PIXELS: 4 crops
+
+
+def test_elongated_images_train_whole_at_any_budget() -> None:
+    # 448x224 (2:1): a 224 square keeps half of the height; the whole scene instead
+    assert crop_from_images((224, 224), (448, 224)) == (448, 224)
+    assert crop_from_images((200, 200), (200, 300)) == (200, 300)  # 3:2, ELONGATED_ASPECT
+    assert crop_from_images((240, 240), (240, 320)) == (240, 240)  # 4:3 keeps the square
+    assert crop_from_images((320, 320), (360, 480)) == (320, 320)  # crop capped below the side
+    assert crop_from_images((320, 320), (320, 2048)) == (320, 320)  # too large to train whole
+    assert crop_from_images((224, 224), None) == (224, 224)  # the images differ in size
+    why = crop_reason((448, 224))
+    assert why.startswith("the whole 448x224 image") and "only 50% of the 448-px side" in why
+    assert crop_reason((240, 240)).startswith("the shortest side")
+
+
+def test_resolving_an_open_crop_on_elongated_images_says_why(tmp_path: Path) -> None:
+    tall = make_tiny_dataset(tmp_path / "tall", n_train=4, n_val=1, size=(64, 32))  # 2:1
+    cfg, chosen = build_config_explained(
+        data_root=str(tall["root"]), train_list=str(tall["train"]), num_classes=NUM_CLASSES,
+        work_dir=str(tmp_path / "w"), batch_size=2, epochs=1)
+    text = describe_dry_run(cfg, chosen, torch.device("cpu"))
+    line = next(x for x in text.splitlines() if x.strip().startswith("data.crop_size"))
+    assert "[64, 32]" in line and "the whole 64x32 image" in line
 
 
 def test_crop_for_budget_counts_the_epochs_the_budget_affords() -> None:

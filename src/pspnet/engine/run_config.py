@@ -27,8 +27,8 @@ from pspnet.data.io import MissingDataFileError
 from pspnet.data.layouts import get_dataset_spec
 from pspnet.data.split import SPLIT_FILE
 from pspnet.data.training import TrainData, auto_crop, build_data, whole_frame
-from pspnet.engine.defaults import (Choice, planned_steps, resolve_choices, whole_frame_candidate,
-                                    schedule_choices)
+from pspnet.engine.defaults import (Choice, crop_from_images, planned_steps, resolve_choices,
+                                    schedule_choices, whole_frame_candidate)
 from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, broadcast_object,
                                        is_distributed, resolve_device)
 from pspnet.precision import resolve_channels_last, resolve_precision
@@ -301,7 +301,7 @@ def resolve_config(cfg: Config, data: TrainData, device: torch.device) -> Config
 
     ``train.overwrite`` is reset: it was acted on, and a config.yaml reused later must not
     delete a run without being asked again."""
-    crop = cfg.data.crop_size or auto_crop(data.train)
+    crop = cfg.data.crop_size or crop_from_images(auto_crop(data.train), whole_frame(data.train))
     precision = resolve_precision(cfg.train.precision, device)
     workers = cfg.data.num_workers if cfg.data.num_workers is not None else min(2, usable_cpus())
     return dataclasses.replace(
