@@ -216,8 +216,10 @@ def report(args: argparse.Namespace) -> None:
     recs = [json.loads(x) for x in (work / "results.jsonl").read_text().splitlines()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # the split the runs were scored on names the score column (the scenes have no test split)
+    split = "/".join(sorted({r.get("split", "test") for r in recs}))
     lines = ["<!-- written by: python bench/recipe.py report -->", "",
-             "| variant | what ran | minutes | seed | test mIoU | pixel acc | steps | epochs | "
+             f"| variant | what ran | minutes | seed | {split} mIoU | pixel acc | steps | epochs | "
              "precision | run side by side | commit |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for r in recs:  # `cli` meant different defaults at different commits: say what ran
@@ -244,8 +246,8 @@ def report(args: argparse.Namespace) -> None:
     scored = sorted({f"{r.get('data', 'camvid')} {r.get('split', 'test')}" for r in recs})
     line_plot(out / "sweep.png", series, title=f"{', '.join(scored)} mIoU against training "
               "minutes (mean over seeds)",
-              xlabel="training budget (minutes)", ylabel="test mIoU (%)", y_from_zero=False)
-    lines += ["", "![test mIoU against minutes](sweep.png)"]
+              xlabel="training budget (minutes)", ylabel=f"{split} mIoU (%)", y_from_zero=False)
+    lines += ["", f"![{split} mIoU against minutes](sweep.png)"]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -264,6 +266,8 @@ def recipe_of(rec: dict[str, Any], work: Path) -> str:
     (h, w), (lo, hi) = cfg["data"]["crop_size"], cfg["data"]["scale"]
     text = (f"stride {cfg['model']['output_stride']}, crop {h}x{w}, lr {cfg['optim']['lr']:g}, "
             f"scale {lo:g}-{hi:g}")
+    if cfg["optim"]["head_lr_mult"] != 10:
+        text += f", head lr x{cfg['optim']['head_lr_mult']:g}"
     if list(cfg["data"]["rotate"]) == [0, 0] and not cfg["data"]["blur"]:
         text += ", no rotation or blur"
     return text

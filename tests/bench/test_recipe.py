@@ -29,6 +29,23 @@ def test_variant_names_and_overrides(recipe) -> None:
         recipe.commands("nope", Path("D"), Path("W/x"), 15, 1)
 
 
+def test_what_ran_reads_the_runs_config(recipe, tmp_path: Path) -> None:
+    import yaml
+
+    run = tmp_path / "cli_x_30min_s0" / "run"
+    run.mkdir(parents=True)
+    cfg = {"model": {"output_stride": 16}, "data": {"crop_size": [360, 480], "scale": [0.75, 1.5],
+           "rotate": [0, 0], "blur": False}, "optim": {"lr": 0.02, "head_lr_mult": 1.0}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rec = {"variant": "cli:x", "name": "cli_x_30min_s0"}
+    assert recipe.recipe_of(rec, tmp_path) == ("stride 16, crop 360x480, lr 0.02, scale 0.75-1.5, "
+                                               "head lr x1, no rotation or blur")
+    cfg["optim"]["head_lr_mult"], cfg["data"]["blur"] = 10.0, True
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert recipe.recipe_of(rec, tmp_path) == "stride 16, crop 360x480, lr 0.02, scale 0.75-1.5"
+    assert recipe.recipe_of({"variant": "plain", "name": "p"}, tmp_path) == "plain loop"
+
+
 @pytest.mark.slow
 def test_runs_both_recipes_and_reports(recipe, tmp_path: Path) -> None:
     data = make_fake_camvid(tmp_path / "camvid", n_test=4, size=(40, 48))
@@ -48,6 +65,7 @@ def test_runs_both_recipes_and_reports(recipe, tmp_path: Path) -> None:
     assert recipe.main(["report", "--work-dir", str(work), "--out", str(tmp_path / "doc")]) == 0
     md = (tmp_path / "doc" / "sweep.md").read_text()
     assert "| `plain` | plain loop | 0.05 | 0 |" in md
+    assert "| seed | test mIoU |" in md  # the column names the split scored
     assert (tmp_path / "doc" / "sweep.png").stat().st_size
     crop = next(c for c in recs[1]["chosen"] if c.startswith("data.crop_size"))
     h, w = crop.split("= ")[1].strip("[]").split(", ")  # what the run's own config says it ran
