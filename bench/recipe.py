@@ -266,7 +266,9 @@ def recipe_of(rec: dict[str, Any], work: Path) -> str:
     (h, w), (lo, hi) = cfg["data"]["crop_size"], cfg["data"]["scale"]
     text = (f"stride {cfg['model']['output_stride']}, crop {h}x{w}, lr {cfg['optim']['lr']:g}, "
             f"scale {lo:g}-{hi:g}")
-    if cfg["optim"]["head_lr_mult"] != 10:
+    from pspnet.config.training import OptimConfig
+
+    if cfg["optim"]["head_lr_mult"] != OptimConfig().head_lr_mult:  # only when not the default
         text += f", head lr x{cfg['optim']['head_lr_mult']:g}"
     if list(cfg["data"]["rotate"]) == [0, 0] and not cfg["data"]["blur"]:
         text += ", no rotation or blur"
