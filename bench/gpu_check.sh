@@ -2,10 +2,13 @@
 # The CUDA paths of pspnet that no CPU run exercises, checked on one GPU in under 8 minutes.
 #
 #   bash bench/gpu_check.sh                 # on a machine with one CUDA GPU
+#   bash bench/gpu_check.sh --python python3  # a GPU machine whose Python has a CUDA torch
 #   bash bench/gpu_check.sh --dry-run       # anywhere: syntax, options, every path on the CPU
 #
 # Installs what it needs into .venv (torch pinned to $TORCH_VERSION from $TORCH_INDEX, a CUDA
-# build; pspnet editable with the onnx extra), then runs each path in its own subshell under
+# build; pspnet editable with the onnx extra), or with --python uses that interpreter as it is
+# (no package index needed: pspnet runs from src/, its dependencies must be importable there),
+# then runs each path in its own subshell under
 # its own timeout, so one failure does not hide the others:
 #   train-bf16 / train-fp16   training steps with autocast (fp16: with a GradScaler)
 #   train-channels-last       a bf16 step with channels-last activations and weights
@@ -20,23 +23,25 @@
 # --dry-run checks this script's syntax (bash -n) and options, and runs every path's command
 # on the CPU with tiny sizes (fp32 where the CPU cannot do the GPU's arithmetic: fp16 needs
 # CUDA; compile and the benchmark with the smallest model) using the Python already on PATH
-# (or $PYTHON); nothing is installed.
+# (or --python, or $PYTHON); nothing is installed.
 set -uo pipefail
 
 usage() {
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
-  echo "options: --dry-run  --out FILE  --only NAME[,NAME...]  --keep  -h|--help"
+  sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  echo "options: --dry-run  --python PY  --out FILE  --only NAME[,NAME...]  --keep  -h|--help"
 }
 
 DRY=0
 OUT=gpu_check.md
 ONLY=""
 KEEP=0
+GIVEN_PY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --out) [ $# -ge 2 ] || { echo "error: --out needs a file name" >&2; exit 2; }; OUT="$2"; shift ;;
     --only) [ $# -ge 2 ] || { echo "error: --only needs path names" >&2; exit 2; }; ONLY="$2"; shift ;;
+    --python) [ $# -ge 2 ] || { echo "error: --python needs an interpreter" >&2; exit 2; }; GIVEN_PY="$2"; shift ;;
     --keep) KEEP=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -60,9 +65,25 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
 [ "$KEEP" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 
 if [ "$DRY" = 1 ]; then
-  PY="${PYTHON:-python}"
+  PY="${GIVEN_PY:-${PYTHON:-python}}"
   DEVICE=cpu
   export CUDA_VISIBLE_DEVICES=""
+elif [ -n "$GIVEN_PY" ]; then
+  PY="$GIVEN_PY"
+  "$PY" -c "import torch; print('using', torch.__version__, 'with CUDA', torch.version.cuda)" \
+    || { echo "error: --python $PY cannot import torch" >&2; exit 2; }
+  missing=$("$PY" -c "
+import importlib.util
+print(' '.join(m for m in ('numpy', 'PIL', 'safetensors', 'yaml', 'tqdm') if importlib.util.find_spec(m) is None))")
+  if [ -n "$missing" ]; then
+    echo "error: --python $PY lacks pspnet's dependencies: $missing (install them, or drop --python to use .venv)" >&2
+    exit 2
+  fi
+  if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= 1 else 1)"; then
+    echo "error: no CUDA GPU visible to torch in $PY; run with --dry-run on a CPU" >&2
+    exit 2
+  fi
+  DEVICE=cuda
 else
   if [ ! -x .venv/bin/python ]; then python3 -m venv .venv || exit 2; fi
   PY=.venv/bin/python
@@ -84,12 +105,12 @@ export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 # Tiny sizes in a dry run, the real ones on the GPU.
 if [ "$DRY" = 1 ]; then
   CROP=48; STEPS=2; SIZES="65"; BENCH_ARCH=pspnet_r18; VARIANTS="fp32-eager fp32-folded"
-  LOW=fp32; T_TRAIN=900; T_BENCH=900  # a loaded CPU is slow; the GPU limits are below
+  LOW=fp32; T_TRAIN=900; T_COMPILE=900; T_BENCH=900  # a loaded CPU is slow; the GPU limits are below
 else
   CROP=256; STEPS=10; SIZES="473 713"; BENCH_ARCH=pspnet50
   # One compiled variant: each compiles pspnet50 once per size (about a minute each).
   VARIANTS="fp32-eager fp32-folded bf16-folded fp16-folded bf16-compile"
-  LOW=fp16; T_TRAIN=120; T_BENCH=300
+  LOW=fp16; T_TRAIN=120; T_COMPILE=240; T_BENCH=300  # compile: three precisions
 fi
 
 # A small labelled data set on disk (4 classes, blocks of colour), shared by the training paths.
@@ -216,7 +237,7 @@ EOF
 }
 
 timeout_of() {
-  case "$1" in benchmark) echo "$T_BENCH" ;; *) echo "$T_TRAIN" ;; esac
+  case "$1" in benchmark) echo "$T_BENCH" ;; compile-inference) echo "$T_COMPILE" ;; *) echo "$T_TRAIN" ;; esac
 }
 
 declare -A STATUS SECONDS_OF NOTE

@@ -144,3 +144,24 @@ def test_gemm_peak_on_a_named_device() -> None:
     except RuntimeError:  # a build without a CPU int8 matmul
         return
     assert int8 > 0
+
+
+def test_markdown_of_a_cuda_run_names_the_gpu_and_keeps_small_times() -> None:
+    # The shape of _run_cuda's document; the times are an H200's (milliseconds, not seconds).
+    row = {"case": "pspnet50 inference 473x473 b1", "variant": "bf16-compile", "ms": 2.304,
+           "ms_min": 2.25, "ms_max": 12.38, "speedup": 2.11, "gflops": 140952.0,
+           "peak_fraction": 0.214, "peak_rss_mib": 1853.0, "extra": {"compile_s": 6.9}}
+    doc = {"machine": {"cpu": "Some Xeon", "threads": 16, "torch": "2.11.0+cu130",
+                       "cpu_capability": "AVX512", "native_bf16": True, "date": "2026-12-04",
+                       "device": "NVIDIA H200", "fp32_as_tf32": True},
+           "peaks": {"fp32": 371126.0, "bf16": 658930.0, "fp16": 680839.0}, "results": [row]}
+    md = bench.format_markdown(doc)
+    assert md.startswith("Device: NVIDIA H200 (host: Some Xeon, 16 threads)")
+    assert "fp16 680839 GFLOP/s (fp32 as TF32" in md
+    assert "| bf16-compile | 2.30 | 2.25-12.4 | 2.11x |" in md
+    cpu_doc = {**doc, "machine": {k: v for k, v in doc["machine"].items()
+                                  if k not in ("device", "fp32_as_tf32")},
+               "results": [{**row, "ms": 1182.4, "ms_min": 1100.2, "ms_max": 1300.0}]}
+    md = bench.format_markdown(cpu_doc)
+    assert md.startswith("Machine: Some Xeon, 16 threads") and "TF32" not in md
+    assert "| 1182 | 1100-1300 |" in md

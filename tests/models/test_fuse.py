@@ -10,7 +10,7 @@ import torch
 import pspnet
 from golden import deterministic_images, fill_deterministic
 from pspnet.checkpoint import WeightsMeta, save_weights
-from pspnet.models.fuse import fold_batchnorm, optimize_for_inference
+from pspnet.models.fuse import default_channels_last, fold_batchnorm, optimize_for_inference
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +68,17 @@ def test_load_model_precision_and_compile(tmp_path: Path, model: torch.nn.Module
         ref = model(X[:1])["out"]
     torch.testing.assert_close(compiled(X[:1])["out"], ref, rtol=1e-4, atol=1e-4)
     assert compiled.compile_seconds > 0
+
+
+def test_default_layout_follows_the_device_and_compilation(model: torch.nn.Module) -> None:
+    # NHWC where it was measured to pay: bf16/fp16 on a CPU, compiled bf16/fp16 on CUDA.
+    assert default_channels_last("bf16", "cpu", compiled=False)
+    assert default_channels_last("fp16", "cpu", compiled=True)
+    assert not default_channels_last("fp32", "cpu", compiled=True)
+    assert not default_channels_last("bf16", "cuda", compiled=False)
+    assert not default_channels_last("fp16", torch.device("cuda", 0), compiled=False)
+    assert default_channels_last("bf16", "cuda:0", compiled=True)
+    assert not default_channels_last("fp32", "cuda", compiled=True)
+    # optimize_for_inference applies it (on this CPU: bf16 is NHWC, fp32 is not)
+    assert optimize_for_inference(model, precision="bf16").channels_last
+    assert not optimize_for_inference(model, precision="fp32").channels_last

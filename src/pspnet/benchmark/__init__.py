@@ -166,9 +166,19 @@ def _run_cuda(
     if not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: CUDA is not available in this torch build "
                          f"({torch.__version__}); use --device cpu or install a CUDA build")
-    peaks = {d: matmul_peak(getattr(torch, t), gemm_size, device=device)
-             for d, t in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"))}
-    say("GEMM peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    # cuDNN runs float32 convolutions on TF32 tensor cores unless told not to (PyTorch's
+    # default), so the fp32 peak is measured with the same arithmetic: a plain-fp32 GEMM peak
+    # would put fp32 eager above 100% of it.
+    tf32 = torch.backends.cudnn.allow_tf32
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        peaks = {d: matmul_peak(getattr(torch, t), gemm_size, device=device)
+                 for d, t in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"))}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    say("GEMM peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+        + (" (fp32 as TF32, as cuDNN runs fp32 convolutions)" if tf32 else ""))
     results: list[BenchResult] = []
     for size in sizes:
         for r in bench_inference(arch, size, variants, num_classes=num_classes, warmup=warmup,
@@ -177,18 +187,25 @@ def _run_cuda(
                 f"{100 * r.peak_fraction:5.1f}% peak")
             results.append(r)
     info = {**machine_info(), "device": torch.cuda.get_device_name(device),
-            "native_bf16": torch.cuda.is_bf16_supported()}
+            "native_bf16": torch.cuda.is_bf16_supported(), "fp32_as_tf32": tf32}
     return {"machine": info, "peaks": peaks, "results": [asdict(r) for r in results]}
 
 
 def format_markdown(doc: dict[str, Any]) -> str:
     """A Markdown table of a :func:`run_benchmark` result."""
     m = doc["machine"]
+    if m.get("device"):  # a CUDA run: the GPU did the work, the CPU only fed it
+        machine = (f"Device: {m['device']} (host: {m['cpu']}, {m['threads']} threads), "
+                   f"torch {m['torch']}, {m['date']}.")
+    else:
+        machine = (f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']} "
+                   f"({m['cpu_capability']}, native bf16: {m.get('native_bf16')}), {m['date']}.")
+    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in doc["peaks"].items())
     lines = [
-        f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']} "
-        f"({m['cpu_capability']}, native bf16: {m.get('native_bf16')}), {m['date']}.",
-        f"Measured GEMM peak: fp32 {doc['peaks']['fp32']:.0f} GFLOP/s, bf16 "
-        f"{doc['peaks']['bf16']:.0f} GFLOP/s.",
+        machine,
+        f"Measured GEMM peak: {peaks}"
+        + (" (fp32 as TF32, the arithmetic cuDNN uses for fp32 convolutions)."
+           if m.get("fp32_as_tf32") else "."),
         "",
         "| case | variant | ms (median) | min-max | speed-up vs fp32 eager | GFLOP/s | % of peak | "
         "peak RSS MiB | notes |",
@@ -199,13 +216,18 @@ def format_markdown(doc: dict[str, Any]) -> str:
             continue  # the data pipeline's own table below
         notes = ", ".join(f"{k} {v}" for k, v in r["extra"].items() if v)
         lines.append(
-            f"| {r['case']} | {r['variant']} | {r['ms']:.0f} | {r['ms_min']:.0f}-{r['ms_max']:.0f}"
+            f"| {r['case']} | {r['variant']} | {_ms(r['ms'])} | {_ms(r['ms_min'])}-{_ms(r['ms_max'])}"
             f" | {r['speedup']:.2f}x | {r['gflops']:.0f} | {100 * r['peak_fraction']:.0f}% | "
             f"{(r['peak_rss_mib'] or 0):.0f} | {notes} |"
         )
     if doc.get("data_pipeline"):
         lines += ["", *_data_pipeline_markdown(doc["data_pipeline"])]
     return "\n".join(lines) + "\n"
+
+
+def _ms(ms: float) -> str:
+    """Milliseconds with the digits that matter: whole ms on a CPU, tenths or hundredths on a GPU."""
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 
 
 def _data_pipeline_markdown(p: dict[str, Any]) -> list[str]:
