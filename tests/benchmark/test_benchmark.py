@@ -165,3 +165,22 @@ def test_markdown_of_a_cuda_run_names_the_gpu_and_keeps_small_times() -> None:
     md = bench.format_markdown(cpu_doc)
     assert md.startswith("Machine: Some Xeon, 16 threads") and "TF32" not in md
     assert "| 1182 | 1100-1300 |" in md
+
+
+def test_int8_rows_are_held_to_the_int8_gemm_peak(monkeypatch) -> None:
+    import torch
+
+    rates = {torch.int8: 800.0, torch.float32: 200.0}
+    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, n: rates[dtype])
+    assert bench.int8_peak(64) == 800.0
+
+    def no_int8(dtype, n):
+        if dtype == torch.int8:
+            raise RuntimeError("no int8 matmul on cpu")
+        return rates[dtype]
+
+    monkeypatch.setattr(bench, "matmul_peak", no_int8)
+    assert bench.int8_peak(64) == 200.0  # the fp32 rate where this build has none
+    rates[torch.int8] = 0.3  # a fallback kernel slower than fp32 is not the int8 peak
+    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, n: rates[dtype])
+    assert bench.int8_peak(64) == 200.0

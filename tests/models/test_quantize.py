@@ -166,10 +166,13 @@ def test_export_int8_round_trip_through_load_model(trained: tuple, tmp_path: Pat
 
     weights, calib, images, _ = trained
     fp32 = load_model(weights)
-    report = export_onnx_int8(fp32, tmp_path / "m.onnx", calibration=calib, height=HW[0],
-                              width=HW[1], timing_runs=0)
-    assert report.path == tmp_path / "m.onnx" and report.ok
-    int8 = load_model(tmp_path / "m.onnx")
+    # into a folder that does not exist yet: it is made, and nothing but the file is left there
+    out = tmp_path / "new" / "m.onnx"
+    report = export_onnx_int8(fp32, out, calibration=calib, height=HW[0], width=HW[1],
+                              timing_runs=0)
+    assert report.path == out and report.ok
+    assert [f.name for f in out.parent.iterdir()] == ["m.onnx"]
+    int8 = load_model(out)
     assert isinstance(int8, OnnxSegmenter) and int8.input_size == HW
     assert int8.metadata["precision"] == "int8" and int8.metadata["calibration_images"] == 8
     assert int8.meta is not None and int8.meta.model.num_classes == 3

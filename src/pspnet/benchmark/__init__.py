@@ -121,8 +121,11 @@ def run_benchmark(
             say(f"this CPU has no native bf16 (no AVX512-BF16/AMX): skipping {', '.join(dropped)}")
     peaks = {"fp32": matmul_peak(torch.float32, gemm_size)}
     peaks["bf16"] = matmul_peak(torch.bfloat16, gemm_size) if native_bf16 else peaks["fp32"]
+    if "int8-compile" in variants:
+        peaks["int8"] = int8_peak(gemm_size)
     say(f"GEMM peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
-        + ("" if native_bf16 else " (bf16 not native: fp32 peak used)"))
+        + ("" if native_bf16 else " (bf16 not native: fp32 peak used)")
+        + (f", int8 {peaks['int8']:.0f} GOP/s" if "int8" in peaks else ""))
     results: list[BenchResult] = []
 
     def add(rs: list[BenchResult]) -> None:
@@ -223,6 +226,19 @@ def format_markdown(doc: dict[str, Any]) -> str:
     if doc.get("data_pipeline"):
         lines += ["", *_data_pipeline_markdown(doc["data_pipeline"])]
     return "\n".join(lines) + "\n"
+
+
+def int8_peak(gemm_size: int) -> float:
+    """The int8 GEMM rate (s8 x s8 -> s32, ``torch._int_mm``), the peak an int8 row is held to.
+
+    The fp32 peak where this build has no int8 matmul on the CPU, or only one slower than fp32
+    (a fallback kernel, not the CPU's int8 rate: seen on an AVX2 CPU without VNNI).
+    """
+    fp32 = matmul_peak(torch.float32, gemm_size)
+    try:
+        return max(matmul_peak(torch.int8, gemm_size), fp32)
+    except RuntimeError:
+        return fp32
 
 
 def _ms(ms: float) -> str:

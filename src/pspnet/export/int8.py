@@ -102,7 +102,10 @@ def export_onnx_int8(
     meta = meta if meta is not None else getattr(model, "meta", None)
     images = calibration_arrays(model, meta, calibration, (height, width), limit)
     path = Path(path)
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.is_dir() else None) as tmp:
+    # The work happens beside the target: a missing folder is made first (as the fp32 and
+    # OpenVINO exports do), and the final rename never crosses file systems.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         report = export_onnx(model, fp32, height=height, width=width, dynamic=dynamic, meta=meta,
                              **kwargs)
