@@ -170,17 +170,20 @@ def test_markdown_of_a_cuda_run_names_the_gpu_and_keeps_small_times() -> None:
 def test_int8_rows_are_held_to_the_int8_gemm_peak(monkeypatch) -> None:
     import torch
 
-    rates = {torch.int8: 800.0, torch.float32: 200.0}
-    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, n: rates[dtype])
-    assert bench.int8_peak(64) == 800.0
+    from pspnet.benchmark import timing
 
-    def no_int8(dtype, n):
-        if dtype == torch.int8:
+    rates = {torch.int8: 800.0, torch.float32: 200.0}
+
+    def rate(dtype, n, repeats=5):
+        if rates[dtype] is None:
             raise RuntimeError("no int8 matmul on cpu")
         return rates[dtype]
 
-    monkeypatch.setattr(bench, "matmul_peak", no_int8)
+    monkeypatch.setattr(bench, "matmul_peak", rate)
+    monkeypatch.setattr(timing, "matmul_peak", rate)  # the small probe of int8_gemm_is_fast
+    assert bench.int8_gemm_is_fast() and bench.int8_peak(64) == 800.0
+    rates[torch.int8] = None
+    assert not bench.int8_gemm_is_fast()
     assert bench.int8_peak(64) == 200.0  # the fp32 rate where this build has none
     rates[torch.int8] = 0.3  # a fallback kernel slower than fp32 is not the int8 peak
-    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, n: rates[dtype])
-    assert bench.int8_peak(64) == 200.0
+    assert not bench.int8_gemm_is_fast() and bench.int8_peak(64) == 200.0

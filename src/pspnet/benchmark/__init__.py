@@ -42,12 +42,13 @@ from pspnet.benchmark.timing import (
     bench_sliding,
     bench_train_step,
     count_flops,
+    int8_gemm_is_fast,
     matmul_peak,
 )
 from pspnet.precision import cpu_has_native_bf16
 from pspnet.report.machine import cpu_model
 
-__all__ = ["BenchResult", "matmul_peak", "count_flops", "run_benchmark", "format_markdown",
+__all__ = ["BenchResult", "int8_gemm_is_fast", "matmul_peak", "count_flops", "run_benchmark", "format_markdown",
            "bench_data_pipeline", "find_camvid_root", "camvid_missing", "camvid_location",
            "CAMVID_ENV", "INFERENCE_VARIANTS", "bench_inference", "bench_sliding",
            "bench_train_step", "allocator_path", "machine_info", "save"]
@@ -235,10 +236,9 @@ def int8_peak(gemm_size: int) -> float:
     (a fallback kernel, not the CPU's int8 rate: seen on an AVX2 CPU without VNNI).
     """
     fp32 = matmul_peak(torch.float32, gemm_size)
-    try:
-        return max(matmul_peak(torch.int8, gemm_size), fp32)
-    except RuntimeError:
+    if not int8_gemm_is_fast():
         return fp32
+    return max(matmul_peak(torch.int8, gemm_size), fp32)
 
 
 def _ms(ms: float) -> str:

@@ -93,6 +93,19 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5, device: str
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def int8_gemm_is_fast(probe: int = 256) -> bool:
+    """Whether ``torch._int_mm`` beats fp32 on this CPU at a small size (cheap to ask).
+
+    Where it does not (an AVX2 CPU without VNNI ran a fallback kernel at under 1 GOP/s), its
+    large-size peak is no int8 rate and would take minutes to measure.
+    """
+    try:
+        return matmul_peak(torch.int8, probe, repeats=3) > matmul_peak(torch.float32, probe,
+                                                                       repeats=3)
+    except RuntimeError:
+        return False
+
+
 def _sync(device: str) -> None:
     """Wait for queued GPU work, so a wall-clock time covers it."""
     if str(device).startswith("cuda"):
