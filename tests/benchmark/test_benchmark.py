@@ -181,9 +181,9 @@ def test_int8_rows_are_held_to_the_int8_gemm_peak(monkeypatch) -> None:
 
     monkeypatch.setattr(bench, "matmul_peak", rate)
     monkeypatch.setattr(timing, "matmul_peak", rate)  # the small probe of int8_gemm_is_fast
-    assert bench.int8_gemm_is_fast() and bench.int8_peak(64) == 800.0
+    assert bench.int8_gemm_is_fast() and bench.int8_peak(64, 200.0) == 800.0
     rates[torch.int8] = None
     assert not bench.int8_gemm_is_fast()
-    assert bench.int8_peak(64) == 200.0  # the fp32 rate where this build has none
+    assert bench.int8_peak(64, 200.0) == 200.0  # the fp32 rate where this build has none
     rates[torch.int8] = 0.3  # a fallback kernel slower than fp32 is not the int8 peak
-    assert not bench.int8_gemm_is_fast() and bench.int8_peak(64) == 200.0
+    assert not bench.int8_gemm_is_fast() and bench.int8_peak(64, 200.0) == 200.0

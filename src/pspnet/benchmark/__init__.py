@@ -123,7 +123,7 @@ def run_benchmark(
     peaks = {"fp32": matmul_peak(torch.float32, gemm_size)}
     peaks["bf16"] = matmul_peak(torch.bfloat16, gemm_size) if native_bf16 else peaks["fp32"]
     if "int8-compile" in variants:
-        peaks["int8"] = int8_peak(gemm_size)
+        peaks["int8"] = int8_peak(gemm_size, peaks["fp32"])
     say(f"GEMM peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
         + ("" if native_bf16 else " (bf16 not native: fp32 peak used)")
         + (f", int8 {peaks['int8']:.0f} GOP/s" if "int8" in peaks else ""))
@@ -229,13 +229,13 @@ def format_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def int8_peak(gemm_size: int) -> float:
+def int8_peak(gemm_size: int, fp32: float) -> float:
     """The int8 GEMM rate (s8 x s8 -> s32, ``torch._int_mm``), the peak an int8 row is held to.
 
     The fp32 peak where this build has no int8 matmul on the CPU, or only one slower than fp32
-    (a fallback kernel, not the CPU's int8 rate: seen on an AVX2 CPU without VNNI).
+    (a fallback kernel, not the CPU's int8 rate: seen on an AVX2 CPU without VNNI). ``fp32``
+    is the fp32 GEMM peak already measured.
     """
-    fp32 = matmul_peak(torch.float32, gemm_size)
     if not int8_gemm_is_fast():
         return fp32
     return max(matmul_peak(torch.int8, gemm_size), fp32)
