@@ -48,8 +48,8 @@ from pspnet.benchmark.timing import (
 from pspnet.precision import cpu_has_native_bf16
 from pspnet.report.machine import cpu_model
 
-__all__ = ["BenchResult", "int8_gemm_is_fast", "matmul_peak", "count_flops", "run_benchmark", "format_markdown",
-           "bench_data_pipeline", "find_camvid_root", "camvid_missing", "camvid_location",
+__all__ = ["BenchResult", "int8_gemm_is_fast", "matmul_peak", "count_flops", "run_benchmark",
+           "format_markdown", "bench_data_pipeline", "find_camvid_root", "camvid_missing", "camvid_location",
            "CAMVID_ENV", "INFERENCE_VARIANTS", "bench_inference", "bench_sliding",
            "bench_train_step", "allocator_path", "machine_info", "save"]
 
@@ -204,7 +204,8 @@ def format_markdown(doc: dict[str, Any]) -> str:
     else:
         machine = (f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']} "
                    f"({m['cpu_capability']}, native bf16: {m.get('native_bf16')}), {m['date']}.")
-    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in doc["peaks"].items())
+    peaks = ", ".join(f"{k} {v:.0f} {'GOP/s' if k == 'int8' else 'GFLOP/s'}"
+                      for k, v in doc["peaks"].items())
     lines = [
         machine,
         f"Measured GEMM peak: {peaks}"
