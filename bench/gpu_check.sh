@@ -108,8 +108,8 @@ if [ "$DRY" = 1 ]; then
   LOW=fp32; T_TRAIN=900; T_COMPILE=900; T_BENCH=900  # a loaded CPU is slow; the GPU limits are below
 else
   CROP=256; STEPS=10; SIZES="473 713"; BENCH_ARCH=pspnet50
-  # One compiled variant: each compiles pspnet50 once per size (about a minute each).
-  VARIANTS="fp32-eager fp32-folded bf16-folded fp16-folded bf16-compile"
+  # Compiled fp32 too: bf16/fp16 are compared with it for speed and GPU memory (each compile: ~10 s on an H200).
+  VARIANTS="fp32-eager fp32-folded fp32-compile bf16-folded fp16-folded bf16-compile fp16-compile"
   LOW=fp16; T_TRAIN=120; T_COMPILE=240; T_BENCH=300  # compile: three precisions
 fi
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import one_torch_thread
 
 from pspnet import benchmark as bench
@@ -150,7 +151,8 @@ def test_markdown_of_a_cuda_run_names_the_gpu_and_keeps_small_times() -> None:
     # The shape of _run_cuda's document; the times are an H200's (milliseconds, not seconds).
     row = {"case": "pspnet50 inference 473x473 b1", "variant": "bf16-compile", "ms": 2.304,
            "ms_min": 2.25, "ms_max": 12.38, "speedup": 2.11, "gflops": 140952.0,
-           "peak_fraction": 0.214, "peak_rss_mib": 1853.0, "extra": {"compile_s": 6.9}}
+           "peak_fraction": 0.214, "peak_rss_mib": 1853.0,
+           "extra": {"compile_s": 6.9, "gpu_peak_mib": 795}}
     doc = {"machine": {"cpu": "Some Xeon", "threads": 16, "torch": "2.11.0+cu130",
                        "cpu_capability": "AVX512", "native_bf16": True, "date": "2026-12-04",
                        "device": "NVIDIA H200", "fp32_as_tf32": True},
@@ -159,12 +161,29 @@ def test_markdown_of_a_cuda_run_names_the_gpu_and_keeps_small_times() -> None:
     assert md.startswith("Device: NVIDIA H200 (host: Some Xeon, 16 threads)")
     assert "fp16 680839 GFLOP/s (fp32 as TF32" in md
     assert "| bf16-compile | 2.30 | 2.25-12.4 | 2.11x |" in md
+    # the device's peak in the memory column (not the host's RSS), not repeated in the notes
+    assert "GPU peak MiB" in md and "| 21% | 795 | compile_s 6.9 |" in md
     cpu_doc = {**doc, "machine": {k: v for k, v in doc["machine"].items()
                                   if k not in ("device", "fp32_as_tf32")},
                "results": [{**row, "ms": 1182.4, "ms_min": 1100.2, "ms_max": 1300.0}]}
     md = bench.format_markdown(cpu_doc)
     assert md.startswith("Machine: Some Xeon, 16 threads") and "TF32" not in md
-    assert "| 1182 | 1100-1300 |" in md
+    assert "| 1182 | 1100-1300 |" in md and "peak RSS MiB" in md and "| 1853 |" in md
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_cases_count_each_variants_own_device_memory() -> None:
+    """Each case holds its own weights and activations only: the fp16 copy needs less device
+    memory than the fp32 one, and a case's peak does not grow with the cases before it."""
+    from pspnet.benchmark.timing import bench_inference
+
+    rows = bench_inference("pspnet_r18", 129, ("fp32-folded", "fp16-folded", "fp32-folded"),
+                           num_classes=11, warmup=1, repeats=1,
+                           peaks={"fp32": 1.0, "bf16": 1.0}, device="cuda")
+    peak = {i: r.extra["gpu_peak_mib"] for i, r in enumerate(rows)}
+    assert all(v > 0 for v in peak.values()), peak
+    # fp16 below fp32; the same variant twice alike (a cuDNN workspace may differ a little)
+    assert peak[2] < peak[1] and abs(peak[3] - peak[1]) <= 0.1 * peak[1], peak
 
 
 def test_int8_rows_are_held_to_the_int8_gemm_peak(monkeypatch) -> None:

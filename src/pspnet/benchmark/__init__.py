@@ -198,7 +198,8 @@ def _run_cuda(
 def format_markdown(doc: dict[str, Any]) -> str:
     """A Markdown table of a :func:`run_benchmark` result."""
     m = doc["machine"]
-    if m.get("device"):  # a CUDA run: the GPU did the work, the CPU only fed it
+    gpu = bool(m.get("device"))
+    if gpu:  # a CUDA run: the GPU did the work, the CPU only fed it
         machine = (f"Device: {m['device']} (host: {m['cpu']}, {m['threads']} threads), "
                    f"torch {m['torch']}, {m['date']}.")
     else:
@@ -213,17 +214,19 @@ def format_markdown(doc: dict[str, Any]) -> str:
            if m.get("fp32_as_tf32") else "."),
         "",
         "| case | variant | ms (median) | min-max | speed-up vs fp32 eager | GFLOP/s | % of peak | "
-        "peak RSS MiB | notes |",
+        f"{'GPU peak MiB' if gpu else 'peak RSS MiB'} | notes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
         if r["variant"].startswith("loader "):
             continue  # the data pipeline's own table below
-        notes = ", ".join(f"{k} {v}" for k, v in r["extra"].items() if v)
+        notes = ", ".join(f"{k} {v}" for k, v in r["extra"].items() if v and k != "gpu_peak_mib")
+        # On a GPU the device's memory is the one that runs out, not the host's resident set.
+        mem = r["extra"].get("gpu_peak_mib") if gpu else r["peak_rss_mib"]
         lines.append(
             f"| {r['case']} | {r['variant']} | {_ms(r['ms'])} | {_ms(r['ms_min'])}-{_ms(r['ms_max'])}"
             f" | {r['speedup']:.2f}x | {r['gflops']:.0f} | {100 * r['peak_fraction']:.0f}% | "
-            f"{(r['peak_rss_mib'] or 0):.0f} | {notes} |"
+            f"{(mem or 0):.0f} | {notes} |"
         )
     if doc.get("data_pipeline"):
         lines += ["", *_data_pipeline_markdown(doc["data_pipeline"])]

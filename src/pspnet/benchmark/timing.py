@@ -3,11 +3,14 @@
 Each case gives the median latency over ``repeats`` timed runs after ``warmup`` runs, GFLOP/s
 (FLOPs counted once with ``torch.utils.flop_counter``), the fraction of the measured GEMM peak
 and the peak resident memory during the case (Linux: VmHWM, reset between cases through
-``/proc/self/clear_refs``).
+``/proc/self/clear_refs``); on a CUDA device also the device memory each inference case held
+at its peak.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -164,24 +167,44 @@ def bench_inference(
     arch: str, size: int, variants: tuple[str, ...], *, num_classes: int, warmup: int,
     repeats: int, peaks: dict[str, float], device: str = "cpu",
 ) -> list[BenchResult]:
-    """Batch-1 inference at ``size`` x ``size`` for each variant (fp32 eager is the baseline)."""
-    model = create_model(arch, num_classes, aux=False).eval().to(device)
+    """Batch-1 inference at ``size`` x ``size`` for each variant (fp32 eager is the baseline).
+
+    On a CUDA ``device`` each variant is built from its own copy of the weights moved there, and
+    the case's ``extra["gpu_peak_mib"]`` is the device memory it held at its peak in the timed
+    calls: its weights plus the activations of one call (nothing of the other variants, which
+    are freed first, nor the warm-up's one-off compiling and algorithm search).
+    """
+    cuda = device.startswith("cuda")
+    # On a GPU the baseline weights stay on the host, so one variant's memory is its own.
+    model = create_model(arch, num_classes, aux=False).eval().to("cpu" if cuda else device)
     x = torch.randn(1, 3, size, size, device=device)
     with torch.inference_mode():
-        flops = count_flops(lambda: model(x))
+        flops = count_flops(lambda: (copy.deepcopy(model).to(device) if cuda else model)(x))
     results = []
     base_ms = None
     for variant in ("fp32-eager",) + tuple(v for v in variants if v != "fp32-eager"):
-        m = _inference_variant(model, variant, x)
+        if cuda:
+            m = _inference_variant(copy.deepcopy(model).to(device), variant, x)
+        else:
+            m = _inference_variant(model, variant, x)
         reset_peak_rss()
 
         def run(m: nn.Module = m) -> None:
             with torch.inference_mode():
                 m(x)["out"]
-            if device.startswith("cuda"):
+            if cuda:
                 torch.cuda.synchronize()
 
-        t = _time({variant: run}, warmup, repeats)[variant]
+        for _ in range(warmup):
+            run()
+        if cuda:
+            # After the warm-up: compiling and cuDNN's first-call algorithm search allocate
+            # once; the peak that matters is the one every call reaches.
+            torch.cuda.reset_peak_memory_stats(device)
+        t = _time({variant: run}, 0, repeats)[variant]
+        extra = {"compile_s": round(getattr(m, "compile_seconds", 0.0), 1)}
+        if cuda:
+            extra["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
         ms = statistics.median(t) * 1e3
         base_ms = base_ms or ms
         arith = variant.split("-")[0]
@@ -190,10 +213,14 @@ def bench_inference(
             case=f"{arch} inference {size}x{size} b1", variant=variant, ms=ms,
             ms_min=min(t) * 1e3, ms_max=max(t) * 1e3, gflop=flops / 1e9,
             gflops=flops / 1e9 / (ms / 1e3), peak_fraction=flops / (ms / 1e3) / (peak * 1e9),
-            peak_rss_mib=peak_rss_mib(), speedup=base_ms / ms,
-            extra={"compile_s": round(getattr(m, "compile_seconds", 0.0), 1)},
+            peak_rss_mib=peak_rss_mib(), speedup=base_ms / ms, extra=extra,
         ))
         del m
+        if cuda:
+            # A compiled graph keeps its frozen weights alive in dynamo's cache until reset.
+            torch._dynamo.reset()
+            gc.collect()
+            torch.cuda.empty_cache()
     return results
 
 
