@@ -85,10 +85,52 @@ def _openvino(onnx_path: Path, x: np.ndarray, calib: list[np.ndarray], threads: 
 
 
 def int8_peak(n: int = 2048) -> float | None:
-    """The int8 GEMM peak (GOP/s) of this process, or None where this build has none."""
+    """The int8 GEMM peak (GOP/s) of torch (``torch._int_mm``), or None where this build has none."""
     if not int8_gemm_is_fast():  # a fallback kernel: no int8 rate, and minutes to time at n
         return None
     return matmul_peak(torch.int8, n)
+
+
+def ort_gemm_peaks(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float] | None:
+    """GEMM rates through ONNX Runtime's own kernels (MLAS): fp32 ``MatMul`` and int8
+    ``MatMulInteger`` (u8 activations x s8 constant weights -> s32, the kernel its quantized
+    convolutions run), in G(FL)OP/s; None without onnxruntime/onnx.
+
+    Where ``torch._int_mm`` has no fast kernel (an AVX2 CPU without VNNI), this is the int8
+    rate the ``int8 ort`` row can be held to, and its ratio to fp32 is the most int8 can gain.
+    """
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    rates = {}
+    for name, op, a, b, out_type in (
+        ("fp32", "MatMul", rng.standard_normal((n, n), dtype=np.float32),
+         rng.standard_normal((n, n), dtype=np.float32), TensorProto.FLOAT),
+        ("int8", "MatMulInteger", rng.integers(0, 256, (n, n), dtype=np.uint8),
+         rng.integers(-64, 64, (n, n), dtype=np.int8), TensorProto.INT32),  # 7-bit, as exported
+    ):
+        a_type = helper.np_dtype_to_tensor_dtype(a.dtype)
+        graph = helper.make_graph(
+            [helper.make_node(op, ["a", "b"], ["c"])], "gemm",
+            [helper.make_tensor_value_info("a", a_type, [n, n])],
+            [helper.make_tensor_value_info("c", out_type, [n, n])],
+            initializer=[numpy_helper.from_array(b, "b")])  # constant: prepacked, like weights
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        sess = ort.InferenceSession(proto.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+        sess.run(None, {"a": a})
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            sess.run(None, {"a": a})
+            times.append(time.perf_counter() - t0)
+        rates[name] = 2 * n**3 / statistics.median(times) / 1e9
+    return rates
 
 
 def main() -> None:
@@ -164,6 +206,12 @@ def main() -> None:
         print(f"int8 GEMM (torch._int_mm) ran at {peaks['int8']:.1f} GOP/s, below fp32: no fast "
               f"int8 GEMM for this CPU in this build, so no int8 peak")
         peaks["int8"] = None
+    ort_peaks = ort_gemm_peaks(threads) if "int8 ort" in times else None
+    if ort_peaks:
+        peaks["ort int8"] = ort_peaks["int8"]
+        print(f"ONNX Runtime GEMM at 2048: fp32 {ort_peaks['fp32']:.0f} GFLOP/s, int8 "
+              f"(u8 x s8) {ort_peaks['int8']:.0f} GOP/s = {ort_peaks['int8'] / ort_peaks['fp32']:.2f}x "
+              f"fp32: the most its int8 convolutions can gain over fp32 arithmetic")
     print(f"\n{args.arch} {s}x{s}, {args.classes} classes, batch 1, {threads} threads, "
           f"{args.rounds} alternating rounds; {flops / 1e9:.1f} GFLOP per image; measured "
           f"GEMM peak fp32 {peaks['fp32']:.0f} GFLOP/s, int8 "
@@ -174,7 +222,8 @@ def main() -> None:
     for name, ts in times.items():
         med = statistics.median(ts)
         rate = flops / (med / 1e3) / 1e9
-        peak = peaks["int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"]
+        peak = peaks.get("ort int8") if name == "int8 ort" else peaks[
+            "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"]
         share = "n/a" if peak is None else f"{100 * rate / peak:.0f}%"
         print(f"| {name} | {med:.0f} | {min(ts):.0f} | {base / med:.2f}x | {rate:.0f} | "
               f"{share} |")

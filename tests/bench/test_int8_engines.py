@@ -36,3 +36,10 @@ def test_rows_report_speed_up_and_share_of_peak() -> None:
     row = re.search(r"^\| fp32 eager \| \d+ \| \d+ \| 1\.00x \| \d+ \| (\d+)% \|$", run.stdout,
                     re.MULTILINE)
     assert row and int(row.group(1)) <= 100, run.stdout
+
+
+def test_onnx_runtime_gemm_rates_are_measured_for_both_arithmetics() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    rates = _load().ort_gemm_peaks(threads=1, n=128, repeats=2)
+    assert set(rates) == {"fp32", "int8"} and all(v > 0 for v in rates.values())
