@@ -14,6 +14,11 @@ the ratio to fp32 eager of the same rounds), a PSPNet at one size, batch 1:
   (``load_model(..., precision="bf16", compile=True)``'s path), ``ov bf16`` and
   ``int8 ov bf16`` (OpenVINO with its bf16 precision hint, its own default on such CPUs).
 
+With ``int8 ort`` timed, the GEMM rates of ONNX Runtime's own kernels are measured too (fp32
+``MatMul`` and int8 ``MatMulInteger``): their ratio is the most int8 arithmetic can gain on this
+CPU (1.09-1.14x on a Zen 1 EPYC without VNNI), and the ``int8 ort`` row's share of peak is of
+that int8 rate.
+
 Engines that are not installed are skipped (named in the output). Calibration uses random
 normalised images: this script measures speed only; accuracy is ``bench/int8_camvid.py``'s.
 
