@@ -146,6 +146,31 @@ class _Float32Sizes(TorchDispatchMode):
         return out
 
 
+class _LogitShapes(TorchDispatchMode):
+    """Records the dtype of every new tensor shaped like full-size logits, (N, K, H, W)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+        self.dtypes: list[torch.dtype] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, Tensor)]
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            new = not any(t is a for a in inputs)
+            if isinstance(t, Tensor) and tuple(t.shape) == self.shape and new:
+                self.dtypes.append(t.dtype)
+        return out
+
+
+def _full_size_logits(model: nn.Module, x: Tensor, fn) -> list[torch.dtype]:
+    """The dtypes of the full-size logit tensors ``fn`` creates, in order."""
+    with _LogitShapes((x.shape[0], K, x.shape[2], x.shape[3])) as rec:
+        fn(model, x)
+    return rec.dtypes
+
+
 def _full_size_float32(model: nn.Module, x: Tensor, fn) -> int:
     """How many float32 tensors of at least (N, C, H, W) elements ``fn`` creates."""
     with _Float32Sizes() as rec:
@@ -180,7 +205,32 @@ def test_inference_model_forward_is_float32_nchw_and_native_is_as_computed(
     assert native.is_contiguous(memory_format=torch.channels_last)
     out = bf16(x)["out"]
     assert out.dtype == torch.float32 and out.is_contiguous()
-    assert torch.equal(out, native.float())
+    # forward upsamples the converted coarse logits in float32, once: the same bilinear
+    # formula on the same bf16 values, rounded once (to float32) instead of twice.
+    with torch.no_grad():
+        coarse = bf16.model.coarse_logits(x.to(torch.bfloat16)).float().contiguous()
+    expected = F.interpolate(coarse, x.shape[-2:], mode="bilinear", align_corners=True)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out, native.float(), rtol=2e-2, atol=2e-2)
+    # ... which is no further from the float32 network than the bf16 upsampling was.
+    with torch.no_grad():
+        ref = net(x)["out"]
+    assert (out - ref).abs().mean() <= (native.float() - ref).abs().mean()
+    # The only full-size logits forward makes are its float32 result (no bf16 ones before it).
+    assert _full_size_logits(bf16, x, lambda m, x: m(x)["out"]) == [torch.float32]
+    assert _full_size_logits(bf16, x, lambda m, x: m.native_logits(x)) == [torch.bfloat16]
+
+
+def test_coarse_logits_upsampled_are_forward(net: nn.Module) -> None:
+    x = X[:1]
+    with torch.no_grad():
+        full = net(x)["out"]
+        coarse = net.coarse_logits(x)
+    assert coarse.shape == (1, K, 3, 3)  # ceil(37 / 16), ceil(45 / 16)
+    up = F.interpolate(coarse, x.shape[-2:], mode="bilinear", align_corners=net.align_corners)
+    assert torch.equal(up, full)
+    with pytest.raises(ValueError, match="unsqueeze"):
+        net.coarse_logits(x[0])
 
 
 @pytest.mark.slow

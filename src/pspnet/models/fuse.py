@@ -18,6 +18,7 @@ import time
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["fold_batchnorm", "InferenceModel", "optimize_for_inference", "PRECISIONS"]
@@ -100,9 +101,10 @@ class _Converted(nn.Module):
 
     In: the caller's float32 NCHW images to the weights' dtype and memory format. Out: the
     logits as the network computed them (``output="native"``: its dtype and memory format) or
-    as float32 NCHW (``output="float"``). Compiled, inductor fuses the output conversion into
-    the network's last kernel (the upsampling), so a bf16 channels-last network writes its
-    float32 NCHW logits once instead of being copied twice after the graph.
+    as float32 NCHW (``output="float"``: upsampled in float32 from the converted coarse logits,
+    which also gives float32 rounding instead of the network's dtype's). Either way the
+    full-size float32 NCHW logits are written once, by the upsampling, in eager mode as well
+    as compiled.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool,
@@ -117,6 +119,15 @@ class _Converted(nn.Module):
         x = images.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.output == "float" and hasattr(self.model, "coarse_logits"):
+            # Convert the coarse logits (1/64 of the pixels at stride 8) and upsample them in
+            # float32: the full-size logits exist once, in the caller's form. Converting after
+            # the network's own upsampling held full-size bf16/fp16 logits and their float32
+            # copy at once: +8-11% device memory over fp32 for pspnet50 on an H200, eager.
+            coarse = self.model.coarse_logits(x).to(  # (N, K, h, w), h = ceil(H / stride)
+                torch.float32, memory_format=torch.contiguous_format)
+            return F.interpolate(coarse, images.shape[-2:], mode="bilinear",
+                                 align_corners=self.model.align_corners)
         out = self.model(x)["out"]
         if self.output == "float":
             out = out.to(torch.float32, memory_format=torch.contiguous_format)

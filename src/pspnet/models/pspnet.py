@@ -51,11 +51,7 @@ class PSPNet(nn.Module):
         Returns:
             ``{"out": (N, K, H, W)}``, plus ``"aux": (N, K, H, W)`` in training mode.
         """
-        if images.dim() != 4 or images.shape[1] != 3:
-            hint = " add a batch dimension with images.unsqueeze(0)." if images.dim() == 3 else ""
-            raise ValueError(
-                f"expected images of shape (N, 3, H, W), got {tuple(images.shape)};{hint}"
-            )
+        _check_images(images)
         size = images.shape[-2:]
         feats = self.backbone(images)
         out = F.interpolate(
@@ -67,3 +63,22 @@ class PSPNet(nn.Module):
                 self.aux_head(feats["aux"]), size, mode="bilinear", align_corners=self.align_corners
             )
         return result
+
+    def coarse_logits(self, images: Tensor) -> Tensor:
+        """The logits before the final upsampling: (N, K, ceil(H/s), ceil(W/s)) at stride s.
+
+        ``forward(images)["out"]`` is ``F.interpolate(coarse_logits(images), (H, W),
+        mode="bilinear", align_corners=self.align_corners)``. Inference paths that want the
+        full-size logits in another dtype or layout than the network's convert these (small)
+        ones first and upsample once, instead of converting a full-size copy.
+        """
+        _check_images(images)
+        return self.head(self.backbone(images)["out"])
+
+
+def _check_images(images: Tensor) -> None:
+    if images.dim() != 4 or images.shape[1] != 3:
+        hint = " add a batch dimension with images.unsqueeze(0)." if images.dim() == 3 else ""
+        raise ValueError(
+            f"expected images of shape (N, 3, H, W), got {tuple(images.shape)};{hint}"
+        )
