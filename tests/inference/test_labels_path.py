@@ -9,6 +9,8 @@ bf16: correctness only), channels-last on and off, whole and slide, flip and mul
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from helpers import one_torch_thread
 import torch
@@ -20,7 +22,7 @@ import pspnet
 from golden import deterministic_images, fill_deterministic
 from pspnet.inference import InferenceOptions, predict, predict_labels, predict_sliding
 from pspnet.inference.core import rescaled_size
-from pspnet.models.fuse import optimize_for_inference
+from pspnet.models.fuse import PRECISIONS, optimize_for_inference
 from pspnet.precision import autocast
 
 K = 6  # classes of the tiny network
@@ -219,6 +221,26 @@ def test_inference_model_forward_is_float32_nchw_and_native_is_as_computed(
     # The only full-size logits forward makes are its float32 result (no bf16 ones before it).
     assert _full_size_logits(bf16, x, lambda m, x: m(x)["out"]) == [torch.float32]
     assert _full_size_logits(bf16, x, lambda m, x: m.native_logits(x)) == [torch.bfloat16]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_low_precision_forward_on_cuda_upsamples_once_in_float32(
+        net: nn.Module, precision: str, compiled: bool) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    fast = optimize_for_inference(net, precision=precision, device="cuda", compile=compiled)
+    x = X[:1].cuda()
+    native = fast.native_logits(x)
+    assert native.dtype == PRECISIONS[precision]
+    out = fast(x)["out"]
+    assert out.dtype == torch.float32 and out.is_contiguous() and out.is_cuda
+    torch.testing.assert_close(out, native.float(), rtol=2e-2, atol=2e-2)
+    with torch.no_grad():
+        ref = copy.deepcopy(net).cuda()(x)["out"]
+    assert (out - ref).abs().mean() <= (native.float() - ref).abs().mean() * 1.01
+    if not compiled:  # (a compiled graph's intermediates are inductor's buffers, not ops)
+        assert _full_size_logits(fast, x, lambda m, x: m(x)["out"]) == [torch.float32]
 
 
 def test_coarse_logits_upsampled_are_forward(net: nn.Module) -> None:
