@@ -10,6 +10,7 @@ bf16: correctness only), channels-last on and off, whole and slide, flip and mul
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 from helpers import one_torch_thread
@@ -131,53 +132,43 @@ def test_labels_and_probabilities_equal_the_full_size_path(net: nn.Module, varia
         assert torch.equal(probs.argmax(1), labels), f"{variant} {name}"
 
 
-class _Float32Sizes(TorchDispatchMode):
-    """Records the element count of every new float32 tensor an operation creates."""
+_Made = list[tuple[torch.dtype, tuple[int, ...], bool]]  # (dtype, shape, is a view) each
+
+
+class _NewTensors(TorchDispatchMode):
+    """Records (dtype, shape, is a view) of every new tensor an operation creates."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.sizes: list[int] = []
+        self.made: _Made = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         inputs = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, Tensor)]
         for t in out if isinstance(out, (tuple, list)) else (out,):
             new = not any(t is a for a in inputs)  # an in-place op returns its input
-            if isinstance(t, Tensor) and t.dtype == torch.float32 and t._base is None and new:
-                self.sizes.append(t.numel())
+            if isinstance(t, Tensor) and new:
+                self.made.append((t.dtype, tuple(t.shape), t._base is not None))
         return out
 
 
-class _LogitShapes(TorchDispatchMode):
-    """Records the dtype of every new tensor shaped like full-size logits, (N, K, H, W)."""
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.shape = shape
-        self.dtypes: list[torch.dtype] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, Tensor)]
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            new = not any(t is a for a in inputs)
-            if isinstance(t, Tensor) and tuple(t.shape) == self.shape and new:
-                self.dtypes.append(t.dtype)
-        return out
+def _new_tensors(model: nn.Module, x: Tensor, fn) -> _Made:
+    with _NewTensors() as rec:
+        fn(model, x)
+    return rec.made
 
 
 def _full_size_logits(model: nn.Module, x: Tensor, fn) -> list[torch.dtype]:
-    """The dtypes of the full-size logit tensors ``fn`` creates, in order."""
-    with _LogitShapes((x.shape[0], K, x.shape[2], x.shape[3])) as rec:
-        fn(model, x)
-    return rec.dtypes
+    """The dtypes of the full-size logit tensors, (N, K, H, W), ``fn`` creates, in order."""
+    shape = (x.shape[0], K, x.shape[2], x.shape[3])
+    return [dtype for dtype, s, _ in _new_tensors(model, x, fn) if s == shape]
 
 
 def _full_size_float32(model: nn.Module, x: Tensor, fn) -> int:
-    """How many float32 tensors of at least (N, C, H, W) elements ``fn`` creates."""
-    with _Float32Sizes() as rec:
-        fn(model, x)
-    return sum(n >= x.shape[0] * K * x.shape[2] * x.shape[3] for n in rec.sizes)
+    """How many float32 tensors (not views) of at least (N, C, H, W) elements ``fn`` creates."""
+    full = x.shape[0] * K * x.shape[2] * x.shape[3]
+    return sum(dtype == torch.float32 and not view and math.prod(s) >= full
+               for dtype, s, view in _new_tensors(model, x, fn))
 
 
 @pytest.mark.slow
