@@ -51,9 +51,11 @@ EDGES: dict[str, set[str]] = {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.defaults",
         "pspnet.engine.distributed", "pspnet.precision", "pspnet.report",
     },
-    "pspnet.engine.setup": {
-        "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.distributed",
-        "pspnet.engine.losses", "pspnet.engine.run_log", "pspnet.models", "pspnet.precision",
+    "pspnet.engine.setup": {  # a run built before its first step
+        "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.budget",
+        "pspnet.engine.defaults", "pspnet.engine.distributed", "pspnet.engine.losses",
+        "pspnet.engine.optim", "pspnet.engine.run_config", "pspnet.engine.run_log",
+        "pspnet.engine.safety", "pspnet.engine.state", "pspnet.models", "pspnet.precision",
     },
     "pspnet.engine.state": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.budget",
@@ -67,8 +69,8 @@ EDGES: dict[str, set[str]] = {
     "pspnet.engine.train": {
         "pspnet.checkpoint", "pspnet.config", "pspnet.data", "pspnet.engine.budget",
         "pspnet.engine.defaults", "pspnet.engine.distributed", "pspnet.engine.evaluate",
-        "pspnet.engine.losses", "pspnet.engine.optim", "pspnet.engine.run_config", "pspnet.engine.run_log",
-        "pspnet.engine.run_report", "pspnet.engine.safety", "pspnet.engine.setup",
+        "pspnet.engine.run_config", "pspnet.engine.run_log", "pspnet.engine.run_report",
+        "pspnet.engine.safety", "pspnet.engine.setup",
         "pspnet.engine.state", "pspnet.precision",
     },
     "pspnet.export": {"pspnet", "pspnet.checkpoint", "pspnet.config"},

@@ -27,7 +27,7 @@ from pspnet.checkpoint import WeightsMeta, save_weights
 from pspnet.checkpoint.training import find_checkpoint
 from pspnet.cli import main
 from pspnet.config import Config, ConfigError
-from pspnet.engine import train as train_mod
+from pspnet.engine import setup as setup_mod
 from pspnet.engine.safety import LOCK_FILE
 from pspnet.engine.train import TrainingDiverged, train
 
@@ -254,7 +254,7 @@ def test_non_finite_weights_are_never_saved(
 ) -> None:
     """A NaN in a BatchNorm running mean leaves the training loss finite (batch statistics)
     but breaks every prediction: training stops instead of saving it."""
-    real = train_mod.build_network
+    real = setup_mod.build_network
 
     def poisoned(*args, **kwargs):
         net, model = real(*args, **kwargs)
@@ -262,7 +262,7 @@ def test_non_finite_weights_are_never_saved(
         bn.running_mean[0] = float("nan")
         return net, model
 
-    monkeypatch.setattr(train_mod, "build_network", poisoned)
+    monkeypatch.setattr(setup_mod, "build_network", poisoned)
     work = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"running_mean.*Lower the learning rate") as e:
         train(_cfg(tiny_data, work), progress=False)

@@ -1,12 +1,16 @@
-"""The pieces a training run is built from, before the first step: the data checked (every
-label scanned, bad samples left out within ``data.skip_bad``), the network (seeded, on its
-device, SyncBatchNorm and DistributedDataParallel in a multi-process job) and, for a
-time-budgeted run that set no crop, the time of a whole-image step (:func:`time_train_step`).
+"""A training run built, before its first step (:func:`build_run`): the resumed checkpoint
+found, the data checked (every label scanned, bad samples left out within ``data.skip_bad``),
+the network (seeded, on its device, SyncBatchNorm and DistributedDataParallel in a
+multi-process job), for a time-budgeted run that set no crop the crop chosen from the time of a
+whole-image step (:func:`time_train_step`), the optimiser and schedule, the restored state, the
+outputs opened and the loader. :mod:`pspnet.engine.train` then runs the loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -18,23 +22,30 @@ from torch import nn
 
 from pspnet.checkpoint import atomic_write_bytes, load_backbone_weights
 from pspnet.checkpoint.init_weights import init_from
-from pspnet.config import Config, TrainConfig
+from pspnet.config import Config, ConfigError, TrainConfig
 from pspnet.data.datasets import SegmentationDataset
-from pspnet.data.io import DataError
-from pspnet.data.training import TrainData, drop_bad
+from pspnet.data.io import DataError, image_size
+from pspnet.data.training import TrainData, build_data, drop_bad, training_loader, whole_frame
 from pspnet.data.validation import scan_labels
+from pspnet.engine.budget import AUTO_VALIDATIONS, Budget
+from pspnet.engine.defaults import Choice, crop_for_budget, planned_steps, whole_frame_candidate
 from pspnet.engine.distributed import (
     DistInfo,
+    TrainBatchSampler,
     all_gather_object,
     convert_sync_batchnorm,
     shard_indices,
 )
 from pspnet.engine.losses import PSPLoss, class_weights_from_counts
+from pspnet.engine.optim import PolySchedule, build_optimizer
+from pspnet.engine.run_config import check_resume, find_resume, resolve_config
 from pspnet.engine.run_log import RunLog
+from pspnet.engine.safety import IgnoreStopSignals, check_work_dir, clear_run_outputs, on_main
+from pspnet.engine.state import Run, TrainState, restore_state
 from pspnet.models import build_model
 from pspnet.precision import autocast
 
-__all__ = ["build_network", "check_data", "time_train_step"]
+__all__ = ["build_network", "build_run", "check_data", "time_train_step"]
 
 
 def time_train_step(net: nn.Module, cfg: Config, device: torch.device, size: tuple[int, int],
@@ -225,3 +236,145 @@ def build_network(
         find_unused_parameters=cfg.model.aux and tc.aux_weight == 0,
     )
     return net, model
+
+
+def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: float) -> Run:
+    """Everything a training run needs before its first step, in the order it is done.
+
+    The checkpoint to resume from (and the checks that it fits this config), the work
+    directory checked, the data built and every label scanned, the network, the budget's crop,
+    the optimiser and the poly schedule (its length planned later when there is a time
+    budget), the restored state, ``config.yaml`` and ``log.jsonl`` opened, and the loader.
+
+    Args:
+        cfg: The configuration as given; the returned run holds it resolved (crop, precision,
+            workers filled in).
+        info: This process's place in the job.
+        log: The run's log (rank 0 writes).
+        progress: Show a progress bar.
+        t_start: ``time.perf_counter()`` when the run started: the time budget counts from it.
+
+    Returns:
+        The :class:`~pspnet.engine.state.Run` the loop changes.
+
+    Raises:
+        ConfigError: Fewer than 2 images per forward pass, or a checkpoint of another run.
+        DataError: A bad data file.
+    """
+    resumed = find_resume(cfg, info)
+    work_dir, overwrite = Path(cfg.train.work_dir), cfg.train.overwrite
+    on_main(info, lambda: check_work_dir(work_dir, resume=cfg.train.resume, overwrite=overwrite,
+                                         resumed=resumed[0] if resumed else None))
+    if overwrite and info.is_main:
+        clear_run_outputs(work_dir)  # asked for: the previous run goes before anything is written
+    if resumed is not None:
+        cfg = check_resume(cfg, resumed[1], resumed[0], info.world_size)
+    data = build_data(cfg)
+    crop_open = cfg.data.crop_size is None
+    cfg = resolve_config(cfg, data, info.device)
+    tc, oc = cfg.train, cfg.optim
+    per_pass = tc.batch_size // (tc.accum_steps * info.world_size)
+    if per_pass < 2:
+        # BatchNorm (and the pyramid's 1x1 bin) cannot train on one image per pass.
+        raise ConfigError(
+            f"`train.batch_size` {tc.batch_size} gives {per_pass} image(s) per forward pass "
+            f"(over {info.world_size} process(es) and {tc.accum_steps} accumulation step(s)); "
+            "BatchNorm needs at least 2: raise --batch-size or lower train.accum_steps"
+        )
+    class_weights = check_data(cfg, info, data, log, progress)  # before anything is trained
+    sampler = TrainBatchSampler(
+        len(data.train), tc.batch_size, accum_steps=tc.accum_steps, rank=info.rank,
+        world_size=info.world_size, seed=tc.seed,
+    )  # fmt: skip
+    net, model = build_network(cfg, info, resumed[1] if resumed else None, log)
+    setup_choices: list[Choice] = []
+    if crop_open and tc.time_budget and resumed is None and info.world_size == 1:
+        cfg, setup_choices = _budget_crop(cfg, data, net, info, t_start)
+    optimizer = build_optimizer(
+        net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
+        head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
+    )  # fmt: skip
+    spe = sampler.steps_per_epoch
+    budget = None
+    if tc.time_budget:
+        budget = Budget(tc.time_budget * 60.0, tc.budget_warmup_iters, tc.budget_measure_iters)
+        schedule = PolySchedule(oc.lr, None, oc.power)  # max_iter planned after timing
+    else:
+        schedule = PolySchedule(oc.lr, planned_steps(tc, spe), oc.power)
+    val_enabled = data.val is not None and tc.val_interval != 0
+    run = Run(
+        cfg=cfg, info=info, log=log, t_start=t_start, data=data, net=net, model=model,
+        optimizer=optimizer, scaler=_grad_scaler(tc.precision, info.device), schedule=schedule,
+        budget=budget, sampler=sampler, spe=spe, val_enabled=val_enabled,
+        criterion=PSPLoss(tc.aux_weight, cfg.data.ignore_index, class_weights),
+        ckpt_every=min(x for x in (spe, tc.checkpoint_interval or spe) if x > 0),
+        resumed_from=resumed[0] if resumed else None,
+        state=TrainState(val_every=_val_every(tc, schedule.max_iter, spe) if val_enabled else None),
+        setup_choices=setup_choices,
+    )  # fmt: skip
+    if resumed is not None:
+        restore_state(run, *resumed)
+    _open_outputs(run, class_weights)
+    run.loader = training_loader(cfg, data.train, sampler, pin_memory=info.device.type == "cuda")
+    run.loader.worker_init_fn = IgnoreStopSignals(run.loader.worker_init_fn)  # see StopSignals
+    if budget is not None and data.val is not None:
+        w, h = image_size(data.val.samples[0].image)
+        crop = cfg.data.crop_size
+        run.val_pixels_factor = (h * w) / (crop[0] * crop[1])  # type: ignore[index]
+        run.val_images = math.ceil(len(data.val) / info.world_size)
+    if progress:
+        log.start_bar(schedule.max_iter, run.state.it)
+    return run
+
+
+def _budget_crop(cfg: Config, data: TrainData, net: nn.Module, info: DistInfo,
+                 t_start: float) -> tuple[Config, list[Choice]]:
+    """A time-budgeted run that set no crop: the whole image instead of the square crop when
+    the budget affords enough epochs of it (:func:`~pspnet.engine.defaults.crop_for_budget`),
+    decided by timing one whole-image step here (one process only: the ranks of a distributed
+    run would have to agree on one timing, so they keep the square crop). Returns the config
+    and the choice made."""
+    square = tuple(cfg.data.crop_size)  # type: ignore[arg-type]
+    whole = whole_frame(data.train)
+    if not whole_frame_candidate(square, whole):  # type: ignore[arg-type]
+        return cfg, []
+    tc = cfg.train
+    step_s = time_train_step(net, cfg, info.device, whole)  # type: ignore[arg-type]
+    left = tc.time_budget * 60.0 - (time.perf_counter() - t_start)  # type: ignore[operator]
+    if data.val is not None and tc.val_interval != 0:
+        left *= 1.0 - Budget.VAL_SHARE  # what validations may take at most
+    crop, choice = crop_for_budget(square, whole, step_s, left,  # type: ignore[arg-type]
+                                   tc.batch_size, len(data.train))
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, crop_size=crop)), [choice]
+
+
+def _grad_scaler(precision: str, device: torch.device) -> Any:
+    """A GradScaler for fp16 on CUDA (bf16 and fp32 need none), else None."""
+    return torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
+
+
+def _val_every(tc: TrainConfig, max_iter: int | None, spe: int) -> int | None:
+    """Steps between validations; None: decided with the first budget plan."""
+    if tc.val_interval is None:
+        if max_iter is None:
+            return None
+        return max(1, math.ceil(max_iter / AUTO_VALIDATIONS))
+    return tc.val_interval * (spe if tc.val_unit == "epoch" else 1)
+
+
+def _open_outputs(run: Run, class_weights: tuple[float, ...] | None) -> None:
+    """config.yaml, log.jsonl (and TensorBoard) on rank 0; the start/resume event."""
+    cfg, data, st = run.cfg, run.data, run.state
+    run.log.open(run.work_dir, cfg.to_yaml(), cfg.train.tensorboard)
+    run.log.event(
+        "resume" if run.resumed_from else "start",
+        iteration=st.it, max_iter=run.schedule.max_iter, steps_per_epoch=run.spe,
+        world_size=run.info.world_size, precision=run.precision,
+        crop_size=list(cfg.data.crop_size),  # type: ignore[arg-type]
+        checkpoint=str(run.resumed_from) if run.resumed_from else None,
+        train_images=len(data.train),
+        val_images=len(data.val) if data.val is not None else 0,
+        class_weights=list(class_weights) if class_weights is not None else None,
+    )
+    if run.resumed_from:
+        run.log.say(f"resumed from {run.resumed_from} at iteration {st.it}")

@@ -138,7 +138,7 @@ def _zero_sums() -> dict[str, float]:
 
 @dataclass
 class Run:
-    """The parts of a training process, built once by :func:`pspnet.engine.train._setup`, and
+    """The parts of a training process, built once by :func:`pspnet.engine.setup.build_run`, and
     its :class:`TrainState`."""
 
     cfg: Config
