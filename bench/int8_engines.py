@@ -214,6 +214,10 @@ def main() -> None:
     ort_peaks = ort_gemm_peaks(threads) if "int8 ort" in times else None
     if ort_peaks:
         peaks["ort int8"] = ort_peaks["int8"]
+        # The other int8 rows are held to the best int8 GEMM this process saw: torch._int_mm
+        # varies by a third from run to run on a Zen 5 (1440-2093 GOP/s at 2048), and OpenVINO
+        # ran above its lower readings.
+        peaks["int8"] = max(p for p in (peaks["int8"], ort_peaks["int8"]) if p is not None)
         print(f"ONNX Runtime GEMM at 2048: fp32 {ort_peaks['fp32']:.0f} GFLOP/s, int8 "
               f"(u8 x s8) {ort_peaks['int8']:.0f} GOP/s = {ort_peaks['int8'] / ort_peaks['fp32']:.2f}x "
               f"fp32: the most its int8 convolutions can gain over fp32 arithmetic")

@@ -206,3 +206,23 @@ def test_int8_rows_are_held_to_the_int8_gemm_peak(monkeypatch) -> None:
     assert bench.int8_peak(64, 200.0) == 200.0  # the fp32 rate where this build has none
     rates[torch.int8] = 0.3  # a fallback kernel slower than fp32 is not the int8 peak
     assert not bench.int8_gemm_is_fast() and bench.int8_peak(64, 200.0) == 200.0
+
+
+def test_cpu_gemm_peak_is_not_held_to_a_slow_matmul(monkeypatch) -> None:
+    """The CPU's float peak is also measured as a 1x1 convolution (oneDNN, as the network runs):
+    on AMD CPUs MKL's ``a @ b`` is the slower kernel, and a peak taken from it alone put the
+    network above 100 % of it."""
+    import time
+
+    import torch
+
+    real = torch.matmul
+
+    def slow_matmul(a, b):
+        time.sleep(0.05)
+        return real(a, b)
+
+    monkeypatch.setattr(torch, "matmul", slow_matmul)
+    n = 256
+    matmul_bound = 2 * n**3 / 0.05 / 1e9  # the most the slowed matmul can reach, GFLOP/s
+    assert bench.matmul_peak(torch.float32, n, repeats=1, device="cpu") > 2 * matmul_bound

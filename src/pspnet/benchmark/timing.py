@@ -72,7 +72,12 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5, device: str
     """Measured GEMM throughput in G(FL)OP/s for ``dtype`` on ``device`` (median of ``repeats``).
 
     ``torch.int8``: s8 x s8 products summed in int32 through ``torch._int_mm``, the oneDNN
-    kernel PT2E's quantized convolutions also reach (GOP/s).
+    kernel PT2E's quantized convolutions also reach (GOP/s). Floating point on the CPU: the
+    faster of ``a @ b`` and a GEMM run as a channels-last 1x1 convolution (n pixels, n/4
+    channels in and out), because the network's convolutions run in oneDNN while ``a @ b``
+    runs in MKL, which on AMD CPUs takes a slower code path (Zen 5, AVX-512, 2 cores: fp32
+    ``a @ b`` at 4096 217 GFLOP/s, the convolution 515, the network's compiled convolutions
+    379; a peak below what the network reaches would put its share above 100 %).
 
     Raises:
         RuntimeError: ``torch.int8`` where this build has no int8 matmul on ``device``.
@@ -80,20 +85,33 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5, device: str
     if dtype == torch.int8:
         a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
         b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
-        mm = torch._int_mm
-    else:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        mm = torch.matmul
-    mm(a, b)  # warm-up (oneDNN/AMX kernel selection)
+        return _gemm_rate(lambda: torch._int_mm(a, b), 2 * n**3, repeats, device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    rate = _gemm_rate(lambda: torch.matmul(a, b), 2 * n**3, repeats, device)
+    if device != "cpu":
+        return rate
+    # n pixels of k = n/4 channels through a (k, k, 1, 1) weight: k x k weights stay in cache as
+    # the network's do (at n = 4096 an n x n fp32 weight of 64 MB does not: 417 against 515
+    # GFLOP/s on the Zen 5 above).
+    k = max(n // 4, 1)
+    x = torch.randn(1, 1, n, k).to(dtype).permute(0, 3, 1, 2)  # (1, k, 1, n), channels-last
+    w = torch.randn(k, k, 1, 1).to(dtype)
+    return max(rate, _gemm_rate(lambda: F.conv2d(x, w), 2 * n * k * k, repeats, device))
+
+
+def _gemm_rate(mm: Callable[[], torch.Tensor], flops: float, repeats: int, device: str) -> float:
+    """G(FL)OP/s of ``mm``, which does ``flops`` operations (a multiply-add counts 2): median
+    of ``repeats`` after a warm-up."""
+    mm()  # warm-up (oneDNN/AMX kernel selection)
     times = []
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        mm(a, b)
+        mm()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return flops / statistics.median(times) / 1e9
 
 
 def int8_gemm_is_fast(probe: int = 256) -> bool:
