@@ -81,6 +81,13 @@ class DataConfig:
     crop_size: int | tuple[int, int] | None = None
     """Training crop (height, width) or one side. None: chosen from the data, the smaller of
     320 and the shortest image side seen among the first training images (CPU default)."""
+    finish_crop_size: int | tuple[int, int] | None = None
+    """Crop (height, width) or one side of the run's last ``finish_share``, e.g. the whole
+    image after cheaper square crops, so that the network ends on the context it is scored
+    with. None: one crop throughout."""
+    finish_share: float = 0.0
+    """Share of the run trained on ``finish_crop_size`` (0 <= share < 1): of the time budget
+    when there is one, else of the steps. 0: none."""
     scale: tuple[float, float] | None = (0.5, 2.0)
     """Random scale range (the paper: 0.5 to 2.0); null disables."""
     rotate: tuple[float, float] | None = (-10.0, 10.0)
@@ -115,6 +122,7 @@ class DataConfig:
         )
         for side in self.crop_size or ():
             check_limit("crop", side, "data.crop_size", low=8)
+        self._check_finish()
         for key, rng in (("data.scale", self.scale), ("data.rotate", self.rotate)):
             if rng is not None:
                 object.__setattr__(self, key.split(".")[1], tuple(float(v) for v in rng))
@@ -142,6 +150,36 @@ class DataConfig:
             f"must be a non-negative integer, got {self.ignore_index!r}",
         )
         self._check_folders()
+
+    def _check_finish(self) -> None:
+        """``finish_crop_size`` and ``finish_share`` come together; the crop is a valid size."""
+        fc = self.finish_crop_size
+        if isinstance(fc, int):
+            fc = (fc, fc)
+        elif fc is not None:
+            fc = tuple(fc)
+        object.__setattr__(self, "finish_crop_size", fc)
+        _check(
+            fc is None or (len(fc) == 2 and all(isinstance(s, int) and s >= 8 for s in fc)),
+            "data.finish_crop_size",
+            f"must be one size or [height, width], each at least 8, got {fc!r}",
+        )
+        for side in fc or ():
+            check_limit("crop", side, "data.finish_crop_size", low=8)
+        share = self.finish_share
+        _check(
+            isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share < 1,
+            "data.finish_share",
+            f"must be a share of the run, 0 <= share < 1, got {share!r}",
+        )
+        object.__setattr__(self, "finish_share", float(share))
+        _check(
+            (fc is None) == (share == 0),
+            "data.finish_share" if fc is not None else "data.finish_crop_size",
+            "must be set with data.finish_crop_size (the crop of the run's last share)"
+            if fc is not None else
+            f"must be set with data.finish_share {share:g} (the crop of the run's last share)",
+        )
 
     def _check_folders(self) -> None:
         """``images_dir``/``labels_dir`` come together, alone, and ``val_fraction`` with them."""

@@ -159,7 +159,7 @@ def _find_samples(
 
 def training_loader(
     cfg: Config, train: SegmentationDataset, sampler: Any, *, num_workers: int | None = None,
-    pin_memory: bool = False,
+    pin_memory: bool = False, crop_size: tuple[int, int] | None = None,
 ) -> DataLoader:
     """The DataLoader ``pspnet train`` reads: ``train`` with the config's augmentation.
 
@@ -173,11 +173,13 @@ def training_loader(
         sampler: Batch sampler of ``(epoch, index)`` keys.
         num_workers: Loader workers; default ``cfg.data.num_workers``.
         pin_memory: Pin batches (for a CUDA device).
+        crop_size: The crop (height, width); default ``cfg.data.crop_size`` (the run's last
+            share trains on ``cfg.data.finish_crop_size`` instead).
     """
     dc = cfg.data
     workers = int(dc.num_workers or 0) if num_workers is None else int(num_workers)
     augment = train_transform(
-        dc.crop_size,  # type: ignore[arg-type]
+        crop_size or dc.crop_size,  # type: ignore[arg-type]
         scale=dc.scale, rotate=dc.rotate, blur=dc.blur, flip=dc.flip,
         mean=cfg.preprocess.mean, std=cfg.preprocess.std, ignore_index=dc.ignore_index,
     )  # fmt: skip

@@ -28,6 +28,8 @@ class Plan:
             None: no validation).
         details: What the plan used: ``sec_per_iter``, ``val_s``, ``ckpt_s``, ``available_s``.
         note: Why validation was switched off, or None.
+        finish_at: The step at which the run's last share (``data.finish_share``) begins on
+            its own crop; None when there is none or it has begun.
     """
 
     max_iter: int
@@ -35,6 +37,7 @@ class Plan:
     val_every: int | None
     details: dict[str, float]
     note: str | None = None
+    finish_at: int | None = None
 
 
 @dataclass
@@ -53,6 +56,11 @@ class Budget:
     and two steps) for timing noise. The plan is refreshed every ~5 % of the run and after each
     validation (the schedule stays continuous, see :class:`~pspnet.engine.optim.PolySchedule`).
 
+    A run whose last ``finish_share`` of the budget trains on a larger crop
+    (``data.finish_crop_size``) is planned in two parts: the steps until that share begins at
+    ``c``, the rest at ``c * finish_ratio`` (the pixel ratio of the two crops); once it has
+    begun (:meth:`start_finish`) its own steps are timed afresh and plan the rest.
+
     Attributes:
         budget_s: The whole budget in seconds.
         warmup: Steps not timed (allocation, caches, worker start-up).
@@ -61,6 +69,9 @@ class Budget:
         val_s: Seconds of the last validation, once one has run.
         val_estimate_s: Estimated seconds of a validation before one has run.
         ckpt_s: Seconds of the last checkpoint (1 s until one is written).
+        finish_share: Share of the budget, at its end, on the finishing crop (0: none).
+        finish_ratio: Expected step time on the finishing crop over the step time before it.
+        finishing: Whether the finishing share has begun.
     """
 
     #: Validations may take at most this share of the time left when they are scheduled.
@@ -73,6 +84,22 @@ class Budget:
     val_s: float | None = None
     val_estimate_s: float = 0.0
     ckpt_s: float = 1.0
+    finish_share: float = 0.0
+    finish_ratio: float = 1.0
+    finishing: bool = False
+
+    def start_finish(self) -> None:
+        """The finishing share begins: its steps cost more, so they are timed afresh (the
+        next plan waits for ``warmup + measure`` of them)."""
+        self.finishing = True
+        self.step_times.clear()
+
+    def finish_start_s(self) -> float | None:
+        """Seconds into the budget at which the finishing share begins (None: no share, or
+        it has begun)."""
+        if self.finish_share <= 0 or self.finishing:
+            return None
+        return (1.0 - self.finish_share) * self.budget_s
 
     def record_step(self, seconds: float) -> None:
         """Add the duration of one optimizer step (data loading included)."""
@@ -112,6 +139,14 @@ class Budget:
         if self.val_s is None:
             self.val_estimate_s = images * self.step_time() / max(1, micro_batch) * pixels_factor / 4.0
 
+    def steps_before_finish(self, elapsed: float) -> int | None:
+        """Steps (at the current step time) until the finishing share begins; None when there
+        is none or it has begun."""
+        start = self.finish_start_s()
+        if start is None:
+            return None
+        return max(0, int((start - elapsed) / max(self.step_time(), 1e-6)))
+
     def plan(
         self, it: int, elapsed: float, val_every: int | None, ckpt_every: int | None
     ) -> tuple[int, dict[str, float]]:
@@ -121,10 +156,12 @@ class Budget:
         s = self.ckpt_s
         # Reserve: the final save (weights + checkpoint) and a margin for timing noise.
         avail = self.budget_s - elapsed - 2 * s - 0.01 * self.budget_s - 2 * c
+        before = self.steps_before_finish(elapsed)
+        c_finish = c * self.finish_ratio if before is not None else c
 
         def cost(n: int) -> float:
             end = it + n
-            total = n * c
+            total = n * c if before is None else min(n, before) * c + max(0, n - before) * c_finish
             if val_every:
                 vals = end // val_every - it // val_every
                 if end % val_every:
@@ -134,7 +171,7 @@ class Budget:
                 total += (end // ckpt_every - it // ckpt_every) * s
             return total
 
-        lo, hi = 0, max(0, int(avail / c)) + 1
+        lo, hi = 0, max(0, int(avail / min(c, c_finish))) + 1
         while lo < hi:  # the largest n with cost(n) <= avail (cost grows with n)
             mid = (lo + hi + 1) // 2
             if cost(mid) <= avail:
@@ -175,4 +212,6 @@ class Budget:
                 vi = max(1, math.ceil(max(1, first - it) / k))
         new_max, details = self.plan(it, elapsed, vi if val_enabled and vi else None, ckpt_every)
         remaining = max(0, new_max - it)
-        return Plan(new_max, it + max(10, remaining // 20), vi, details, note)
+        before = self.steps_before_finish(elapsed)
+        finish_at = None if before is None else min(new_max, it + before)
+        return Plan(new_max, it + max(10, remaining // 20), vi, details, note, finish_at)

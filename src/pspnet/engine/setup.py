@@ -297,7 +297,8 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
     spe = sampler.steps_per_epoch
     budget = None
     if tc.time_budget:
-        budget = Budget(tc.time_budget * 60.0, tc.budget_warmup_iters, tc.budget_measure_iters)
+        budget = Budget(tc.time_budget * 60.0, tc.budget_warmup_iters, tc.budget_measure_iters,
+                        finish_share=cfg.data.finish_share, finish_ratio=finish_ratio(cfg))
         schedule = PolySchedule(oc.lr, None, oc.power)  # max_iter planned after timing
     else:
         schedule = PolySchedule(oc.lr, planned_steps(tc, spe), oc.power)
@@ -312,10 +313,14 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
         state=TrainState(val_every=_val_every(tc, schedule.max_iter, spe) if val_enabled else None),
         setup_choices=setup_choices,
     )  # fmt: skip
+    if cfg.data.finish_share and schedule.max_iter is not None:
+        # Without a budget the last share is counted in steps.
+        run.state.finish_at = math.ceil((1.0 - cfg.data.finish_share) * schedule.max_iter)
     if resumed is not None:
         restore_state(run, *resumed)
     _open_outputs(run, class_weights)
-    run.loader = training_loader(cfg, data.train, sampler, pin_memory=info.device.type == "cuda")
+    run.loader = training_loader(cfg, data.train, sampler, pin_memory=info.device.type == "cuda",
+                                 crop_size=current_crop(run))
     run.loader.worker_init_fn = IgnoreStopSignals(run.loader.worker_init_fn)  # see StopSignals
     if budget is not None and data.val is not None:
         w, h = image_size(data.val.samples[0].image)
@@ -325,6 +330,24 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
     if progress:
         log.start_bar(schedule.max_iter, run.state.it)
     return run
+
+
+def finish_ratio(cfg: Config) -> float:
+    """Expected cost of a step on ``data.finish_crop_size`` over one on ``data.crop_size``:
+    their pixel ratio (convolutions cost per pixel; the budget times the real steps once the
+    last share has begun)."""
+    fc, crop = cfg.data.finish_crop_size, cfg.data.crop_size
+    if not fc or not crop:
+        return 1.0
+    return (fc[0] * fc[1]) / (crop[0] * crop[1])
+
+
+def current_crop(run: Run) -> tuple[int, int]:
+    """The crop the run trains on now: ``data.finish_crop_size`` once its share has begun."""
+    dc = run.cfg.data
+    if dc.finish_crop_size is not None and run.state.finish_from >= 0:
+        return dc.finish_crop_size
+    return dc.crop_size  # type: ignore[return-value]
 
 
 def _budget_crop(cfg: Config, data: TrainData, net: nn.Module, info: DistInfo,

@@ -112,6 +112,11 @@ class TrainState:
     """Steps between validations (None: decided by the first budget plan; 0: none)."""
     next_replan: int = -1
     """Step at which the budget plan is refreshed next (-1: none pending)."""
+    finish_at: int = -1
+    """Step at which the run's last share begins on ``data.finish_crop_size`` (-1: none, or
+    not planned yet)."""
+    finish_from: int = -1
+    """Step at which that share began (-1: not yet)."""
     best_miou: float = -1.0
     best_iter: int = -1
     last_val_iter: int = -1
@@ -218,7 +223,8 @@ def checkpoint_state(run: Run, rng: list[Any]) -> dict[str, Any]:
         "scaler": run.scaler.state_dict() if run.scaler is not None else {},
         "schedule": run.schedule.state_dict(),
         "plan": {"next_replan": int(st.next_replan),
-                 "val_every": -1 if st.val_every is None else int(st.val_every)},
+                 "val_every": -1 if st.val_every is None else int(st.val_every),
+                 "finish_at": int(st.finish_at), "finish_from": int(st.finish_from)},
         "rng": rng,
         "elapsed_s": run.elapsed(),
         "best_miou": float(st.best_miou),
@@ -240,6 +246,10 @@ def restore_state(run: Run, path: Path, ckpt: dict[str, Any]) -> None:
     st.it = int(ckpt["iteration"])
     plan = ckpt.get("plan", {})
     st.next_replan = int(plan.get("next_replan", -1))
+    st.finish_at = int(plan.get("finish_at", st.finish_at))
+    st.finish_from = int(plan.get("finish_from", st.finish_from))
+    if run.budget is not None and st.finish_from >= 0:
+        run.budget.finishing = True  # its steps are timed afresh in this process anyway
     if run.val_enabled and int(plan.get("val_every", -1)) >= 0:
         st.val_every = int(plan["val_every"])  # 0: switched off by the budget
     st.elapsed_before = float(ckpt.get("elapsed_s", 0.0))

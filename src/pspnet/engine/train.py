@@ -81,7 +81,7 @@ from torch import nn
 from pspnet.checkpoint import save_weights
 from pspnet.checkpoint.training import rng_state, write_checkpoint
 from pspnet.config import Config
-from pspnet.data.training import next_batch, stop_workers
+from pspnet.data.training import next_batch, stop_workers, training_loader
 from pspnet.engine.budget import Plan
 from pspnet.engine.defaults import Choice, announce_choices
 from pspnet.engine.distributed import (DistInfo, all_gather_object, barrier, broadcast_object,
@@ -90,8 +90,9 @@ from pspnet.engine.evaluate import evaluate_model
 from pspnet.engine.run_config import build_config_explained, check_finite
 from pspnet.engine.run_log import RunLog
 from pspnet.engine.run_report import report_after_training
-from pspnet.engine.setup import build_run
-from pspnet.engine.safety import StopSignals, TrainingInterrupted, lock_work_dir, on_main
+from pspnet.engine.setup import build_run, current_crop
+from pspnet.engine.safety import (IgnoreStopSignals, StopSignals, TrainingInterrupted,
+                                  lock_work_dir, on_main)
 from pspnet.engine.state import (Run, TrainingDiverged, TrainResult, TrainState,
                                  check_saved_weights, checkpoint_state, raise_diverged)
 from pspnet.precision import autocast
@@ -206,6 +207,8 @@ def _steps(run: Run) -> str:
     while schedule.max_iter is None or st.it < schedule.max_iter:
         t_step = time.perf_counter()
         epoch = st.it // run.spe
+        if st.finish_from < 0 and 0 <= st.finish_at <= st.it:
+            _start_finish(run)
         if run.data_iter is None or (st.it % run.spe == 0 and run.sampler.epoch != epoch):
             # The order of each epoch depends only on (seed, epoch): resuming mid-epoch
             # starts the same permutation at the step where the run stopped.
@@ -244,6 +247,25 @@ def _steps(run: Run) -> str:
         run.log.say(f"time budget of {tc.time_budget} min spent at iteration {st.it}")
         return "time_budget"
     return "completed"
+
+
+def _start_finish(run: Run) -> None:
+    """The run's last share begins: the loader switches to ``data.finish_crop_size`` (the
+    sampler's order goes on where it was) and the budget times the larger steps afresh."""
+    st, dc = run.state, run.cfg.data
+    stop_workers(run.loader, run.data_iter)
+    st.finish_from = st.it
+    run.loader = training_loader(run.cfg, run.data.train, run.sampler,
+                                 pin_memory=run.info.device.type == "cuda",
+                                 crop_size=current_crop(run))
+    run.loader.worker_init_fn = IgnoreStopSignals(run.loader.worker_init_fn)  # see StopSignals
+    run.data_iter = None  # the loop starts it at this step's place in the epoch
+    if run.budget is not None:
+        run.budget.start_finish()
+    h, w = dc.finish_crop_size  # type: ignore[misc]
+    run.log.event("finish_crop", iter=st.it, crop_size=[h, w], elapsed_s=run.elapsed())
+    run.log.say(f"iteration {st.it}: the last {dc.finish_share:.0%} of the run trains on "
+                f"{h}x{w} crops (data.finish_crop_size)")
 
 
 def _step(
@@ -385,6 +407,8 @@ def _replan(run: Run) -> None:
             f"planning {plan.max_iter} iterations"
         )
     st.next_replan, st.val_every = plan.next_replan, plan.val_every
+    if plan.finish_at is not None and st.finish_from < 0:
+        st.finish_at = plan.finish_at
 
 
 def _val_fits(run: Run) -> bool:
