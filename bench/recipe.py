@@ -272,6 +272,11 @@ def recipe_of(rec: dict[str, Any], work: Path) -> str:
         text += f", head lr x{cfg['optim']['head_lr_mult']:g}"
     if list(cfg["data"]["rotate"]) == [0, 0] and not cfg["data"]["blur"]:
         text += ", no rotation or blur"
+    if cfg["optim"].get("weight_decay", OptimConfig().weight_decay) != OptimConfig().weight_decay:
+        text += f", weight decay {cfg['optim']['weight_decay']:g}"
+    if cfg["data"].get("finish_share"):
+        fh, fw = cfg["data"]["finish_crop_size"]
+        text += f", the last {cfg['data']['finish_share']:.0%} on {fh}x{fw}"
     return text
 
 

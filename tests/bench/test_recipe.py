@@ -43,6 +43,12 @@ def test_what_ran_reads_the_runs_config(recipe, tmp_path: Path) -> None:
     cfg["optim"]["head_lr_mult"], cfg["data"]["blur"] = 10.0, True
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert recipe.recipe_of(rec, tmp_path) == "stride 16, crop 360x480, lr 0.02, scale 0.75-1.5"
+    cfg["data"].update(crop_size=[320, 320], finish_crop_size=[360, 480], finish_share=0.33)
+    cfg["optim"]["weight_decay"] = 0.0005
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert recipe.recipe_of(rec, tmp_path) == (
+        "stride 16, crop 320x320, lr 0.02, scale 0.75-1.5, weight decay 0.0005, "
+        "the last 33% on 360x480")
     assert recipe.recipe_of({"variant": "plain", "name": "p"}, tmp_path) == "plain loop"
 
 

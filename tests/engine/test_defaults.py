@@ -12,9 +12,9 @@ import torch
 from _engine_tiny import NUM_CLASSES, make_tiny_dataset, tiny_config
 from pspnet.cli import main
 from pspnet.config import ConfigError
-from pspnet.engine.defaults import (WHOLE_FRAME_MIN_EPOCHS, crop_for_budget, crop_from_images,
-                                    crop_reason, precision_reason, resolve_choices,
-                                    schedule_choices, whole_frame_candidate)
+from pspnet.engine.defaults import (FINISH_WHOLE_SHARE, WHOLE_FRAME_MIN_EPOCHS, crop_for_budget,
+                                    crop_from_images, crop_reason, precision_reason,
+                                    resolve_choices, schedule_choices, whole_frame_candidate)
 from pspnet.engine.run_config import build_config_explained, check_resume, describe_dry_run
 from pspnet.engine.setup import time_train_step
 from pspnet.engine.train import train
@@ -214,6 +214,47 @@ def test_a_budgeted_run_trains_on_whole_images_when_it_affords_enough_epochs(
     assert len(crops) == 1 and crops[0]["why"].startswith("the whole 40x48 image: the budget")
 
 
+def test_a_budgeted_run_that_keeps_the_square_crop_finishes_on_whole_images(
+    tiny_data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    import pspnet.engine.defaults as defaults
+
+    monkeypatch.setattr(defaults, "WHOLE_FRAME_MIN_EPOCHS", 10**9)  # no budget affords them
+    work = tmp_path / "run"
+    cfg = tiny_config(tiny_data, work, max_iter=None, time_budget=0.05, budget_warmup_iters=1,
+                      budget_measure_iters=1).with_overrides(["data.crop_size=null"])
+    train(cfg, progress=False)
+    data = yaml.safe_load((work / "config.yaml").read_text())["data"]
+    assert data["crop_size"] == [40, 40] and data["finish_crop_size"] == [40, 48]
+    assert data["finish_share"] == defaults.FINISH_WHOLE_SHARE
+    events = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    chosen = {c["key"]: c for c in next(e for e in events if e["event"] == "defaults")["chosen"]}
+    assert chosen["data.crop_size"]["value"] == "[40, 40]"
+    assert chosen["data.finish_crop_size"]["value"] == "[40, 48]"
+    assert "whole 40x48 images after the square crops" in chosen["data.finish_crop_size"]["why"]
+
+
+def test_a_set_crop_or_share_is_not_given_a_finish(tiny_data: dict, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    import pspnet.engine.defaults as defaults
+
+    monkeypatch.setattr(defaults, "WHOLE_FRAME_MIN_EPOCHS", 10**9)
+    for name, sets in (("crop", ["data.crop_size=40"]),
+                       ("share", ["data.crop_size=null", "data.finish_crop_size=[40,44]",
+                                  "data.finish_share=0.5"])):
+        work = tmp_path / name
+        cfg = tiny_config(tiny_data, work, max_iter=None, time_budget=0.02,
+                          budget_warmup_iters=1, budget_measure_iters=1).with_overrides(sets)
+        train(cfg, progress=False)
+        data = yaml.safe_load((work / "config.yaml").read_text())["data"]
+        expected = (None, 0.0) if name == "crop" else ([40, 44], 0.5)
+        assert (data["finish_crop_size"], data["finish_share"]) == expected
+
+
 def test_the_dry_run_says_the_budget_may_choose_whole_images(tiny_data: dict,
                                                             tmp_path: Path) -> None:
     cfg, chosen = build_config_explained(
@@ -223,6 +264,7 @@ def test_the_dry_run_says_the_budget_may_choose_whole_images(tiny_data: dict,
     line = next(x for x in text.splitlines() if x.strip().startswith("data.crop_size"))
     assert "[40, 40]" in line and "whole 40x48 images instead" in line
     assert f"at least {WHOLE_FRAME_MIN_EPOCHS} epochs" in line
+    assert f"else the last {FINISH_WHOLE_SHARE:.0%} of the budget on them" in line
 
 
 def test_a_resumed_run_keeps_the_crop_it_chose(tiny_data: dict, tmp_path: Path) -> None:
@@ -231,3 +273,14 @@ def test_a_resumed_run_keeps_the_crop_it_chose(tiny_data: dict, tmp_path: Path) 
     state = {"config": chose.to_dict(), "world_size": 1}
     merged = check_resume(given, state, tmp_path / "w" / "last.pt", 1)
     assert merged.data.crop_size == (40, 48)
+
+
+def test_a_resumed_run_keeps_the_finish_it_chose(tiny_data: dict, tmp_path: Path) -> None:
+    chose = tiny_config(tiny_data, tmp_path / "w").with_overrides(
+        ["data.crop_size=[40, 40]", "data.finish_crop_size=[40, 48]", "data.finish_share=0.33"])
+    given = chose.with_overrides(["data.crop_size=null", "data.finish_crop_size=null",
+                                  "data.finish_share=0"])  # the same command, resumed
+    state = {"config": chose.to_dict(), "world_size": 1}
+    merged = check_resume(given, state, tmp_path / "w" / "last.pt", 1)
+    assert merged.data.crop_size == (40, 40) and merged.data.finish_crop_size == (40, 48)
+    assert merged.data.finish_share == 0.33

@@ -288,10 +288,15 @@ def check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int) -> 
     train_section = {**new["train"], **{k: old_train.get(k) for k in
                                           ("seed", "epochs", "max_iter", "time_budget")}}
     merged = {**new, "optim": old.get("optim", new["optim"]), "train": train_section}
-    old_crop = old.get("data", {}).get("crop_size")
+    old_data = old.get("data", {})
+    old_crop = old_data.get("crop_size")
     if new["data"].get("crop_size") is None and old_crop is not None:
-        # A crop the run chose (from the data, or timed against the budget) stays its crop.
+        # A crop the run chose (from the data, or timed against the budget) stays its crop,
+        # and so does the finishing crop chosen with it.
         merged["data"] = {**new["data"], "crop_size": old_crop}
+        if not new["data"].get("finish_share") and old_data.get("finish_share"):
+            merged["data"].update(finish_crop_size=old_data.get("finish_crop_size"),
+                                  finish_share=old_data["finish_share"])
     return Config.from_dict(merged)
 
 

@@ -28,7 +28,8 @@ from pspnet.data.io import DataError, image_size
 from pspnet.data.training import TrainData, build_data, drop_bad, training_loader, whole_frame
 from pspnet.data.validation import scan_labels
 from pspnet.engine.budget import AUTO_VALIDATIONS, Budget
-from pspnet.engine.defaults import Choice, crop_for_budget, planned_steps, whole_frame_candidate
+from pspnet.engine.defaults import (FINISH_WHOLE_SHARE, Choice, crop_for_budget, finish_choices,
+                                    planned_steps, whole_frame_candidate)
 from pspnet.engine.distributed import (
     DistInfo,
     TrainBatchSampler,
@@ -355,8 +356,10 @@ def _budget_crop(cfg: Config, data: TrainData, net: nn.Module, info: DistInfo,
     """A time-budgeted run that set no crop: the whole image instead of the square crop when
     the budget affords enough epochs of it (:func:`~pspnet.engine.defaults.crop_for_budget`),
     decided by timing one whole-image step here (one process only: the ranks of a distributed
-    run would have to agree on one timing, so they keep the square crop). Returns the config
-    and the choice made."""
+    run would have to agree on one timing, so they keep the square crop). A run that keeps the
+    square crop trains the last :data:`~pspnet.engine.defaults.FINISH_WHOLE_SHARE` of its
+    budget on whole images (``data.finish_crop_size``) unless the config set a share. Returns
+    the config and the choices made."""
     square = tuple(cfg.data.crop_size)  # type: ignore[arg-type]
     whole = whole_frame(data.train)
     if not whole_frame_candidate(square, whole):  # type: ignore[arg-type]
@@ -368,7 +371,12 @@ def _budget_crop(cfg: Config, data: TrainData, net: nn.Module, info: DistInfo,
         left *= 1.0 - Budget.VAL_SHARE  # what validations may take at most
     crop, choice = crop_for_budget(square, whole, step_s, left,  # type: ignore[arg-type]
                                    tc.batch_size, len(data.train))
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, crop_size=crop)), [choice]
+    dc, choices = dataclasses.replace(cfg.data, crop_size=crop), [choice]
+    if tuple(crop) != tuple(whole) and not dc.finish_share:  # type: ignore[arg-type]
+        # The square crop, then the last share on whole images (unless the config set a share).
+        dc = dataclasses.replace(dc, finish_crop_size=whole, finish_share=FINISH_WHOLE_SHARE)
+        choices += finish_choices(whole)  # type: ignore[arg-type]
+    return dataclasses.replace(cfg, data=dc), choices
 
 
 def _grad_scaler(precision: str, device: torch.device) -> Any:

@@ -207,7 +207,8 @@ def _steps(run: Run) -> str:
     while schedule.max_iter is None or st.it < schedule.max_iter:
         t_step = time.perf_counter()
         epoch = st.it // run.spe
-        if st.finish_from < 0 and 0 <= st.finish_at <= st.it:
+        if (st.finish_from < 0 and 0 <= st.finish_at <= st.it
+                and run.cfg.data.finish_crop_size is not None):
             _start_finish(run)
         if run.data_iter is None or (st.it % run.spe == 0 and run.sampler.epoch != epoch):
             # The order of each epoch depends only on (seed, epoch): resuming mid-epoch
