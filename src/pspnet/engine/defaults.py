@@ -24,10 +24,10 @@ from pspnet.report.machine import usable_cpus
 if TYPE_CHECKING:
     from pspnet.engine.state import Run
 
-__all__ = ["DEFAULT_EPOCHS", "ELONGATED_ASPECT", "FINISH_WHOLE_SHARE",
-           "WHOLE_FRAME_MAX_PIXELS", "WHOLE_FRAME_MIN_EPOCHS", "Choice", "announce_choices", "crop_for_budget",
-           "crop_from_images", "crop_reason", "finish_choices", "planned_steps", "precision_reason",
-           "resolve_choices", "schedule_choices", "whole_frame_candidate"]
+__all__ = ["DEFAULT_EPOCHS", "ELONGATED_ASPECT", "FINISH_WHOLE_SHARE", "WHOLE_FRAME_MAX_PIXELS",
+           "WHOLE_FRAME_MIN_EPOCHS", "Choice", "announce_choices", "crop_for_budget",
+           "crop_from_images", "crop_reason", "finish_choices", "planned_steps",
+           "precision_reason", "resolve_choices", "schedule_choices", "whole_frame_candidate"]
 
 #: Epochs when neither ``train.max_iter``, ``train.epochs`` nor ``train.time_budget`` is set.
 DEFAULT_EPOCHS = 50
