@@ -320,9 +320,7 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
     if resumed is not None:
         restore_state(run, *resumed)
     _open_outputs(run, class_weights)
-    run.loader = training_loader(cfg, data.train, sampler, pin_memory=info.device.type == "cuda",
-                                 crop_size=current_crop(run))
-    run.loader.worker_init_fn = IgnoreStopSignals(run.loader.worker_init_fn)  # see StopSignals
+    run.loader = open_loader(run)
     if budget is not None and data.val is not None:
         w, h = image_size(data.val.samples[0].image)
         crop = cfg.data.crop_size
@@ -341,6 +339,15 @@ def finish_ratio(cfg: Config) -> float:
     if not fc or not crop:
         return 1.0
     return (fc[0] * fc[1]) / (crop[0] * crop[1])
+
+
+def open_loader(run: Run) -> Any:
+    """The run's training loader at the crop it trains on now (:func:`current_crop`); its
+    workers ignore SIGINT / SIGTERM (see :class:`~pspnet.engine.safety.StopSignals`)."""
+    loader = training_loader(run.cfg, run.data.train, run.sampler,
+                             pin_memory=run.info.device.type == "cuda", crop_size=current_crop(run))
+    loader.worker_init_fn = IgnoreStopSignals(loader.worker_init_fn)
+    return loader
 
 
 def current_crop(run: Run) -> tuple[int, int]:

@@ -81,7 +81,7 @@ from torch import nn
 from pspnet.checkpoint import save_weights
 from pspnet.checkpoint.training import rng_state, write_checkpoint
 from pspnet.config import Config
-from pspnet.data.training import next_batch, stop_workers, training_loader
+from pspnet.data.training import next_batch, stop_workers
 from pspnet.engine.budget import Plan
 from pspnet.engine.defaults import Choice, announce_choices
 from pspnet.engine.distributed import (DistInfo, all_gather_object, barrier, broadcast_object,
@@ -90,9 +90,8 @@ from pspnet.engine.evaluate import evaluate_model
 from pspnet.engine.run_config import build_config_explained, check_finite
 from pspnet.engine.run_log import RunLog
 from pspnet.engine.run_report import report_after_training
-from pspnet.engine.setup import build_run, current_crop
-from pspnet.engine.safety import (IgnoreStopSignals, StopSignals, TrainingInterrupted,
-                                  lock_work_dir, on_main)
+from pspnet.engine.setup import build_run, open_loader
+from pspnet.engine.safety import StopSignals, TrainingInterrupted, lock_work_dir, on_main
 from pspnet.engine.state import (Run, TrainingDiverged, TrainResult, TrainState,
                                  check_saved_weights, checkpoint_state, raise_diverged)
 from pspnet.precision import autocast
@@ -256,10 +255,7 @@ def _start_finish(run: Run) -> None:
     st, dc = run.state, run.cfg.data
     stop_workers(run.loader, run.data_iter)
     st.finish_from = st.it
-    run.loader = training_loader(run.cfg, run.data.train, run.sampler,
-                                 pin_memory=run.info.device.type == "cuda",
-                                 crop_size=current_crop(run))
-    run.loader.worker_init_fn = IgnoreStopSignals(run.loader.worker_init_fn)  # see StopSignals
+    run.loader = open_loader(run)
     run.data_iter = None  # the loop starts it at this step's place in the epoch
     if run.budget is not None:
         run.budget.start_finish()
