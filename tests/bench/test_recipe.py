@@ -75,7 +75,7 @@ def test_runs_both_recipes_and_reports(recipe, tmp_path: Path) -> None:
     assert (tmp_path / "doc" / "sweep.png").stat().st_size
     crop = next(c for c in recs[1]["chosen"] if c.startswith("data.crop_size"))
     h, w = crop.split("= ")[1].strip("[]").split(", ")  # what the run's own config says it ran
-    ran = f"stride 16, crop {h}x{w}, lr 0.02, scale 0.75-1.5"
+    ran = f"stride 16, crop {h}x{w}, lr 0.03, scale 0.75-1.5"
     finish = next((c for c in recs[1]["chosen"] if c.startswith("data.finish_crop_size")), None)
     if finish is not None:  # the square crop, then the budget's last third on whole images
         fh, fw = finish.split("= ")[1].strip("[]").split(", ")

@@ -44,9 +44,9 @@ def test_dry_run_lists_each_choice_with_its_reason_and_writes_nothing(
     assert "data: 8 training images, 3 validation images; batch 4; 100 steps" in out
     assert "output_stride: 16" in out and "crop_size:\n    - 40\n    - 40" in out
     # from scratch on a CPU: the measured learning rate and scale range, each with its reason
-    assert chosen["optim.lr"].startswith("  optim.lr = 0.02: training from scratch")
+    assert chosen["optim.lr"].startswith("  optim.lr = 0.03: training from scratch")
     assert "data.scale=[0.5,2] for the paper's" in chosen["data.scale"]
-    assert "lr: 0.02" in out and "scale:\n    - 0.75\n    - 1.5" in out
+    assert "lr: 0.03" in out and "scale:\n    - 0.75\n    - 1.5" in out
 
 
 def test_cpu_choices_leave_what_was_set_and_fine_tuning_alone(tiny_data: dict,
