@@ -253,8 +253,8 @@ def report(args: argparse.Namespace) -> None:
 
 
 def recipe_of(rec: dict[str, Any], work: Path) -> str:
-    """What a run trained with, in a few words: the plain loop, or the stride, crop, lr and
-    scale range of ``pspnet train``'s saved config (``run/config.yaml``)."""
+    """What a run trained with, in a few words: the plain loop, or the stride, crop, batch, lr
+    and scale range of ``pspnet train``'s saved config (``run/config.yaml``)."""
     if rec["variant"] == "plain":
         return "plain loop"
     cfg_path = work / rec["name"] / "run" / "config.yaml"
@@ -264,8 +264,10 @@ def recipe_of(rec: dict[str, Any], work: Path) -> str:
 
     cfg = yaml.safe_load(cfg_path.read_text())
     (h, w), (lo, hi) = cfg["data"]["crop_size"], cfg["data"]["scale"]
-    text = (f"stride {cfg['model']['output_stride']}, crop {h}x{w}, lr {cfg['optim']['lr']:g}, "
-            f"scale {lo:g}-{hi:g}")
+    batch = cfg.get("train", {}).get("batch_size")
+    text = (f"stride {cfg['model']['output_stride']}, crop {h}x{w}, "
+            + (f"batch {batch}, " if batch is not None else "")
+            + f"lr {cfg['optim']['lr']:g}, scale {lo:g}-{hi:g}")
     from pspnet.config.training import OptimConfig
 
     if cfg["optim"]["head_lr_mult"] != OptimConfig().head_lr_mult:  # only when not the default

@@ -49,6 +49,9 @@ def test_what_ran_reads_the_runs_config(recipe, tmp_path: Path) -> None:
     assert recipe.recipe_of(rec, tmp_path) == (
         "stride 16, crop 320x320, lr 0.02, scale 0.75-1.5, weight decay 0.0005, "
         "the last 33% on 360x480")
+    cfg["train"] = {"batch_size": 4}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert recipe.recipe_of(rec, tmp_path).startswith("stride 16, crop 320x320, batch 4, lr 0.02,")
     assert recipe.recipe_of({"variant": "plain", "name": "p"}, tmp_path) == "plain loop"
 
 
@@ -75,7 +78,7 @@ def test_runs_both_recipes_and_reports(recipe, tmp_path: Path) -> None:
     assert (tmp_path / "doc" / "sweep.png").stat().st_size
     crop = next(c for c in recs[1]["chosen"] if c.startswith("data.crop_size"))
     h, w = crop.split("= ")[1].strip("[]").split(", ")  # what the run's own config says it ran
-    ran = f"stride 16, crop {h}x{w}, lr 0.03, scale 0.75-1.5"
+    ran = f"stride 16, crop {h}x{w}, batch 2, lr 0.02, scale 0.75-1.5"  # lr 0.02 below batch 8
     finish = next((c for c in recs[1]["chosen"] if c.startswith("data.finish_crop_size")), None)
     if finish is not None:  # the square crop, then the budget's last third on whole images
         fh, fw = finish.split("= ")[1].strip("[]").split(", ")

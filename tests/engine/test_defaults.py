@@ -15,7 +15,8 @@ from pspnet.config import ConfigError
 from pspnet.engine.defaults import (FINISH_WHOLE_SHARE, WHOLE_FRAME_MIN_EPOCHS, crop_for_budget,
                                     crop_from_images, crop_reason, precision_reason,
                                     resolve_choices, schedule_choices, whole_frame_candidate)
-from pspnet.engine.run_config import build_config_explained, check_resume, describe_dry_run
+from pspnet.engine.run_config import (CPU_SCRATCH_BATCH, build_config_explained, check_resume,
+                                      cpu_scratch_lr, describe_dry_run)
 from pspnet.engine.setup import time_train_step
 from pspnet.engine.train import train
 from pspnet.models import build_model
@@ -43,10 +44,48 @@ def test_dry_run_lists_each_choice_with_its_reason_and_writes_nothing(
     assert "train.epochs" in chosen and "(100 steps of 2 per epoch)" in chosen["train.epochs"]
     assert "data: 8 training images, 3 validation images; batch 4; 100 steps" in out
     assert "output_stride: 16" in out and "crop_size:\n    - 40\n    - 40" in out
-    # from scratch on a CPU: the measured learning rate and scale range, each with its reason
-    assert chosen["optim.lr"].startswith("  optim.lr = 0.03: training from scratch")
+    # from scratch on a CPU: the measured learning rate (for the batch of 4 given) and scale
+    # range, each with its reason; the batch was given, so it is not among the choices
+    assert chosen["optim.lr"].startswith("  optim.lr = 0.02: training from scratch")
+    assert "batch 4" in chosen["optim.lr"] and "train.batch_size" not in chosen
     assert "data.scale=[0.5,2] for the paper's" in chosen["data.scale"]
-    assert "lr: 0.03" in out and "scale:\n    - 0.75\n    - 1.5" in out
+    assert "lr: 0.02" in out and "scale:\n    - 0.75\n    - 1.5" in out
+
+
+def test_from_scratch_on_a_cpu_the_batch_is_4_and_the_rate_follows_the_batch(
+    tiny_data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = {"data_root": str(tiny_data["root"]), "train_list": str(tiny_data["train"]),
+              "num_classes": NUM_CLASSES}
+    cpu = ["train.device=cpu"]
+    cfg, chosen = build_config_explained(**common, overrides=cpu)
+    why = {c.key: c.why for c in chosen}
+    assert (cfg.train.batch_size, cfg.optim.lr) == (CPU_SCRATCH_BATCH, 0.02)
+    assert "--batch-size 8" in why["train.batch_size"]
+    cfg, chosen = build_config_explained(**common, batch_size=8, overrides=cpu)  # 0.03 at 8
+    assert (cfg.train.batch_size, cfg.optim.lr) == (8, 0.03)
+    assert "train.batch_size" not in [c.key for c in chosen]
+    assert [cpu_scratch_lr(n) for n in (2, 4, 7, 8, 16)] == [0.02, 0.02, 0.02, 0.03, 0.03]
+    # BatchNorm needs 2 images per forward pass: accumulation and processes raise the batch
+    cfg, _ = build_config_explained(**common, overrides=[*cpu, "train.accum_steps=4"])
+    assert (cfg.train.batch_size, cfg.optim.lr) == (8, 0.03)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert build_config_explained(**common, overrides=cpu)[0].train.batch_size == 6
+    monkeypatch.delenv("WORLD_SIZE")
+    # fine-tuning keeps the dataclass batch and the paper's rate
+    cfg, chosen = build_config_explained(**common, backbone_weights=str(tmp_path / "b.pth"),
+                                         overrides=cpu)
+    assert (cfg.train.batch_size, cfg.optim.lr) == (8, 0.01)
+
+
+def test_a_resumed_run_keeps_the_batch_it_chose(tiny_data: dict, tmp_path: Path) -> None:
+    ran = tiny_config(tiny_data, tmp_path / "w").with_overrides(["train.batch_size=8"])
+    state = {"config": ran.to_dict(), "world_size": 1}  # chosen when the default was 8
+    given = ran.with_overrides(["train.batch_size=4"])  # the same command, today's choice
+    merged = check_resume(given, state, tmp_path / "w" / "last.pt", 1, {"train.batch_size"})
+    assert merged.train.batch_size == 8
+    with pytest.raises(ConfigError, match="train.batch_size was 8, now 4"):  # set: refused
+        check_resume(given, state, tmp_path / "w" / "last.pt", 1)
 
 
 def test_cpu_choices_leave_what_was_set_and_fine_tuning_alone(tiny_data: dict,
@@ -54,8 +93,9 @@ def test_cpu_choices_leave_what_was_set_and_fine_tuning_alone(tiny_data: dict,
     common = {"data_root": str(tiny_data["root"]), "train_list": str(tiny_data["train"]),
               "num_classes": NUM_CLASSES}
     cfg, chosen = build_config_explained(**common, overrides=["optim.lr=0.05",
-                                                              "data.scale=[0.5,2]"])
-    assert cfg.optim.lr == 0.05 and cfg.data.scale == (0.5, 2.0)
+                                                              "data.scale=[0.5,2]"],
+                                         batch_size=6)
+    assert cfg.optim.lr == 0.05 and cfg.data.scale == (0.5, 2.0) and cfg.train.batch_size == 6
     assert [c.key for c in chosen] == ["model.output_stride"]
     weights = tmp_path / "backbone.pth"  # fine-tuning keeps the paper's rate
     cfg, chosen = build_config_explained(**common, backbone_weights=str(weights))

@@ -11,7 +11,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,12 @@ from pspnet.data.split import SPLIT_FILE
 from pspnet.data.training import TrainData, auto_crop, build_data, whole_frame
 from pspnet.engine.defaults import (Choice, crop_from_images, planned_steps, resolve_choices,
                                     schedule_choices, whole_frame_candidate)
-from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, broadcast_object,
+from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, broadcast_object, env_world,
                                        is_distributed, resolve_device)
 from pspnet.precision import resolve_channels_last, resolve_precision
 from pspnet.report.machine import usable_cpus
 
-__all__ = ["CPU_OUTPUT_STRIDE", "CPU_SCALE", "CPU_SCRATCH_LR", "build_config",
+__all__ = ["CPU_OUTPUT_STRIDE", "CPU_SCALE", "CPU_SCRATCH_BATCH", "CPU_SCRATCH_LR", "build_config",
            "build_config_explained", "check_finite", "check_resume", "describe_dry_run",
            "dry_run", "find_resume", "resolve_config"]
 
@@ -46,15 +46,32 @@ __all__ = ["CPU_OUTPUT_STRIDE", "CPU_SCALE", "CPU_SCRATCH_LR", "build_config",
 #: stride 16 made 558 steps and scored 35.5 mIoU, stride 8 296 steps and 31.8.
 CPU_OUTPUT_STRIDE = 16
 
-#: Learning rate of a from-scratch CPU run without a config file (the paper's is 0.01 over
-#: 100+ epochs). CamVid test, one core per run (docs/recipe.md): on an AMX Xeon, with scale
-#: 0.75-1.5, 0.02 scored 40.9 mIoU after 30 minutes against 38.8 at 0.01 and 0.5-2 (stride 16,
-#: one seed); on a Zen 5 EPYC 0.03 raised pixel accuracy over 0.02 on each of three seeds
-#: (84.3 against 83.6 on the mean, mIoU 42.4 against 42.2) and 0.04 did not (seed 0).
-CPU_SCRATCH_LR = 0.03
+#: Images per optimizer step of a from-scratch CPU run without a config file or
+#: ``--batch-size`` (the dataclass default elsewhere is 8). A step of 4 costs half a step of 8
+#: on a CPU, so the same minutes see the same images in twice the updates. Zen 5 EPYC, CamVid
+#: test after 30 minutes, one core per run, three seeds (docs/recipe.md): batch 4 at lr 0.02
+#: scored 44.2 mIoU / 84.3 pixel accuracy on the mean against 42.4 / 84.3 for batch 8 at
+#: 0.03, higher mIoU on every seed; batch 4 at 0.03 scored 42.8 / 83.9 (seed 0).
+CPU_SCRATCH_BATCH = 4
+
+#: Learning rate of a from-scratch CPU run without a config file, by the images per optimizer
+#: step (``train.batch_size``): fewer than 8, 8 or more. The paper's is 0.01 over 100+
+#: epochs. CamVid test, one core per run (docs/recipe.md): at batch 8, on an AMX Xeon with
+#: scale 0.75-1.5, 0.02 scored 40.9 mIoU after 30 minutes against 38.8 at 0.01 and 0.5-2
+#: (stride 16, one seed); on a Zen 5 EPYC 0.03 raised pixel accuracy over 0.02 on each of
+#: three seeds (84.3 against 83.6 on the mean, mIoU 42.4 against 42.2) and 0.04 did not (seed
+#: 0). At batch 4 (Zen 5, seed 0) 0.02 scored 44.7 / 84.5 against 0.03's 42.8 / 83.9.
+CPU_SCRATCH_LR = {"below 8": 0.02, "8 or more": 0.03}
+
+
+def cpu_scratch_lr(images_per_step: int) -> float:
+    """The learning rate :data:`CPU_SCRATCH_LR` gives for ``images_per_step`` images per
+    optimizer step."""
+    return CPU_SCRATCH_LR["below 8" if images_per_step < 8 else "8 or more"]
+
 
 #: Random-scale range of a CPU run without a config file (the paper's is 0.5-2).
-#: Measured together with lr 0.02 (:data:`CPU_SCRATCH_LR`'s first value, above). Leaving out
+#: Measured together with lr 0.02 at batch 8 (:data:`CPU_SCRATCH_LR`'s first value). Leaving out
 #: rotation and blur as well changed nothing (40.7).
 CPU_SCALE = (0.75, 1.5)
 
@@ -141,15 +158,29 @@ def _cpu_choices(tree: dict[str, Any]) -> list[Choice]:
             "stride 8's time, and the extra steps scored more in the same minutes (measured "
             "on AVX2 and AMX CPUs, docs/recipe.md); --set model.output_stride=8 for the "
             "paper's"))  # fmt: skip
-    train, optim = tree.get("train", {}), tree.setdefault("optim", {})
+    train, optim = tree.setdefault("train", {}), tree.setdefault("optim", {})
     data = tree.setdefault("data", {})
     scratch = not (train.get("init_weights") or train.get("backbone_weights"))
-    if scratch and "lr" not in optim:
-        optim["lr"] = CPU_SCRATCH_LR
+    if scratch and train.get("batch_size") is None:
+        # BatchNorm needs 2 images in each forward pass: over accumulation steps and processes.
+        passes = _positive_int(train.get("accum_steps")) * env_world()[1]
+        batch = max(CPU_SCRATCH_BATCH, 2 * passes)
+        train["batch_size"] = batch
         out.append(Choice(
-            "optim.lr", str(CPU_SCRATCH_LR),
-            "training from scratch on a CPU without a config file: tens of epochs, not the "
-            "paper's hundreds, gain from three times its rate (measured, docs/recipe.md); --set "
+            "train.batch_size", str(batch),
+            f"training from scratch on a CPU without a config file: a step of "
+            f"{CPU_SCRATCH_BATCH} images costs half a step of 8, and twice the updates on the "
+            "same images scored more in the same minutes (measured, docs/recipe.md); "
+            "--batch-size 8 for the larger batch"))  # fmt: skip
+    if scratch and "lr" not in optim:
+        batch = train.get("batch_size")
+        lr = cpu_scratch_lr(batch if isinstance(batch, int) else 8)  # a bad value fails later
+        optim["lr"] = lr
+        out.append(Choice(
+            "optim.lr", str(lr),
+            f"training from scratch on a CPU without a config file, batch {batch}: tens of "
+            f"epochs, not the paper's hundreds, gain from a rate {lr / 0.01:g} times its 0.01 "
+            "(0.02 below 8 images a step, 0.03 from 8; measured, docs/recipe.md); --set "
             "optim.lr=0.01 for the paper's"))  # fmt: skip
     if "scale" not in data:
         data["scale"] = list(CPU_SCALE)
@@ -159,6 +190,14 @@ def _cpu_choices(tree: dict[str, Any]) -> list[Choice]:
             "rescaling than from the paper's 0.5-2 (measured, docs/recipe.md); --set "
             "data.scale=[0.5,2] for the paper's"))  # fmt: skip
     return out
+
+
+def _positive_int(value: Any) -> int:
+    """``value`` as a count of at least 1 (1 when unset or not a count)."""
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _trains_on_cpu(tree: dict[str, Any]) -> bool:
@@ -242,8 +281,18 @@ def _named_checkpoint(p: Path) -> tuple[Path, dict[str, Any]]:
     )
 
 
-def check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int) -> Config:
-    """Refuse incompatible resumes; take the schedule-defining values from the checkpoint."""
+def check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int,
+                 chosen: Collection[str] = ()) -> Config:
+    """Refuse incompatible resumes; take the schedule-defining values from the checkpoint.
+
+    Args:
+        cfg: The config of the run that resumes.
+        state: The checkpoint's contents (its ``config`` and ``world_size``).
+        path: The checkpoint's path, for the messages.
+        world: Processes of the run that resumes.
+        chosen: Keys :func:`build_config_explained` chose (nothing set them); a chosen batch
+            size follows the checkpoint.
+    """
     old = state["config"]
     new = cfg.to_dict()
     old_model, new_model = old.get("model", {}), new["model"]
@@ -269,6 +318,10 @@ def check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int) -> 
             "(the data order and batch-norm statistics depend on it)."
         )
     old_train = old.get("train", {})
+    if "train.batch_size" in chosen and old_train.get("batch_size") is not None:
+        # A batch size the run chose is the checkpoint's: the choice may have changed since.
+        cfg = cfg.with_overrides([f"train.batch_size={int(old_train['batch_size'])}"])
+        new = cfg.to_dict()
     if old_train.get("batch_size") != cfg.train.batch_size:
         raise ConfigError(
             f"cannot resume from {path}: train.batch_size was {old_train.get('batch_size')}, "

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +240,8 @@ def build_network(
     return net, model
 
 
-def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: float) -> Run:
+def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: float,
+              chosen: Collection[str] = ()) -> Run:
     """Everything a training run needs before its first step, in the order it is done.
 
     The checkpoint to resume from (and the checks that it fits this config), the work
@@ -254,6 +256,8 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
         log: The run's log (rank 0 writes).
         progress: Show a progress bar.
         t_start: ``time.perf_counter()`` when the run started: the time budget counts from it.
+        chosen: Config keys chosen for the run (nothing set them); a resumed run takes a
+            chosen batch size from its checkpoint.
 
     Returns:
         The :class:`~pspnet.engine.state.Run` the loop changes.
@@ -269,7 +273,7 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
     if overwrite and info.is_main:
         clear_run_outputs(work_dir)  # asked for: the previous run goes before anything is written
     if resumed is not None:
-        cfg = check_resume(cfg, resumed[1], resumed[0], info.world_size)
+        cfg = check_resume(cfg, resumed[1], resumed[0], info.world_size, chosen)
     data = build_data(cfg)
     crop_open = cfg.data.crop_size is None
     cfg = resolve_config(cfg, data, info.device)

@@ -175,7 +175,7 @@ def _train(cfg: Config, info: DistInfo, progress: bool, chosen: Sequence[Choice]
     lock = on_main(info, lambda: lock_work_dir(Path(cfg.train.work_dir)))
     log = RunLog(info.is_main)
     try:
-        run = build_run(cfg, info, log, progress, t_start)
+        run = build_run(cfg, info, log, progress, t_start, {c.key for c in chosen})
         announce_choices(run, cfg, chosen)
         with StopSignals() as run.stop:
             stop_reason = _loop(run)
