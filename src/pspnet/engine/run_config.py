@@ -50,7 +50,7 @@ CPU_OUTPUT_STRIDE = 16
 #: ``--batch-size`` (the dataclass default elsewhere is 8). A step of 4 costs half a step of 8
 #: on a CPU, so the same minutes see the same images in twice the updates. Zen 5 EPYC, CamVid
 #: test after 30 minutes, one core per run, three seeds (docs/recipe.md): batch 4 at lr 0.02
-#: scored 44.2 mIoU / 84.3 pixel accuracy on the mean against 42.4 / 84.3 for batch 8 at
+#: scored 44.1 mIoU / 84.3 pixel accuracy on the mean against 42.4 / 84.3 for batch 8 at
 #: 0.03, higher mIoU on every seed; batch 4 at 0.03 scored 42.8 / 83.9 (seed 0).
 CPU_SCRATCH_BATCH = 4
 
@@ -180,7 +180,8 @@ def _cpu_choices(tree: dict[str, Any]) -> list[Choice]:
             "optim.lr", str(lr),
             f"training from scratch on a CPU without a config file, batch {batch}: tens of "
             f"epochs, not the paper's hundreds, gain from a rate {lr / 0.01:g} times its 0.01 "
-            "(0.02 below 8 images a step, 0.03 from 8; measured, docs/recipe.md); --set "
+            f"({CPU_SCRATCH_LR['below 8']:g} below 8 images a step, "
+            f"{CPU_SCRATCH_LR['8 or more']:g} from 8; measured, docs/recipe.md); --set "
             "optim.lr=0.01 for the paper's"))  # fmt: skip
     if "scale" not in data:
         data["scale"] = list(CPU_SCALE)
