@@ -54,6 +54,9 @@ CPU_OUTPUT_STRIDE = 16
 #: 0.03, higher mIoU on every seed; batch 4 at 0.03 scored 42.8 / 83.9 (seed 0).
 CPU_SCRATCH_BATCH = 4
 
+#: Images BatchNorm (and the pyramid's 1x1 bin) needs in each forward pass of training.
+MIN_IMAGES_PER_PASS = 2
+
 #: Learning rate of a from-scratch CPU run without a config file, by the images per optimizer
 #: step (``train.batch_size``): fewer than 8, 8 or more. The paper's is 0.01 over 100+
 #: epochs. CamVid test, one core per run (docs/recipe.md): at batch 8, on an AMX Xeon with
@@ -162,9 +165,9 @@ def _cpu_choices(tree: dict[str, Any]) -> list[Choice]:
     data = tree.setdefault("data", {})
     scratch = not (train.get("init_weights") or train.get("backbone_weights"))
     if scratch and train.get("batch_size") is None:
-        # BatchNorm needs 2 images in each forward pass: over accumulation steps and processes.
+        # Each forward pass keeps MIN_IMAGES_PER_PASS over accumulation steps and processes.
         passes = _positive_int(train.get("accum_steps")) * env_world()[1]
-        batch = max(CPU_SCRATCH_BATCH, 2 * passes)
+        batch = max(CPU_SCRATCH_BATCH, MIN_IMAGES_PER_PASS * passes)
         train["batch_size"] = batch
         out.append(Choice(
             "train.batch_size", str(batch),

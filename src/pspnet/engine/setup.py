@@ -40,7 +40,8 @@ from pspnet.engine.distributed import (
 )
 from pspnet.engine.losses import PSPLoss, class_weights_from_counts
 from pspnet.engine.optim import PolySchedule, build_optimizer
-from pspnet.engine.run_config import check_resume, find_resume, resolve_config
+from pspnet.engine.run_config import (MIN_IMAGES_PER_PASS, check_resume, find_resume,
+                                      resolve_config)
 from pspnet.engine.run_log import RunLog
 from pspnet.engine.safety import IgnoreStopSignals, check_work_dir, clear_run_outputs, on_main
 from pspnet.engine.state import Run, TrainState, restore_state
@@ -279,12 +280,13 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
     cfg = resolve_config(cfg, data, info.device)
     tc, oc = cfg.train, cfg.optim
     per_pass = tc.batch_size // (tc.accum_steps * info.world_size)
-    if per_pass < 2:
+    if per_pass < MIN_IMAGES_PER_PASS:
         # BatchNorm (and the pyramid's 1x1 bin) cannot train on one image per pass.
         raise ConfigError(
             f"`train.batch_size` {tc.batch_size} gives {per_pass} image(s) per forward pass "
             f"(over {info.world_size} process(es) and {tc.accum_steps} accumulation step(s)); "
-            "BatchNorm needs at least 2: raise --batch-size or lower train.accum_steps"
+            f"BatchNorm needs at least {MIN_IMAGES_PER_PASS}: raise --batch-size or lower "
+            "train.accum_steps"
         )
     class_weights = check_data(cfg, info, data, log, progress)  # before anything is trained
     sampler = TrainBatchSampler(
