@@ -231,8 +231,10 @@ def report(args: argparse.Namespace) -> None:
                      f"{_side_by_side(r)} | {r['commit']} |")
     machines = sorted({format_machine(r["machine"]) for r in recs})
     lines += ["", "Machine(s): " + "; ".join(machines)]
+    # Distinct colours for up to 14 recipes (a sweep has ten and more), then they repeat.
     palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
-               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34)]
+               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+               (0, 0, 0), (174, 199, 232), (152, 223, 138), (255, 187, 120)]
     series = []
     for i, label in enumerate(sorted({r["recipe"] for r in recs})):
         by_minutes: dict[float, list[float]] = {}
@@ -246,7 +248,8 @@ def report(args: argparse.Namespace) -> None:
     scored = sorted({f"{r.get('data', 'camvid')} {r.get('split', 'test')}" for r in recs})
     line_plot(out / "sweep.png", series, title=f"{', '.join(scored)} mIoU against training "
               "minutes (mean over seeds)",
-              xlabel="training budget (minutes)", ylabel=f"{split} mIoU (%)", y_from_zero=False)
+              xlabel="training budget (minutes)", ylabel=f"{split} mIoU (%)", y_from_zero=False,
+              legend_below=True)
     lines += ["", f"![{split} mIoU against minutes](sweep.png)"]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

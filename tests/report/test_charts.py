@@ -49,6 +49,22 @@ def test_line_plot_draws_each_series_at_the_asked_size(tmp_path):
     assert _colour_share(empty, (214, 39, 40)) == 0.0
 
 
+def test_line_plot_puts_a_long_legend_below_the_axes(tmp_path):
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44)]
+    series = [Series(f"a long recipe label {i}", [0.0, 1.0], [1.0 + i, 2.0 + i], color=c)
+              for i, c in enumerate(colours)]
+    inside = line_plot(tmp_path / "inside.png", series, title="t", xlabel="x", ylabel="y")
+    below = line_plot(tmp_path / "below.png", series, title="t", xlabel="x", ylabel="y",
+                      legend_below=True)
+    assert Image.open(inside).size == (820, 480)
+    assert Image.open(below).size == (820, 480 + 20 * 3 + 16)  # one row per series
+    # The legend's swatches are drawn in the series' colours in the added strip; the plain
+    # plot has nothing there to compare, so look at the strip's own pixels.
+    strip = np.asarray(Image.open(below).convert("RGB")).astype(int)[480:]
+    for c in colours:
+        assert ((np.abs(strip - np.array(c)).max(axis=-1) <= 40).sum() > 20)
+
+
 def test_bar_charts_write_pngs_that_grow_with_their_bars(tmp_path):
     bars = grouped_bars(tmp_path / "bars.png", ["a", "b"], [("one", [0.5, math.nan]),
                                                           ("two", [1.0, 0.25])])

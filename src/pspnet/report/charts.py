@@ -103,6 +103,7 @@ def line_plot(
     annotate_last: bool = False,
     empty_message: str = "no data",
     size: tuple[int, int] = (820, 480),
+    legend_below: bool = False,
 ) -> Path:
     """Draw a line plot with axes, grid, labels and a legend; save it as PNG.
 
@@ -115,14 +116,25 @@ def line_plot(
         hlines: Dashed horizontal reference lines ``(y, label)``.
         annotate_last: Print the y value next to the last point of each series.
         empty_message: Text drawn when no series has a finite point.
-        size: Image size (width, height) in pixels.
+        size: Image size (width, height) in pixels; with ``legend_below``, the height of the
+            part above the legend.
+        legend_below: Put the legend under the plot, one line per series, the image growing
+            to hold it (for many series with long labels, which a legend inside the axes
+            would cover).
 
     Returns:
         The path written.
     """
-    fig = _figure(size)
+    width, height = size
+    # Pixels under the axes for the legend: one 20 px row per series that has a point.
+    n_drawn = sum(any(math.isfinite(float(x)) and math.isfinite(float(y))
+                      for x, y in zip(s.xs, s.ys)) for s in series)  # fmt: skip
+    legend_px = 20 * n_drawn + 16 if legend_below and n_drawn else 0
+    total = height + legend_px
+    fig = _figure((width, total))
     ax = fig.add_subplot()
-    fig.subplots_adjust(left=0.1, right=0.97, top=0.9, bottom=0.13)
+    fig.subplots_adjust(left=0.1, right=0.97, top=1 - 0.1 * height / total,
+                        bottom=(0.13 * height + legend_px) / total)
     drawn = 0
     for s in series:
         pts = [(float(x), float(y)) for x, y in zip(s.xs, s.ys)
@@ -140,7 +152,9 @@ def line_plot(
         ax.axhline(y, color=(0.78, 0.16, 0.16), linestyle="--", linewidth=1)
         ax.annotate(text, (1.0, y), xycoords=("axes fraction", "data"), xytext=(-4, 4),
                     textcoords="offset points", ha="right", color=(0.78, 0.16, 0.16), fontsize=9)
-    if drawn:
+    if drawn and legend_px:
+        fig.legend(loc="lower left", bbox_to_anchor=(0.02, 4 / total), fontsize=9, frameon=False)
+    elif drawn:
         ax.legend(loc="best", fontsize=9)
     else:
         ax.text(0.5, 0.5, empty_message, transform=ax.transAxes, ha="center", va="center",
