@@ -126,19 +126,17 @@ def line_plot(
         The path written.
     """
     width, height = size
+    finite = [[(float(x), float(y)) for x, y in zip(s.xs, s.ys)
+               if math.isfinite(x) and math.isfinite(y)] for s in series]  # fmt: skip
+    n_drawn = sum(1 for pts in finite if pts)
     # Pixels under the axes for the legend: one 20 px row per series that has a point.
-    n_drawn = sum(any(math.isfinite(float(x)) and math.isfinite(float(y))
-                      for x, y in zip(s.xs, s.ys)) for s in series)  # fmt: skip
     legend_px = 20 * n_drawn + 16 if legend_below and n_drawn else 0
     total = height + legend_px
     fig = _figure((width, total))
     ax = fig.add_subplot()
     fig.subplots_adjust(left=0.1, right=0.97, top=1 - 0.1 * height / total,
                         bottom=(0.13 * height + legend_px) / total)
-    drawn = 0
-    for s in series:
-        pts = [(float(x), float(y)) for x, y in zip(s.xs, s.ys)
-               if math.isfinite(x) and math.isfinite(y)]  # fmt: skip
+    for s, pts in zip(series, finite):
         if not pts:
             continue
         xs, ys = zip(*pts)
@@ -147,14 +145,13 @@ def line_plot(
         if annotate_last:
             ax.annotate(f"{ys[-1]:.1f}", (xs[-1], ys[-1]), textcoords="offset points",
                         xytext=(4, 6), color=_rgb(s.color), fontsize=9)
-        drawn += 1
     for y, text in hlines:
         ax.axhline(y, color=(0.78, 0.16, 0.16), linestyle="--", linewidth=1)
         ax.annotate(text, (1.0, y), xycoords=("axes fraction", "data"), xytext=(-4, 4),
                     textcoords="offset points", ha="right", color=(0.78, 0.16, 0.16), fontsize=9)
-    if drawn and legend_px:
+    if legend_px:
         fig.legend(loc="lower left", bbox_to_anchor=(0.02, 4 / total), fontsize=9, frameon=False)
-    elif drawn:
+    elif n_drawn:
         ax.legend(loc="best", fontsize=9)
     else:
         ax.text(0.5, 0.5, empty_message, transform=ax.transAxes, ha="center", va="center",
