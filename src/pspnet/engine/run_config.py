@@ -58,19 +58,19 @@ CPU_SCRATCH_BATCH = 4
 MIN_IMAGES_PER_PASS = 2
 
 #: Learning rate of a from-scratch CPU run without a config file, by the images per optimizer
-#: step (``train.batch_size``): fewer than 8, 8 or more. The paper's is 0.01 over 100+
-#: epochs. CamVid test, one core per run (docs/recipe.md): at batch 8, on an AMX Xeon with
+#: step (``train.batch_size``), keyed by the smallest batch each rate is for. The paper's is
+#: 0.01 over 100+ epochs. CamVid test, one core per run (docs/recipe.md): at batch 8, on an AMX Xeon with
 #: scale 0.75-1.5, 0.02 scored 40.9 mIoU after 30 minutes against 38.8 at 0.01 and 0.5-2
 #: (stride 16, one seed); on a Zen 5 EPYC 0.03 raised pixel accuracy over 0.02 on each of
 #: three seeds (84.3 against 83.6 on the mean, mIoU 42.4 against 42.2) and 0.04 did not (seed
 #: 0). At batch 4 (Zen 5, seed 0) 0.02 scored 44.7 / 84.5 against 0.03's 42.8 / 83.9.
-CPU_SCRATCH_LR = {"below 8": 0.02, "8 or more": 0.03}
+CPU_SCRATCH_LR = {1: 0.02, 8: 0.03}
 
 
 def cpu_scratch_lr(images_per_step: int) -> float:
     """The learning rate :data:`CPU_SCRATCH_LR` gives for ``images_per_step`` images per
     optimizer step."""
-    return CPU_SCRATCH_LR["below 8" if images_per_step < 8 else "8 or more"]
+    return CPU_SCRATCH_LR[max(k for k in CPU_SCRATCH_LR if k <= max(1, images_per_step))]
 
 
 #: Random-scale range of a CPU run without a config file (the paper's is 0.5-2).
@@ -177,14 +177,16 @@ def _cpu_choices(tree: dict[str, Any]) -> list[Choice]:
             "--batch-size 8 for the larger batch"))  # fmt: skip
     if scratch and "lr" not in optim:
         batch = train.get("batch_size")
-        lr = cpu_scratch_lr(batch if isinstance(batch, int) else 8)  # a bad value fails later
+        # A batch that is not a count fails validation later; its rate here is the largest's.
+        lr = cpu_scratch_lr(batch if isinstance(batch, int) else max(CPU_SCRATCH_LR))
         optim["lr"] = lr
         out.append(Choice(
             "optim.lr", str(lr),
             f"training from scratch on a CPU without a config file, batch {batch}: tens of "
             f"epochs, not the paper's hundreds, gain from a rate {lr / 0.01:g} times its 0.01 "
-            f"({CPU_SCRATCH_LR['below 8']:g} below 8 images a step, "
-            f"{CPU_SCRATCH_LR['8 or more']:g} from 8; measured, docs/recipe.md); --set "
+            f"({CPU_SCRATCH_LR[min(CPU_SCRATCH_LR)]:g} below {max(CPU_SCRATCH_LR)} images a "
+            f"step, {CPU_SCRATCH_LR[max(CPU_SCRATCH_LR)]:g} from {max(CPU_SCRATCH_LR)}; "
+            "measured, docs/recipe.md); --set "
             "optim.lr=0.01 for the paper's"))  # fmt: skip
     if "scale" not in data:
         data["scale"] = list(CPU_SCALE)
