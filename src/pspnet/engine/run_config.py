@@ -59,11 +59,11 @@ MIN_IMAGES_PER_PASS = 2
 
 #: Learning rate of a from-scratch CPU run without a config file, by the images per optimizer
 #: step (``train.batch_size``), keyed by the smallest batch each rate is for. The paper's is
-#: 0.01 over 100+ epochs. CamVid test, one core per run (docs/recipe.md): at batch 8, on an AMX Xeon with
-#: scale 0.75-1.5, 0.02 scored 40.9 mIoU after 30 minutes against 38.8 at 0.01 and 0.5-2
-#: (stride 16, one seed); on a Zen 5 EPYC 0.03 raised pixel accuracy over 0.02 on each of
-#: three seeds (84.3 against 83.6 on the mean, mIoU 42.4 against 42.2) and 0.04 did not (seed
-#: 0). At batch 4 (Zen 5, seed 0) 0.02 scored 44.7 / 84.5 against 0.03's 42.8 / 83.9.
+#: 0.01 over 100+ epochs. CamVid test, one core per run (docs/recipe.md): at batch 8, on an
+#: AMX Xeon with scale 0.75-1.5, 0.02 scored 40.9 mIoU after 30 minutes against 38.8 at 0.01
+#: and 0.5-2 (stride 16, one seed); on a Zen 5 EPYC 0.03 raised pixel accuracy over 0.02 on
+#: each of three seeds (84.3 against 83.6 on the mean, mIoU 42.4 against 42.2) and 0.04 did
+#: not (seed 0). At batch 4 (Zen 5, seed 0) 0.02 scored 44.7 / 84.5 against 0.03's 42.8 / 83.9.
 CPU_SCRATCH_LR = {1: 0.02, 8: 0.03}
 
 
