@@ -38,6 +38,28 @@ def default_head_channels(arch: str) -> int:
     return 256 if arch in LIGHT_ARCHS else 512
 
 
+def _crop_pair(value: Any, key: str) -> tuple[int, int] | None:
+    """One crop size or ``[height, width]`` as a ``(height, width)`` tuple (None stays None).
+
+    Raises:
+        ConfigError: Not one or two whole numbers, a side below 8 or above the crop limit; the
+            message names ``key``.
+    """
+    if value is None:
+        return None
+    # A bare number means a square; a string is refused whole, not read as its characters.
+    pair = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+    _check(
+        len(pair) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 8 for s in pair),
+        key,
+        f"must be one size or [height, width], each a whole number of at least 8, "
+        f"got {value!r}",
+    )
+    for side in pair:
+        check_limit("crop", side, key, low=8)
+    return pair
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the training and validation data are, and how training crops are made.
@@ -110,18 +132,7 @@ class DataConfig:
     before training (truncated files have readable headers). ``pspnet train --skip-bad [N]``."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.crop_size, int):
-            object.__setattr__(self, "crop_size", (self.crop_size, self.crop_size))
-        elif self.crop_size is not None:
-            object.__setattr__(self, "crop_size", tuple(self.crop_size))
-        _check(
-            self.crop_size is None
-            or (len(self.crop_size) == 2 and all(int(s) >= 8 for s in self.crop_size)),
-            "data.crop_size",
-            f"must be one size or [height, width], each at least 8, got {self.crop_size!r}",
-        )
-        for side in self.crop_size or ():
-            check_limit("crop", side, "data.crop_size", low=8)
+        object.__setattr__(self, "crop_size", _crop_pair(self.crop_size, "data.crop_size"))
         self._check_finish()
         for key, rng in (("data.scale", self.scale), ("data.rotate", self.rotate)):
             if rng is not None:
@@ -153,19 +164,8 @@ class DataConfig:
 
     def _check_finish(self) -> None:
         """``finish_crop_size`` and ``finish_share`` come together; the crop is a valid size."""
-        fc = self.finish_crop_size
-        if isinstance(fc, int):
-            fc = (fc, fc)
-        elif fc is not None:
-            fc = tuple(fc)
+        fc = _crop_pair(self.finish_crop_size, "data.finish_crop_size")
         object.__setattr__(self, "finish_crop_size", fc)
-        _check(
-            fc is None or (len(fc) == 2 and all(isinstance(s, int) and s >= 8 for s in fc)),
-            "data.finish_crop_size",
-            f"must be one size or [height, width], each at least 8, got {fc!r}",
-        )
-        for side in fc or ():
-            check_limit("crop", side, "data.finish_crop_size", low=8)
         share = self.finish_share
         _check(
             isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share < 1,
