@@ -1,9 +1,10 @@
 """Training configuration: data, optimiser, loop, and the root :class:`Config` that holds them.
 
-The defaults are a CPU recipe (what you get when giving only the data and --num-classes):
-a ResNet-18 PSPNet at output stride 8 with a 256-channel head, trained with the paper's optimiser and
-augmentation. The paper's recipes for ADE20K / VOC / Cityscapes are the YAML files in
-``configs/``.
+The defaults are a CPU recipe: a ResNet-18 PSPNet at output stride 8 with a 256-channel head,
+trained with the paper's optimiser and augmentation. ``pspnet train`` without a config file
+changes some of them for the machine and budget and says which and why
+(:mod:`pspnet.engine.defaults`). The paper's recipes for ADE20K / VOC / Cityscapes are the YAML
+files in ``configs/``.
 """
 
 from __future__ import annotations
@@ -228,7 +229,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", f"must be positive, got {self.lr!r}")
-        _check(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum!r}")
+        _check(0 <= self.momentum < 1, "optim.momentum",
+               f"must be in [0, 1), got {self.momentum!r}")
         _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _check(self.power >= 0, "optim.power", "must be >= 0")
         _check(self.head_lr_mult > 0, "optim.head_lr_mult", "must be positive")
@@ -396,7 +398,8 @@ class TrainConfig:
 
 
 def _default_model() -> ModelConfig:
-    return ModelConfig(arch=TRAIN_DEFAULT_ARCH, head_channels=default_head_channels(TRAIN_DEFAULT_ARCH))
+    return ModelConfig(arch=TRAIN_DEFAULT_ARCH,
+                       head_channels=default_head_channels(TRAIN_DEFAULT_ARCH))
 
 
 @dataclass(frozen=True)
