@@ -61,6 +61,7 @@ def _crop_pair(value: Any, key: str) -> tuple[int, int] | None:
         check_limit("crop", side, key, low=8)
     return pair
 
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the training and validation data are, and how training crops are made.
