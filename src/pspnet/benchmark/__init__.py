@@ -49,8 +49,9 @@ from pspnet.precision import cpu_has_native_bf16
 from pspnet.report.machine import cpu_model
 
 __all__ = ["BenchResult", "int8_gemm_is_fast", "matmul_peak", "count_flops", "run_benchmark",
-           "format_markdown", "bench_data_pipeline", "find_camvid_root", "camvid_missing", "camvid_location",
-           "CAMVID_ENV", "INFERENCE_VARIANTS", "bench_inference", "bench_sliding",
+           "format_markdown", "bench_data_pipeline", "find_camvid_root", "camvid_missing",
+           "camvid_location", "CAMVID_ENV", "INFERENCE_VARIANTS", "bench_inference",
+           "bench_sliding",
            "bench_train_step", "allocator_path", "machine_info", "save"]
 
 
@@ -65,7 +66,8 @@ def allocator_path(name: str) -> str | None:
     import glob
 
     for lib in ALLOCATORS.get(name, ()):
-        for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib"):
+        for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib",
+                  "/usr/local/lib"):
             hits = glob.glob(f"{d}/{lib}")
             if hits:
                 return hits[0]
@@ -224,8 +226,9 @@ def format_markdown(doc: dict[str, Any]) -> str:
         # On a GPU the device's memory is the one that runs out, not the host's resident set.
         mem = r["extra"].get("gpu_peak_mib") if gpu else r["peak_rss_mib"]
         lines.append(
-            f"| {r['case']} | {r['variant']} | {_ms(r['ms'])} | {_ms(r['ms_min'])}-{_ms(r['ms_max'])}"
-            f" | {r['speedup']:.2f}x | {r['gflops']:.0f} | {100 * r['peak_fraction']:.0f}% | "
+            f"| {r['case']} | {r['variant']} | {_ms(r['ms'])} | "
+            f"{_ms(r['ms_min'])}-{_ms(r['ms_max'])} | {r['speedup']:.2f}x | {r['gflops']:.0f} | "
+            f"{100 * r['peak_fraction']:.0f}% | "
             f"{(mem or 0):.0f} | {notes} |"
         )
     if doc.get("data_pipeline"):
@@ -246,7 +249,8 @@ def int8_peak(gemm_size: int, fp32: float) -> float:
 
 
 def _ms(ms: float) -> str:
-    """Milliseconds with the digits that matter: whole ms on a CPU, tenths or hundredths on a GPU."""
+    """Milliseconds with the digits that matter: whole ms on a CPU, tenths or hundredths on a
+    GPU."""
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 
 

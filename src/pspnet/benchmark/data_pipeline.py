@@ -30,8 +30,8 @@ from pspnet.precision import cpu_has_native_bf16
 from pspnet.report.machine import usable_cpus
 
 __all__ = ["CAMVID_ENV", "camvid_location", "camvid_missing", "find_camvid_root", "require_camvid",
-           "CamVidNotFoundError", "bench_data_pipeline", "CPU_RECIPE_MODEL", "CAMVID_CROP", "CPU_RECIPE_BATCH",
-           "SCENES_SIZE", "DATA_SOURCES"]
+           "CamVidNotFoundError", "bench_data_pipeline", "CPU_RECIPE_MODEL", "CAMVID_CROP",
+           "CPU_RECIPE_BATCH", "SCENES_SIZE", "DATA_SOURCES"]
 
 #: The CPU recipe's training step (configs/camvid_cpu.yaml): what the data pipeline must feed.
 CPU_RECIPE_MODEL: dict[str, Any] = {"arch": "pspnet_r18", "output_stride": 16,

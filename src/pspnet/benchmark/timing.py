@@ -174,7 +174,8 @@ _VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
 
 def _inference_variant(model: nn.Module, variant: str, x: torch.Tensor | None = None, *,
                        inplace: bool = False) -> nn.Module:
-    """``model`` as ``variant`` runs it; ``inplace``: convert ``model`` itself (the caller's copy)."""
+    """``model`` as ``variant`` runs it; ``inplace``: convert ``model`` itself (the caller's
+    copy)."""
     if variant == "fp32-eager":
         return model
     if variant == "int8-compile" and x is not None:

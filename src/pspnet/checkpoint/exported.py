@@ -200,7 +200,8 @@ class OnnxSegmenter(_ExportedRuntime):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ImportError(f"running ONNX exports needs onnxruntime; {ONNX_INSTALL_HINT}") from None
+            raise ImportError(
+                f"running ONNX exports needs onnxruntime; {ONNX_INSTALL_HINT}") from None
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"ONNX file {p} does not exist")
@@ -454,8 +455,9 @@ def open_export(
 
     Raises:
         CheckpointError: ``precision`` / ``compile`` / ``options`` given, onnxruntime or
-            openvino missing (naming the extra), an OpenVINO ``.xml`` without its ``.bin``, a file without pspnet export metadata, a file the runtime
-            cannot open, or ``arch`` / ``num_classes`` that contradict the file.
+            openvino missing (naming the extra), an OpenVINO ``.xml`` without its ``.bin``, a
+            file without pspnet export metadata, a file the runtime cannot open,
+            or ``arch`` / ``num_classes`` that contradict the file.
     """
     refused = [f"{k}={v!r}" for k, v in (("precision", precision), ("compile", compile))
                if v != ("fp32" if k == "precision" else False)]

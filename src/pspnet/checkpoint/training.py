@@ -148,7 +148,8 @@ def validate_train_checkpoint(state: Any, path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not isinstance(state, dict) or state.get("format") != TRAIN_CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"{p} is not a pspnet training checkpoint (it has no format {TRAIN_CHECKPOINT_FORMAT!r}); "
+            f"{p} is not a pspnet training checkpoint "
+            f"(it has no format {TRAIN_CHECKPOINT_FORMAT!r}); "
             "to start from weights use train.backbone_weights"
         )
     version = state.get("version", 0)

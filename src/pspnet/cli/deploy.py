@@ -52,19 +52,22 @@ def _export_int8(model: object, args: argparse.Namespace) -> object:
     if args.format == "openvino":
         from pspnet.export.openvino import export_openvino
 
-        return export_openvino(model, args.out, height=args.height, width=args.width,  # type: ignore[arg-type]
-                               dynamic=args.dynamic, output=args.output,
-                               calibration=args.calibration_list, check=not args.no_check)
-    return export_onnx_int8(model, args.out, calibration=args.calibration_list,  # type: ignore[arg-type]
-                            height=args.height, width=args.width, dynamic=args.dynamic,
-                            output=args.output, check=not args.no_check)
+        return export_openvino(model, args.out,  # type: ignore[arg-type]
+                               height=args.height, width=args.width, dynamic=args.dynamic,
+                               output=args.output, calibration=args.calibration_list,
+                               check=not args.no_check)
+    return export_onnx_int8(model, args.out,  # type: ignore[arg-type]
+                            calibration=args.calibration_list, height=args.height,
+                            width=args.width, dynamic=args.dynamic, output=args.output,
+                            check=not args.no_check)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from pspnet.serve import serve_from_args
     except ImportError as e:
-        raise ValueError(f"serving needs the serve extra: pip install 'pspnet[serve]' ({e})") from None
+        raise ValueError(
+            f"serving needs the serve extra: pip install 'pspnet[serve]' ({e})") from None
     check_port(args.port)
     return serve_from_args(args.weights, host=args.host, port=args.port,
                            max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EPILOG = """examples:
-  pspnet demo                                      # PSPNet vs FCN on generated scenes, 3 seeds, report
+  pspnet demo                                      # PSPNet vs FCN on generated scenes, 3 seeds
   pspnet train --data-root D --train-list D/train.txt --val-list D/val.txt --num-classes 11 \\
       --time-budget 30 --work-dir runs/camvid
   pspnet train --images photos/ --labels masks/ --val-fraction 0.2 --num-classes 4 \\
@@ -377,8 +377,10 @@ def _add_evaluate(sub: Subparsers) -> None:
                         "--labels)")
     _add_folders(s)
     s.add_argument("--out", required=True, help="writes metrics.json, confusion.png")
-    _add_window_flags(s, crop_help="sliding-window crop in pixels (--mode slide, or a sliding --protocol)")
-    s.add_argument("--protocol", help="a named preset (docs/evaluation.md): semseg, mmseg-whole ...")
+    _add_window_flags(s, crop_help="sliding-window crop in pixels "
+                                   "(--mode slide, or a sliding --protocol)")
+    s.add_argument("--protocol",
+                   help="a named preset (docs/evaluation.md): semseg, mmseg-whole ...")
     s.add_argument("--dataset", help="with --protocol: use its published sizes for this data set "
                                      "(ade20k, voc2012, cityscapes)")
     s.add_argument("--base-size", type=int,
@@ -439,7 +441,8 @@ def _add_export(sub: Subparsers) -> None:
 
 def _add_predict(sub: Subparsers) -> None:
     """The ``predict`` verb."""
-    s = sub.add_parser("predict", help="segment images, folders or videos into PNG masks + overlays")
+    s = sub.add_parser("predict",
+                       help="segment images, folders or videos into PNG masks + overlays")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders or videos")
     _add_weights(s)
     s.add_argument("--out", required=True, help="output folder")

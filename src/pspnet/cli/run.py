@@ -104,8 +104,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     _report_compile(model)
+    skipped = f"; {len(summary.failed)} input(s) skipped (see summary.json)"
     print(f"wrote {len(summary.written)} result(s) to {args.out}"
-          + (f"; {len(summary.failed)} input(s) skipped (see summary.json)" if summary.failed else ""))
+          + (skipped if summary.failed else ""))
     return 0 if not summary.failed else 1
 
 
@@ -252,7 +253,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         lib = benchmark.allocator_path(args.allocator)
         if lib is None:
             raise ValueError(f"--allocator {args.allocator}: library not found (Debian: apt-get "
-                             "install libtcmalloc-minimal4 / libjemalloc2); or use --allocator system")
+                             "install libtcmalloc-minimal4 / libjemalloc2); "
+                             "or use --allocator system")
         # The allocator must be loaded before the process starts: run ourselves again with it.
         env = {**os.environ, "LD_PRELOAD": lib}
         os.execve(sys.executable, [sys.executable, "-m", "pspnet", *sys.argv[1:]], env)

@@ -83,7 +83,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list,):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"`{key}` must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+        if not args:
+            return list(value)
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"`{key}` must be a mapping, got {value!r}")

@@ -76,7 +76,8 @@ def _parse_line(p: Path, number: int, raw: str) -> _Line:
     try:
         index = int(parts[0])
         rgb = tuple(int(c) for c in parts[2].split()) if len(parts) == 3 else None
-        if index < 0 or (rgb is not None and (len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb))):
+        bad_rgb = rgb is not None and (len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb))
+        if index < 0 or bad_rgb:
             raise ValueError
     except ValueError:
         raise DataError(f"{p}:{number}: expected {form}, got {raw!r}") from None

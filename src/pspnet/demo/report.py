@@ -68,7 +68,9 @@ def _class_table(runs: Sequence[Sequence[dict[str, Any]]]) -> Table:
     """Per class: each model's mean +- sd over the seeds."""
     def cell(values: list[float]) -> str:
         mean, sd = mean_sd(values)
-        return "n/a" if math.isnan(mean) else _num(mean) + ("" if math.isnan(sd) else f" ± {sd:.3f}")
+        if math.isnan(mean):
+            return "n/a"
+        return _num(mean) + ("" if math.isnan(sd) else f" ± {sd:.3f}")
 
     rows = [[name] + [cell([_iou(r, c) for r in model]) for model in runs]
             for c, name in enumerate(CONTEXT_CLASSES)]
@@ -91,7 +93,8 @@ def _paired_table(runs: Sequence[Sequence[dict[str, Any]]]) -> tuple[Table, Seed
         agreement = agreement or check
         rows.append([what] + [_num(d, signed=True) for d in diffs]
                     + [f"{check.ahead} of {len(diffs)}"])
-    header = ["paired PSPNet − FCN"] + [f"seed {s}" for s in seeds] + ["seeds where PSPNet is ahead"]
+    header = (["paired PSPNet − FCN"] + [f"seed {s}" for s in seeds]
+              + ["seeds where PSPNet is ahead"])
     assert agreement is not None  # _scores has rows: internal invariant, not a user error
     return (header, rows), agreement
 
@@ -120,7 +123,8 @@ def _comparison(out: Path, data: Path, weights: Sequence[Path], n: int) -> list[
             pred = predict_array(m, image, m.meta.preprocess, InferenceOptions(),
                                  len(CONTEXT_CLASSES))
             tiles.append(overlay(image, pred, CONTEXT_PALETTE, 0.6, CONTEXT_CLASSES, legend=False))
-        paths.append(tile_row(tiles, ["image", "truth", "FCN", "PSPNet"], out / f"compare_{name}.png"))
+        paths.append(tile_row(tiles, ["image", "truth", "FCN", "PSPNet"],
+                              out / f"compare_{name}.png"))
     return paths
 
 

@@ -253,7 +253,8 @@ def _prepare(out: Path, s: DemoSettings, fresh: bool, progress: bool) -> Path:
 
 def _say_next(progress: bool, k: int, total: int, model: str, seed: int, s: DemoSettings,
               times: list[float], todo: int) -> None:
-    """``run 3/6: PSPNet ... seed 1, 90 iterations; about 6 min left`` (ETA from the runs so far)."""
+    """``run 3/6: PSPNet ... seed 1, 90 iterations; about 6 min left`` (the ETA from the runs
+    so far)."""
     if not progress:
         return
     eta = f"; about {math.ceil(sum(times) / len(times) * todo / 60)} min left" if times else ""

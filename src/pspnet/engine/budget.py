@@ -137,7 +137,8 @@ class Budget:
         of ``micro_batch`` images) per image, scaled by ``pixels_factor`` (validation image
         pixels over crop pixels). Does nothing once a validation was measured."""
         if self.val_s is None:
-            self.val_estimate_s = images * self.step_time() / max(1, micro_batch) * pixels_factor / 4.0
+            per_image = self.step_time() / max(1, micro_batch)
+            self.val_estimate_s = images * per_image * pixels_factor / 4.0
 
     def steps_before_finish(self, elapsed: float) -> int | None:
         """Steps (at the current step time) until the finishing share begins; None when there
@@ -200,7 +201,8 @@ class Budget:
         if val_enabled and vi is None:
             left = self.budget_s - elapsed
             v = self.val_cost()
-            k = AUTO_VALIDATIONS if v <= 0 else min(AUTO_VALIDATIONS, int(self.VAL_SHARE * left // v))
+            k = (AUTO_VALIDATIONS if v <= 0
+                 else min(AUTO_VALIDATIONS, int(self.VAL_SHARE * left // v)))
             if k <= 0:
                 vi = 0
                 note = (

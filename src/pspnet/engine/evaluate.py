@@ -2,7 +2,8 @@
 
 :func:`evaluate_model` runs :func:`pspnet.inference.predict` with one
 :class:`~pspnet.inference.InferenceOptions` (whole image by default, or any sliding-window /
-multi-scale / flip setting, or a named protocol such as the authors' ``semseg``) on every image at its original size, takes the argmax, and accumulates one
+multi-scale / flip setting, or a named protocol such as the authors' ``semseg``) on every
+image at its original size, takes the argmax, and accumulates one
 :class:`~pspnet.engine.metrics.ConfusionMatrix`. Under ``torchrun`` each process evaluates the
 disjoint strided shard ``rank, rank + world, ...`` of the data set (no padding, so no image is
 counted twice) and the confusion matrices are summed with an all-reduce: every process returns

@@ -104,7 +104,8 @@ def class_weights_from_counts(counts: np.ndarray | list[int], method: str) -> li
         w = np.ones_like(p)
         w[present] = np.median(p[present]) / p[present]
     else:
-        raise ValueError(f"unknown class weighting {method!r}; choose one of {list(CLASS_WEIGHTINGS)}")
+        raise ValueError(
+            f"unknown class weighting {method!r}; choose one of {list(CLASS_WEIGHTINGS)}")
     w[~present] = 1.0
     return [float(v) for v in w]
 
@@ -154,4 +155,5 @@ class PSPLoss(nn.Module):
 
     def extra_repr(self) -> str:
         weighted = self.class_weights is not None
-        return f"aux_weight={self.aux_weight}, ignore_index={self.ignore_index}, weighted={weighted}"
+        return (f"aux_weight={self.aux_weight}, ignore_index={self.ignore_index}, "
+                f"weighted={weighted}")

@@ -97,7 +97,8 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
                 and q.name not in ours
             )
             if not found:
-                raise DataError(f"{p} holds no images or videos ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+                raise DataError(f"{p} holds no images or videos ({kinds})")
             out += found
         elif p.is_file():
             if p.suffix.lower() not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
@@ -293,7 +294,8 @@ def _predict_video(model: nn.Module, path: Path, stem: str, out_dir: Path, pre: 
                                     legend=False))
             if writer is None:
                 h, w = ov.shape[:2]
-                writer = cv2.VideoWriter(str(video_out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                writer = cv2.VideoWriter(str(video_out), fourcc, fps, (w, h))
             writer.write(np.ascontiguousarray(ov[..., ::-1]))
             if progress:
                 print(f"\r{path.name}: {n} frames", end="", file=sys.stderr)

@@ -171,9 +171,10 @@ def report_after_training(run: Run) -> Path | None:
     The last validation's metrics are reused when they scored the weights the report shows
     (``best/`` at the last validated iteration, or ``final/`` when there is no ``best/``);
     otherwise the report scores them itself, unless validation was off in the run (then only
-    the overlays are drawn: the report never costs a validation nobody asked for). Under ``torchrun`` the report is left to
-    ``pspnet report WORK_DIR``: scoring on one process while the others wait would need a
-    collective they are not in. The global random state is left as it was.
+    the overlays are drawn: the report never costs a validation nobody asked for). Under
+    ``torchrun`` the report is left to ``pspnet report WORK_DIR``: scoring on one process
+    while the others wait would need a collective they are not in. The global random state is
+    left as it was.
 
     Returns:
         The page's path, or None when it was not written (a warning says why).

@@ -31,8 +31,9 @@ from torch import Tensor
 from pspnet.config import ConfigError
 from pspnet.engine.distributed import DistInfo, broadcast_object, is_distributed
 
-__all__ = ["LOCK_FILE", "RUN_OUTPUTS", "IgnoreStopSignals", "StopSignals", "TrainingInterrupted", "WorkDirLock",
-           "check_work_dir", "clear_run_outputs", "first_non_finite", "lock_work_dir", "on_main"]
+__all__ = ["LOCK_FILE", "RUN_OUTPUTS", "IgnoreStopSignals", "StopSignals", "TrainingInterrupted",
+           "WorkDirLock", "check_work_dir", "clear_run_outputs", "first_non_finite",
+           "lock_work_dir", "on_main"]
 
 T = TypeVar("T")
 

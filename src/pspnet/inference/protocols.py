@@ -118,7 +118,8 @@ PROTOCOLS: dict[str, InferenceOptions] = {
     "mmseg-slide-ms": _mmseg_ms(_MMSEG_SLIDE, _MMSEG_SLIDE_DOC),
 }
 
-#: Published sizes per protocol family and data set, applied by :meth:`InferenceOptions.for_dataset`.
+#: Published sizes per protocol family and data set, applied by
+#: :meth:`InferenceOptions.for_dataset`.
 DATASET_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # hszhao/semseg config/*/*_pspnet50.yaml: base_size, test_h/test_w.
     "semseg": {

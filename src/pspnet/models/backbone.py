@@ -46,7 +46,8 @@ class BasicBlock(nn.Module):
         )
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=dilation, dilation=dilation,
+                               bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 

@@ -147,7 +147,8 @@ class InferenceModel(nn.Module):
         compile_seconds: Wall time of the first (compiling) calls when compiled, else 0.
     """
 
-    def __init__(self, model: nn.Module, precision: str, channels_last: bool, compiled: bool) -> None:
+    def __init__(self, model: nn.Module, precision: str, channels_last: bool,
+                 compiled: bool) -> None:
         super().__init__()
         self.model = model
         self.precision = precision

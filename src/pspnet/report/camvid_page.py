@@ -122,7 +122,8 @@ def budget_section(points: Sequence[BudgetPoint], plot_rel: str,
     rows, prev = [], None
     for p in pts:
         first = p.log.first_plan
-        planned = f" ({first:,} planned at the start)" if first and first != p.log.iterations else ""
+        replanned = first and first != p.log.iterations
+        planned = f" ({first:,} planned at the start)" if replanned else ""
         gain = per_hour = ""
         if prev is not None:
             d = 100 * (p.test_miou - prev.test_miou)

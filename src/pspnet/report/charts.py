@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REPORT_EXTRA", "require_matplotlib", "Series", "line_plot", "grouped_bars", "class_bars", "mean_sd",
-           "spread_bars", "save_confusion_png"]
+__all__ = ["REPORT_EXTRA", "require_matplotlib", "Series", "line_plot", "grouped_bars",
+           "class_bars", "mean_sd", "spread_bars", "save_confusion_png"]
 
 #: The optional extra that installs matplotlib.
 REPORT_EXTRA = "report"
@@ -174,7 +174,8 @@ def line_plot(
 
 def grouped_bars(path: str | Path, groups: Sequence[str],
                  bars: Sequence[tuple[str, Sequence[float]]],
-                 colours: Sequence[tuple[int, int, int]] = ((150, 150, 150), (214, 39, 40))) -> Path:
+                 colours: Sequence[tuple[int, int, int]] = ((150, 150, 150), (214, 39, 40)),
+                 ) -> Path:
     """Bars of values in [0, 1], one bar per series in each group, with a legend.
 
     Args:

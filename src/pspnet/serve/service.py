@@ -134,8 +134,10 @@ def model_info(model: nn.Module, meta: WeightsMeta | None,
     fixed = tuple(model.input_size) if model.input_size else None
     labels = model.output == "labels"
     if options is None:
-        options = (InferenceOptions(mode="slide", crop_size=fixed) if fixed  # type: ignore[arg-type]
-                   else InferenceOptions())
+        if fixed:
+            options = InferenceOptions(mode="slide", crop_size=fixed)  # type: ignore[arg-type]
+        else:
+            options = InferenceOptions()
     size = f"{fixed[0]}x{fixed[1]}" if fixed else ""
     if fixed and options.mode == "slide" and tuple(options.crop_size or ()) != fixed:
         raise ServeError(f"{model.path} accepts only {size} (height x width) inputs, but the "
