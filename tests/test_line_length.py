@@ -21,4 +21,4 @@ def test_package_lines_fit_in_100_columns() -> None:
             for p in files
             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
             if len(line) > LIMIT]
-    assert not long, "lines over 100 columns:\n" + "\n".join(long)
+    assert not long, f"lines over {LIMIT} columns:\n" + "\n".join(long)
