@@ -282,6 +282,8 @@ def recipe_of(rec: dict[str, Any], work: Path) -> str:
     if cfg["data"].get("finish_share"):
         fh, fw = cfg["data"]["finish_crop_size"]
         text += f", the last {cfg['data']['finish_share']:.0%} on {fh}x{fw}"
+        if cfg["data"].get("finish_output_stride"):
+            text += f" at stride {cfg['data']['finish_output_stride']}"
     return text
 
 

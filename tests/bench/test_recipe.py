@@ -49,6 +49,9 @@ def test_what_ran_reads_the_runs_config(recipe, tmp_path: Path) -> None:
     assert recipe.recipe_of(rec, tmp_path) == (
         "stride 16, crop 320x320, lr 0.02, scale 0.75-1.5, weight decay 0.0005, "
         "the last 33% on 360x480")
+    cfg["data"]["finish_output_stride"] = 8
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert recipe.recipe_of(rec, tmp_path).endswith("the last 33% on 360x480 at stride 8")
     cfg["train"] = {"batch_size": 4}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert recipe.recipe_of(rec, tmp_path).startswith("stride 16, crop 320x320, batch 4, lr 0.02,")
@@ -82,5 +85,5 @@ def test_runs_both_recipes_and_reports(recipe, tmp_path: Path) -> None:
     finish = next((c for c in recs[1]["chosen"] if c.startswith("data.finish_crop_size")), None)
     if finish is not None:  # the square crop, then the budget's last third on whole images
         fh, fw = finish.split("= ")[1].strip("[]").split(", ")
-        ran += f", the last 33% on {fh}x{fw}"
+        ran += f", the last 33% on {fh}x{fw} at stride 8"  # the stride was chosen: 16 then 8
     assert f"| `cli:train.batch_size=2` | {ran} |" in md

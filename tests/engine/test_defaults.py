@@ -274,6 +274,30 @@ def test_a_budgeted_run_that_keeps_the_square_crop_finishes_on_whole_images(
     assert chosen["data.crop_size"]["value"] == "[40, 40]"
     assert chosen["data.finish_crop_size"]["value"] == "[40, 48]"
     assert "whole 40x48 images after the square crops" in chosen["data.finish_crop_size"]["why"]
+    # The stride was set (8, tiny_config's), not chosen: the last share keeps it.
+    assert data["finish_output_stride"] is None and "data.finish_output_stride" not in chosen
+
+
+def test_a_chosen_stride_finishes_at_the_papers(tiny_data: dict, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    import pspnet.engine.defaults as defaults
+    from pspnet.engine.defaults import FINISH_OUTPUT_STRIDE, Choice
+
+    monkeypatch.setattr(defaults, "WHOLE_FRAME_MIN_EPOCHS", 10**9)  # the square crop stays
+    work = tmp_path / "run"
+    cfg = tiny_config(tiny_data, work, max_iter=None, time_budget=0.05, budget_warmup_iters=1,
+                      budget_measure_iters=1).with_overrides(["data.crop_size=null",
+                                                              "model.output_stride=16"])
+    train(cfg, progress=False, chosen=[Choice("model.output_stride", "16", "for the CPU")])
+    data = yaml.safe_load((work / "config.yaml").read_text())["data"]
+    assert data["finish_output_stride"] == FINISH_OUTPUT_STRIDE == 8
+    events = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    chosen = {c["key"]: c for c in next(e for e in events if e["event"] == "defaults")["chosen"]}
+    assert chosen["data.finish_output_stride"]["value"] == "8"
+    assert "data.finish_output_stride=16 keeps one" in chosen["data.finish_output_stride"]["why"]
+    # The switch itself, and final/ at 8: tests/engine/test_finish_crop.py.
 
 
 def test_a_set_crop_or_share_is_not_given_a_finish(tiny_data: dict, tmp_path: Path,
@@ -304,7 +328,8 @@ def test_the_dry_run_says_the_budget_may_choose_whole_images(tiny_data: dict,
     line = next(x for x in text.splitlines() if x.strip().startswith("data.crop_size"))
     assert "[40, 40]" in line and "whole 40x48 images instead" in line
     assert f"at least {WHOLE_FRAME_MIN_EPOCHS} epochs" in line
-    assert f"else the last {FINISH_WHOLE_SHARE:.0%} of the budget on them" in line
+    assert f"else the last {FINISH_WHOLE_SHARE:.0%} of the budget on them at output " \
+           "stride 8" in line  # the stride was chosen for the CPU: the last share at 8
 
 
 def test_a_resumed_run_keeps_the_crop_it_chose(tiny_data: dict, tmp_path: Path) -> None:
@@ -323,4 +348,8 @@ def test_a_resumed_run_keeps_the_finish_it_chose(tiny_data: dict, tmp_path: Path
     state = {"config": chose.to_dict(), "world_size": 1}
     merged = check_resume(given, state, tmp_path / "w" / "last.pt", 1)
     assert merged.data.crop_size == (40, 40) and merged.data.finish_crop_size == (40, 48)
-    assert merged.data.finish_share == 0.33
+    assert merged.data.finish_share == 0.33 and merged.data.finish_output_stride is None
+    strided = chose.with_overrides(["model.output_stride=16", "data.finish_output_stride=8"])
+    state = {"config": strided.to_dict(), "world_size": 1}
+    again = given.with_overrides(["model.output_stride=16"])
+    assert check_resume(again, state, tmp_path / "w" / "last.pt", 1).data.finish_output_stride == 8

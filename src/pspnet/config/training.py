@@ -112,6 +112,11 @@ class DataConfig:
     finish_share: float = 0.0
     """Share of the run trained on ``finish_crop_size`` (0 <= share < 1): of the time budget
     when there is one, else of the steps. 0: none."""
+    finish_output_stride: int | None = None
+    """Output stride (8, 16 or 32) of the network during the run's last ``finish_share``: e.g.
+    the paper's 8 after cheaper steps at 16. The weights carry over (a stride changes no
+    parameter shapes) and ``final/`` is saved at this stride. None: ``model.output_stride``
+    throughout."""
     scale: tuple[float, float] | None = (0.5, 2.0)
     """Random scale range (the paper: 0.5 to 2.0); null disables."""
     rotate: tuple[float, float] | None = (-10.0, 10.0)
@@ -182,6 +187,13 @@ class DataConfig:
             if fc is not None else
             f"must be set with data.finish_share {share:g} (the crop of the run's last share)",
         )
+        fos = self.finish_output_stride
+        _check(fos is None or (isinstance(fos, int) and not isinstance(fos, bool)
+                               and fos in (8, 16, 32)),
+               "data.finish_output_stride", f"must be 8, 16, 32 or null, got {fos!r}")
+        _check(fos is None or share > 0, "data.finish_output_stride",
+               "applies to the run's last share: set it with data.finish_crop_size and "
+               "data.finish_share")
 
     def _check_folders(self) -> None:
         """``images_dir``/``labels_dir`` come together, alone, and ``val_fraction`` with them."""
@@ -435,6 +447,13 @@ class Config:
             f"has {len(cw) if isinstance(cw, tuple) else 0} values but model.num_classes is "
             f"{self.model.num_classes}; give one weight per class",
         )
+
+    def finish_model(self) -> ModelConfig:
+        """The model of the run's last share: ``model`` at ``data.finish_output_stride`` (the
+        same ``model`` when that is unset)."""
+        stride = self.data.finish_output_stride
+        return self.model if stride is None else dataclasses.replace(self.model,
+                                                                      output_stride=stride)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Config:

@@ -58,8 +58,10 @@ class Budget:
 
     A run whose last ``finish_share`` of the budget trains on a larger crop
     (``data.finish_crop_size``) is planned in two parts: the steps until that share begins at
-    ``c``, the rest at ``c * finish_ratio`` (the pixel ratio of the two crops); once it has
-    begun (:meth:`start_finish`) its own steps are timed afresh and plan the rest.
+    ``c``, the rest at ``c * finish_ratio`` (the FLOP ratio of the two steps: crops and output
+    strides); once it has begun (:meth:`start_finish`) its own steps are timed afresh and plan
+    the rest, and a validation measured before it is taken to cost ``finish_val_ratio`` times
+    as much (a finer output stride) until one is measured again.
 
     Attributes:
         budget_s: The whole budget in seconds.
@@ -71,6 +73,8 @@ class Budget:
         ckpt_s: Seconds of the last checkpoint (1 s until one is written).
         finish_share: Share of the budget, at its end, on the finishing crop (0: none).
         finish_ratio: Expected step time on the finishing crop over the step time before it.
+        finish_val_ratio: Expected validation time once the finishing share has begun over
+            the time before it.
         finishing: Whether the finishing share has begun.
     """
 
@@ -86,13 +90,17 @@ class Budget:
     ckpt_s: float = 1.0
     finish_share: float = 0.0
     finish_ratio: float = 1.0
+    finish_val_ratio: float = 1.0
     finishing: bool = False
 
     def start_finish(self) -> None:
         """The finishing share begins: its steps cost more, so they are timed afresh (the
-        next plan waits for ``warmup + measure`` of them)."""
+        next plan waits for ``warmup + measure`` of them), and a validation measured before
+        costs ``finish_val_ratio`` times as much from now on."""
         self.finishing = True
         self.step_times.clear()
+        if self.val_s is not None:
+            self.val_s *= self.finish_val_ratio
 
     def finish_start_s(self) -> float | None:
         """Seconds into the budget at which the finishing share begins (None: no share, or

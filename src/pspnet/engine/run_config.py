@@ -27,8 +27,8 @@ from pspnet.data.io import MissingDataFileError
 from pspnet.data.layouts import get_dataset_spec
 from pspnet.data.split import SPLIT_FILE
 from pspnet.data.training import TrainData, auto_crop, build_data, whole_frame
-from pspnet.engine.defaults import (Choice, crop_from_images, planned_steps, resolve_choices,
-                                    schedule_choices, whole_frame_candidate)
+from pspnet.engine.defaults import (Choice, crop_from_images, finish_stride, planned_steps,
+                                    resolve_choices, schedule_choices, whole_frame_candidate)
 from pspnet.engine.distributed import (DistInfo, TrainBatchSampler, broadcast_object, env_world,
                                        is_distributed, resolve_device)
 from pspnet.precision import resolve_channels_last, resolve_precision
@@ -356,7 +356,8 @@ def check_resume(cfg: Config, state: dict[str, Any], path: Path, world: int,
         merged["data"] = {**new["data"], "crop_size": old_crop}
         if not new["data"].get("finish_share") and old_data.get("finish_share"):
             merged["data"].update(finish_crop_size=old_data.get("finish_crop_size"),
-                                  finish_share=old_data["finish_share"])
+                                  finish_share=old_data["finish_share"],
+                                  finish_output_stride=old_data.get("finish_output_stride"))
     return Config.from_dict(merged)
 
 
@@ -404,7 +405,8 @@ def describe_dry_run(cfg: Config, chosen: Sequence[Choice], device: torch.device
     whole = whole_frame(data.train) if cfg.data.crop_size is None and tc.time_budget else None
     if not whole_frame_candidate(resolved.data.crop_size, whole):  # type: ignore[arg-type]
         whole = None
-    choices = [*chosen, *resolve_choices(cfg, resolved, device, usable_cpus(), whole),
+    stride = finish_stride(resolved, any(c.key == "model.output_stride" for c in chosen))
+    choices = [*chosen, *resolve_choices(cfg, resolved, device, usable_cpus(), whole, stride),
                *schedule_choices(resolved, spe)]
     if tc.time_budget:
         length = (f"a time budget of {tc.time_budget:g} min: the number of steps is planned "

@@ -20,17 +20,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from pspnet.checkpoint import atomic_write_bytes, load_backbone_weights
 from pspnet.checkpoint.init_weights import init_from
-from pspnet.config import Config, ConfigError, TrainConfig
+from pspnet.config import Config, ConfigError, ModelConfig, TrainConfig
 from pspnet.data.datasets import SegmentationDataset
 from pspnet.data.io import DataError, image_size
 from pspnet.data.training import TrainData, build_data, drop_bad, training_loader, whole_frame
 from pspnet.data.validation import scan_labels
 from pspnet.engine.budget import AUTO_VALIDATIONS, Budget
 from pspnet.engine.defaults import (FINISH_WHOLE_SHARE, Choice, crop_for_budget, finish_choices,
-                                    planned_steps, whole_frame_candidate)
+                                    finish_stride, planned_steps, whole_frame_candidate)
 from pspnet.engine.distributed import (
     DistInfo,
     TrainBatchSampler,
@@ -48,7 +49,8 @@ from pspnet.engine.state import Run, TrainState, restore_state
 from pspnet.models import build_model
 from pspnet.precision import autocast
 
-__all__ = ["build_network", "build_run", "check_data", "time_train_step"]
+__all__ = ["build_network", "build_run", "check_data", "finish_ratios", "forward_flops",
+           "switch_network", "time_train_step"]
 
 
 def time_train_step(net: nn.Module, cfg: Config, device: torch.device, size: tuple[int, int],
@@ -213,32 +215,69 @@ def build_network(
     A new run (``state`` None) starts from ``train.init_weights`` or ``train.backbone_weights``
     when set; ``log`` tells what the former loaded (rank 0).
     """
-    tc, device = cfg.train, info.device
+    tc = cfg.train
     random.seed(tc.seed)
     np.random.seed(tc.seed % (1 << 32))
     torch.manual_seed(tc.seed)
     net = build_model(cfg.model)
-    net.config = cfg.model  # type: ignore[assignment]
     if state is None:
         _initialise(net, tc, log)
     if info.world_size > 1:
         # Different dropout masks per process (the weights are identical: DDP syncs them).
         torch.manual_seed(tc.seed + 1_000_003 * info.rank)
-        if tc.sync_bn:
-            net = convert_sync_batchnorm(net, device.type, timeout_s=tc.dist_timeout)
+    return _place(net, cfg, info, cfg.model)
+
+
+def _place(net: nn.Module, cfg: Config, info: DistInfo,
+           model_cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """``(net, model)`` of :func:`build_network` for a built network of ``model_cfg``:
+    SyncBatchNorm in a multi-process job, on the device, in the run's memory format, and
+    wrapped in DistributedDataParallel there."""
+    tc, device = cfg.train, info.device
+    if info.world_size > 1 and tc.sync_bn:
+        net = convert_sync_batchnorm(net, device.type, timeout_s=tc.dist_timeout)
     net.to(device)
     if tc.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    net.config = cfg.model  # type: ignore[assignment]
+    net.config = model_cfg  # type: ignore[assignment]
     if info.world_size == 1:
         return net, net
     model = nn.parallel.DistributedDataParallel(
         net,
         device_ids=[device.index] if device.type == "cuda" else None,
         # An aux head left out of the loss gets no gradient.
-        find_unused_parameters=cfg.model.aux and tc.aux_weight == 0,
+        find_unused_parameters=model_cfg.aux and tc.aux_weight == 0,
     )
     return net, model
+
+
+def switch_network(run: Run) -> None:
+    """The run's last share trains at ``data.finish_output_stride``: a network built at that
+    stride takes the weights (a stride changes no parameter shapes, only the convolutions'
+    stride and dilation) and an optimizer over its parameters the momentum; the step, the
+    validations, the checkpoints and ``final/`` use it from here on. Called when the share
+    begins and when a run resumes inside it; nothing when the stride does not change.
+
+    A new network rather than the old one's convolutions changed in place: every model is
+    what :func:`~pspnet.models.build_model` builds from a config, the one ``final/`` records.
+    """
+    model_cfg = run.model_config
+    if model_cfg == getattr(run.net, "config", None):
+        return
+    # Building draws initial weights, overwritten at once: the run's random stream (dropout)
+    # goes on as if nothing had been built, so a resumed run repeats an uninterrupted one.
+    with torch.random.fork_rng(devices=[]):
+        net = build_model(model_cfg)
+    net.load_state_dict(run.net.state_dict())
+    net, model = _place(net, run.cfg, run.info, model_cfg)
+    oc = run.cfg.optim
+    optimizer = build_optimizer(
+        net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
+        head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
+    )  # fmt: skip
+    # The same modules in the same order: parameter i of one is parameter i of the other.
+    optimizer.load_state_dict(run.optimizer.state_dict())
+    run.net, run.model, run.optimizer = net, model, optimizer
 
 
 def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: float,
@@ -296,7 +335,8 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
     net, model = build_network(cfg, info, resumed[1] if resumed else None, log)
     setup_choices: list[Choice] = []
     if crop_open and tc.time_budget and resumed is None and info.world_size == 1:
-        cfg, setup_choices = _budget_crop(cfg, data, net, info, t_start)
+        cfg, setup_choices = _budget_crop(cfg, data, net, info, t_start,
+                                          "model.output_stride" in chosen)
     optimizer = build_optimizer(
         net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
         head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
@@ -304,8 +344,10 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
     spe = sampler.steps_per_epoch
     budget = None
     if tc.time_budget:
+        step_ratio, val_ratio = finish_ratios(cfg)
         budget = Budget(tc.time_budget * 60.0, tc.budget_warmup_iters, tc.budget_measure_iters,
-                        finish_share=cfg.data.finish_share, finish_ratio=finish_ratio(cfg))
+                        finish_share=cfg.data.finish_share, finish_ratio=step_ratio,
+                        finish_val_ratio=val_ratio)
         schedule = PolySchedule(oc.lr, None, oc.power)  # max_iter planned after timing
     else:
         schedule = PolySchedule(oc.lr, planned_steps(tc, spe), oc.power)
@@ -325,6 +367,7 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
         run.state.finish_at = math.ceil((1.0 - cfg.data.finish_share) * schedule.max_iter)
     if resumed is not None:
         restore_state(run, *resumed)
+        switch_network(run)  # resumed inside a last share at its own output stride
     _open_outputs(run, class_weights)
     run.loader = open_loader(run)
     if budget is not None and data.val is not None:
@@ -337,14 +380,31 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
     return run
 
 
-def finish_ratio(cfg: Config) -> float:
-    """Expected cost of a step on ``data.finish_crop_size`` over one on ``data.crop_size``:
-    their pixel ratio (convolutions cost per pixel; the budget times the real steps once the
-    last share has begun)."""
+def finish_ratios(cfg: Config) -> tuple[float, float]:
+    """``(step, validation)``: the expected cost of a step of the run's last share (on
+    ``data.finish_crop_size``, at ``data.finish_output_stride``) over one before it, and of a
+    validation after the switch over one before (the output stride alone). Both are ratios of
+    forward FLOPs, counted rather than timed (nothing runs; the budget times the real steps
+    once the share has begun)."""
     fc, crop = cfg.data.finish_crop_size, cfg.data.crop_size
     if not fc or not crop:
-        return 1.0
-    return (fc[0] * fc[1]) / (crop[0] * crop[1])
+        return 1.0, 1.0
+    before, after = cfg.model, cfg.finish_model()
+    finish = forward_flops(after, fc)
+    val = 1.0 if after == before else finish / forward_flops(before, fc)
+    return finish / forward_flops(before, crop), val
+
+
+def forward_flops(model_cfg: ModelConfig, size: tuple[int, int]) -> float:
+    """FLOPs (convolutions and matrix products) of a training forward pass of two images of
+    ``size`` (height, width) through the network of ``model_cfg``, counted on the meta device:
+    nothing is computed or allocated, and no random number is drawn."""
+    with torch.device("meta"):
+        net = build_model(model_cfg)
+    net.train()  # the auxiliary head too
+    with FlopCounterMode(display=False) as counter:
+        net(torch.empty(2, 3, *size, device="meta"))
+    return float(counter.get_total_flops())
 
 
 def open_loader(run: Run) -> Any:
@@ -365,14 +425,15 @@ def current_crop(run: Run) -> tuple[int, int]:
 
 
 def _budget_crop(cfg: Config, data: TrainData, net: nn.Module, info: DistInfo,
-                 t_start: float) -> tuple[Config, list[Choice]]:
+                 t_start: float, stride_chosen: bool) -> tuple[Config, list[Choice]]:
     """A time-budgeted run that set no crop: the whole image instead of the square crop when
     the budget affords enough epochs of it (:func:`~pspnet.engine.defaults.crop_for_budget`),
     decided by timing one whole-image step here (one process only: the ranks of a distributed
     run would have to agree on one timing, so they keep the square crop). A run that keeps the
     square crop trains the last :data:`~pspnet.engine.defaults.FINISH_WHOLE_SHARE` of its
-    budget on whole images (``data.finish_crop_size``) unless the config set a share. Returns
-    the config and the choices made."""
+    budget on whole images (``data.finish_crop_size``) unless the config set a share, at the
+    paper's output stride when the run's own was chosen for the CPU
+    (:func:`~pspnet.engine.defaults.finish_stride`). Returns the config and the choices made."""
     square = tuple(cfg.data.crop_size)  # type: ignore[arg-type]
     whole = whole_frame(data.train)
     if not whole_frame_candidate(square, whole):  # type: ignore[arg-type]
@@ -387,8 +448,10 @@ def _budget_crop(cfg: Config, data: TrainData, net: nn.Module, info: DistInfo,
     dc, choices = dataclasses.replace(cfg.data, crop_size=crop), [choice]
     if tuple(crop) != tuple(whole) and not dc.finish_share:  # type: ignore[arg-type]
         # The square crop, then the last share on whole images (unless the config set a share).
-        dc = dataclasses.replace(dc, finish_crop_size=whole, finish_share=FINISH_WHOLE_SHARE)
-        choices += finish_choices(whole)  # type: ignore[arg-type]
+        stride = finish_stride(cfg, stride_chosen)
+        dc = dataclasses.replace(dc, finish_crop_size=whole, finish_share=FINISH_WHOLE_SHARE,
+                                 finish_output_stride=stride)
+        choices += finish_choices(whole, stride=stride)  # type: ignore[arg-type]
     return dataclasses.replace(cfg, data=dc), choices
 
 

@@ -23,7 +23,7 @@ from pspnet.checkpoint.training import (
     restore_rng,
     to_cpu,
 )
-from pspnet.config import Config
+from pspnet.config import Config, ModelConfig
 from pspnet.data.training import TrainData
 from pspnet.engine.budget import Budget
 from pspnet.engine.distributed import DistInfo, TrainBatchSampler
@@ -191,6 +191,12 @@ class Run:
     def precision(self) -> str:
         return self.cfg.train.precision
 
+    @property
+    def model_config(self) -> ModelConfig:
+        """The network's config now: at ``data.finish_output_stride`` once the run's last share
+        has begun (:func:`pspnet.engine.setup.switch_network`), else ``cfg.model``."""
+        return self.cfg.finish_model() if self.state.finish_from >= 0 else self.cfg.model
+
     def elapsed(self) -> float:
         """Training seconds so far, the resumed runs included."""
         return self.state.elapsed_before + (time.perf_counter() - self.t_start)
@@ -198,7 +204,7 @@ class Run:
     def weights_meta(self, what: str) -> WeightsMeta:
         """The metadata saved beside ``best/`` and ``final/`` weights."""
         return WeightsMeta(
-            model=self.cfg.model,
+            model=self.model_config,
             classes=self.data.class_names,
             palette=self.data.palette,
             preprocess=self.cfg.preprocess,

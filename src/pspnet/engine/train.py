@@ -90,7 +90,7 @@ from pspnet.engine.evaluate import evaluate_model
 from pspnet.engine.run_config import build_config_explained, check_finite
 from pspnet.engine.run_log import RunLog
 from pspnet.engine.run_report import report_after_training
-from pspnet.engine.setup import build_run, open_loader
+from pspnet.engine.setup import build_run, open_loader, switch_network
 from pspnet.engine.safety import StopSignals, TrainingInterrupted, lock_work_dir, on_main
 from pspnet.engine.state import (Run, TrainingDiverged, TrainResult, TrainState,
                                  check_saved_weights, checkpoint_state, raise_diverged)
@@ -251,18 +251,25 @@ def _steps(run: Run) -> str:
 
 def _start_finish(run: Run) -> None:
     """The run's last share begins: the loader switches to ``data.finish_crop_size`` (the
-    sampler's order goes on where it was) and the budget times the larger steps afresh."""
+    sampler's order goes on where it was), the network to ``data.finish_output_stride`` when
+    set (:func:`~pspnet.engine.setup.switch_network`), and the budget times the larger steps
+    afresh."""
     st, dc = run.state, run.cfg.data
     stop_workers(run.loader, run.data_iter)
     st.finish_from = st.it
+    switch_network(run)
     run.loader = open_loader(run)
     run.data_iter = None  # the loop starts it at this step's place in the epoch
     if run.budget is not None:
         run.budget.start_finish()
     h, w = dc.finish_crop_size  # type: ignore[misc]
-    run.log.event("finish_crop", iter=st.it, crop_size=[h, w], elapsed_s=run.elapsed())
+    stride = run.model_config.output_stride
+    run.log.event("finish_crop", iter=st.it, crop_size=[h, w], output_stride=stride,
+                  elapsed_s=run.elapsed())
+    at = (f" at output stride {stride} (data.finish_output_stride)"
+          if dc.finish_output_stride is not None else "")
     run.log.say(f"iteration {st.it}: the last {dc.finish_share:.0%} of the run trains on "
-                f"{h}x{w} crops (data.finish_crop_size)")
+                f"{h}x{w} crops (data.finish_crop_size){at}")
 
 
 def _step(
