@@ -58,10 +58,11 @@ class Budget:
 
     A run whose last ``finish_share`` of the budget trains on a larger crop
     (``data.finish_crop_size``) is planned in two parts: the steps until that share begins at
-    ``c``, the rest at ``c * finish_ratio`` (the FLOP ratio of the two steps: crops and output
-    strides); once it has begun (:meth:`start_finish`) its own steps are timed afresh and plan
-    the rest, and a validation measured before it is taken to cost ``finish_val_ratio`` times
-    as much (a finer output stride) until one is measured again.
+    ``c``, the rest at ``c * finish_ratio`` (the FLOP ratio of the two crops; see
+    :func:`pspnet.engine.setup.finish_ratios`); once it has begun (:meth:`start_finish`) its
+    own steps are timed afresh and plan the rest, and a validation measured before it is taken
+    to cost ``finish_val_ratio`` times as much (a finer output stride) until one is measured
+    again.
 
     Attributes:
         budget_s: The whole budget in seconds.
