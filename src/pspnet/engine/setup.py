@@ -270,14 +270,19 @@ def switch_network(run: Run) -> None:
         net = build_model(model_cfg)
     net.load_state_dict(run.net.state_dict())
     net, model = _place(net, run.cfg, run.info, model_cfg)
-    oc = run.cfg.optim
-    optimizer = build_optimizer(
-        net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
-        head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
-    )  # fmt: skip
+    optimizer = _optimizer(net, run.cfg)
     # The same modules in the same order: parameter i of one is parameter i of the other.
     optimizer.load_state_dict(run.optimizer.state_dict())
     run.net, run.model, run.optimizer = net, model, optimizer
+
+
+def _optimizer(net: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The run's SGD over ``net`` as ``optim`` configures it."""
+    oc = cfg.optim
+    return build_optimizer(
+        net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
+        head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
+    )  # fmt: skip
 
 
 def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start: float,
@@ -337,10 +342,7 @@ def build_run(cfg: Config, info: DistInfo, log: RunLog, progress: bool, t_start:
     if crop_open and tc.time_budget and resumed is None and info.world_size == 1:
         cfg, setup_choices = _budget_crop(cfg, data, net, info, t_start,
                                           "model.output_stride" in chosen)
-    optimizer = build_optimizer(
-        net, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay,
-        head_lr_mult=oc.head_lr_mult, nesterov=oc.nesterov,
-    )  # fmt: skip
+    optimizer = _optimizer(net, cfg)
     spe = sampler.steps_per_epoch
     budget = None
     if tc.time_budget:
