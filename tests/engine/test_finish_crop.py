@@ -111,7 +111,9 @@ def test_a_validation_measured_before_the_switch_is_scaled_to_the_new_stride() -
     assert b.val_s == 6.0 and b.val_cost() == 6.0
 
 
-def test_finish_ratios_count_crops_for_steps_and_the_stride_for_validations(tiny_data: dict, tmp_path: Path) -> None:
+def test_finish_ratios_count_crops_for_steps_and_the_stride_for_validations(
+    tiny_data: dict, tmp_path: Path
+) -> None:
     crop_only = tiny_config(tiny_data, tmp_path).with_overrides(FINISH)
     step, val = finish_ratios(crop_only)
     assert val == 1.0  # the same stride: a validation costs what it did
