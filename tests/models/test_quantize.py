@@ -13,6 +13,8 @@ something.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +134,54 @@ def test_int8_model_keeps_no_float_weight_alive() -> None:
     assert [name for name, ref in refs.items() if ref() is not None] == []
     out = int8(images)["out"]  # and the int8 model still runs without them
     assert out.shape == (1, 3, 32, 40) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_int8_graph_stops_at_the_coarse_logits_and_the_model_upsamples_them() -> None:
+    """The compiled graph returns the logits before the network's last upsampling (inductor's
+    kernel for it was the slowest part of the int8 graph); the model upsamples them as the float
+    network does, so its output matches the float network's (within int8) at any size."""
+    pytest.importorskip("torchao")
+    import torch.nn.functional as F
+
+    from pspnet.models.quantize import _freezing, quantize_pt2e
+
+    torch.manual_seed(0)
+    model = create_model("pspnet_r18", 3, aux=False, head_channels=16, ppm_channels=8,
+                         output_stride=16, align_corners=False).eval()
+    images = torch.randn(1, 3, 33, 41)  # not a multiple of the stride
+    with torch.no_grad():
+        ref = model(images)["out"]
+    int8 = quantize_pt2e(model, [images, torch.randn(1, 3, 33, 41)])
+    assert int8.upsample and int8.align_corners is False
+    out = int8(images)["out"]
+    with torch.no_grad(), _freezing():  # the graph forward compiled, called again
+        coarse = int8._forward(images)
+    assert coarse.shape == (1, 3, 3, 3)  # ceil(33 / 16), ceil(41 / 16)
+    assert out.shape == ref.shape == (1, 3, 33, 41)
+    torch.testing.assert_close(out, F.interpolate(coarse, (33, 41), mode="bilinear",
+                                                  align_corners=False))
+    scale = ref.abs().max()
+    assert (out - ref).abs().max() < 0.2 * scale  # int8 rounding, not another function
+
+
+def test_importing_torchao_logs_nothing_on_a_cpu_torch() -> None:
+    """torchao's CUDA-only extension files fail to load on a CPU torch; the user sees none of it.
+
+    In a fresh process, because the warnings are logged once, at torchao's first import.
+    """
+    pytest.importorskip("torchao")
+    if torch.version.cuda is not None:
+        pytest.skip("a CUDA build of torch: torchao's messages are kept there")
+    code = ("from pspnet.models.quantize import _import_torchao\n"
+            "import logging\n"
+            "_import_torchao()\n"
+            "assert logging.getLogger('torchao').level == logging.NOTSET  # restored\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    for noise in ("Failed to load", "Enum subclass"):
+        assert noise not in done.stderr, done.stderr
 
 
 def test_int8_without_calibration_names_the_fix(untrained: tuple) -> None:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pspnet.models.fuse import fold_batchnorm
@@ -33,20 +35,58 @@ INT8_INSTALL_HINT = "install the int8 extra: pip install 'pspnet[int8]' (torchao
 
 
 class _Logits(nn.Module):
-    """The network reduced to its logits tensor (export wants one tensor, not a dict)."""
+    """The network reduced to its logits tensor (export wants one tensor, not a dict).
+
+    The coarse logits where the network has them (before its final upsampling): inductor's
+    kernel for that upsampling, in the int8 graph, took 76 of pspnet50's 211 ms at 473x473 on
+    an AMX Xeon, and eager ``F.interpolate`` after the graph 48 (2026-12-05). So
+    :class:`Int8Model` upsamples outside the graph.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.coarse = hasattr(model, "coarse_logits")
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.coarse:
+            return self.model.coarse_logits(images)  # (N, K, ceil(H / s), ceil(W / s))
         return self.model(images)["out"]
+
+
+#: Loggers that torchao's import makes speak about nothing the int8 path uses (see below).
+_IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """Hold back the warnings torchao's import logs on a CPU-only torch.
+
+    Its wheel ships only CUDA kernels (``_C_cutlass_90a``, ``_C_mxfp8``): on a CPU-only torch
+    each fails to load and torchao logs "Failed to load ..." per file, and torch's pytree logs a
+    deprecation for one of torchao's enums. The x86 int8 path runs torch's own oneDNN kernels,
+    so a user of ``--precision int8`` would read three warnings about nothing it uses. With a
+    CUDA torch the messages stay: there those kernels could matter.
+    """
+    if torch.version.cuda is not None:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in _IMPORT_NOISE]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _import_torchao() -> Any:
     try:
-        from torchao.quantization.pt2e import quantize_pt2e as q
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+        with _quiet_import():
+            from torchao.quantization.pt2e import quantize_pt2e as q
+            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError as e:
         raise ImportError(f"int8 inference needs torchao ({e}); {INT8_INSTALL_HINT}") from None
     return q, xiq
@@ -150,9 +190,14 @@ class Int8Model(nn.Module):
         calibration_images: How many images calibrated it.
     """
 
-    def __init__(self, graph: nn.Module, calibration_images: int) -> None:
+    def __init__(self, graph: nn.Module, calibration_images: int,
+                 upsample: bool = False, align_corners: bool = False) -> None:
         super().__init__()
         self.graph = graph
+        # Whether the graph returns coarse logits, which forward upsamples to the input's size
+        # (as the float network's own last step, with its align_corners).
+        self.upsample = upsample
+        self.align_corners = align_corners
         # Born in eval mode: callers that save and restore the mode (evaluate_model does
         # ``net.train(net.training)`` afterwards) must never ask an int8 model to train.
         self.training = False
@@ -185,6 +230,9 @@ class Int8Model(nn.Module):
         t0 = time.perf_counter()
         with torch.no_grad(), _freezing():
             outs = [self._forward(x[i : i + 1]) for i in range(x.shape[0])]
+        if self.upsample:
+            outs = [F.interpolate(o, x.shape[-2:], mode="bilinear",
+                                  align_corners=self.align_corners) for o in outs]
         if first:
             self._warm.add(tuple(x.shape[1:]))
             self.compile_seconds += time.perf_counter() - t0
@@ -236,6 +284,7 @@ def quantize_pt2e(
         )
     q, xiq = _import_torchao()
     net = _Logits(fold_batchnorm(model, inplace=inplace)).eval()
+    coarse = net.coarse
     example = (calibration[0][:1].to(torch.float32),)
     dims = {"images": {2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}}
     with torch.no_grad():
@@ -257,7 +306,8 @@ def quantize_pt2e(
     _clear_module_caches()  # ... and nothing else keeps them
     _drop_unused_tensors(converted)
     _release_freed_memory()
-    fast = Int8Model(converted, len(calibration))
+    fast = Int8Model(converted, len(calibration), upsample=coarse,
+                     align_corners=bool(getattr(model, "align_corners", False)))
     for attr in ("config", "meta"):
         if hasattr(model, attr):
             setattr(fast, attr, getattr(model, attr))
