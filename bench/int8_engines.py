@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from pspnet import create_model
-from pspnet.benchmark import count_flops, int8_gemm_is_fast, matmul_peak
+from pspnet.benchmark import count_flops, int8_conv_peak, int8_gemm_is_fast, matmul_peak
 from pspnet.export import export_onnx
 from pspnet.models.fuse import optimize_for_inference
 from pspnet.precision import cpu_has_native_bf16
@@ -90,10 +90,13 @@ def _openvino(onnx_path: Path, x: np.ndarray, calib: list[np.ndarray], threads: 
 
 
 def int8_peak(n: int = 2048) -> float | None:
-    """The int8 GEMM peak (GOP/s) of torch (``torch._int_mm``), or None where this build has none."""
+    """torch's int8 peak (GOP/s): the faster of ``torch._int_mm`` and oneDNN's quantized 1x1
+    convolution (``int8_conv_peak``: AMX-INT8 where ``_int_mm`` is not), or None where this
+    build has neither."""
+    conv = int8_conv_peak(n) or None
     if not int8_gemm_is_fast():  # a fallback kernel: no int8 rate, and minutes to time at n
-        return None
-    return matmul_peak(torch.int8, n)
+        return conv
+    return max(matmul_peak(torch.int8, n), conv or 0.0)
 
 
 def ort_gemm_peaks(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float] | None:
@@ -208,7 +211,8 @@ def main() -> None:
     if peaks["int8"] is not None and peaks["int8"] < peaks["fp32"]:
         # torch._int_mm below fp32 is a fallback kernel, not the CPU's int8 rate (seen on an
         # AVX2 CPU without VNNI: 0 GOP/s); no share of it means anything.
-        print(f"int8 GEMM (torch._int_mm) ran at {peaks['int8']:.1f} GOP/s, below fp32: no fast "
+        print(f"int8 GEMM (torch._int_mm, oneDNN's int8 convolution) ran at "
+              f"{peaks['int8']:.1f} GOP/s, below fp32: no fast "
               f"int8 GEMM for this CPU in this build, so no int8 peak")
         peaks["int8"] = None
     ort_peaks = ort_gemm_peaks(threads) if "int8 ort" in times else None

@@ -200,12 +200,34 @@ def test_int8_rows_are_held_to_the_int8_gemm_peak(monkeypatch) -> None:
 
     monkeypatch.setattr(bench, "matmul_peak", rate)
     monkeypatch.setattr(timing, "matmul_peak", rate)  # the small probe of int8_gemm_is_fast
+    conv = {"rate": 0.0}  # oneDNN's int8 convolution: absent first
+    monkeypatch.setattr(bench, "int8_conv_peak", lambda n: conv["rate"])
     assert bench.int8_gemm_is_fast() and bench.int8_peak(64, 200.0) == 800.0
+    conv["rate"] = 1600.0  # AMX-INT8: the convolution twice _int_mm's rate is the peak
+    assert bench.int8_peak(64, 200.0) == 1600.0
+    conv["rate"] = 0.0
     rates[torch.int8] = None
     assert not bench.int8_gemm_is_fast()
     assert bench.int8_peak(64, 200.0) == 200.0  # the fp32 rate where this build has none
     rates[torch.int8] = 0.3  # a fallback kernel slower than fp32 is not the int8 peak
     assert not bench.int8_gemm_is_fast() and bench.int8_peak(64, 200.0) == 200.0
+    conv["rate"] = 500.0  # ... but the convolution still is, where it beats fp32
+    assert bench.int8_peak(64, 200.0) == 500.0
+
+
+def test_int8_conv_peak_is_a_rate_where_onednn_is_built_in() -> None:
+    """The real kernel at a tiny size: a positive rate, and the quantized engine left as it was."""
+    import torch
+
+    from pspnet.benchmark import timing
+
+    before = torch.backends.quantized.engine
+    rate = timing.int8_conv_peak(64, repeats=1)
+    assert torch.backends.quantized.engine == before
+    if not {"onednn", "x86"} & set(torch.backends.quantized.supported_engines):
+        assert rate == 0.0
+    else:
+        assert rate > 0
 
 
 def test_cpu_gemm_peak_is_not_held_to_a_slow_matmul(monkeypatch) -> None:

@@ -42,13 +42,15 @@ from pspnet.benchmark.timing import (
     bench_sliding,
     bench_train_step,
     count_flops,
+    int8_conv_peak,
     int8_gemm_is_fast,
     matmul_peak,
 )
 from pspnet.precision import cpu_has_native_bf16
 from pspnet.report.machine import cpu_model
 
-__all__ = ["BenchResult", "int8_gemm_is_fast", "matmul_peak", "count_flops", "run_benchmark",
+__all__ = ["BenchResult", "int8_conv_peak", "int8_gemm_is_fast", "matmul_peak", "count_flops",
+           "run_benchmark",
            "format_markdown", "bench_data_pipeline", "find_camvid_root", "camvid_missing",
            "camvid_location", "CAMVID_ENV", "INFERENCE_VARIANTS", "bench_inference",
            "bench_sliding",
@@ -237,15 +239,19 @@ def format_markdown(doc: dict[str, Any]) -> str:
 
 
 def int8_peak(gemm_size: int, fp32: float) -> float:
-    """The int8 GEMM rate (s8 x s8 -> s32, ``torch._int_mm``), the peak an int8 row is held to.
+    """The peak an int8 row is held to: the faster of two int8 GEMMs, and never below fp32's.
 
-    The fp32 peak where this build has no int8 matmul on the CPU, or only one slower than fp32
-    (a fallback kernel, not the CPU's int8 rate: seen on an AVX2 CPU without VNNI). ``fp32``
-    is the fp32 GEMM peak already measured.
+    ``torch._int_mm`` (s8 x s8 -> s32) and oneDNN's quantized 1x1 convolution
+    (:func:`~pspnet.benchmark.timing.int8_conv_peak`; AMX-INT8 on Xeons that have it, where
+    ``_int_mm`` runs at half its rate). ``_int_mm`` is skipped where it is slower than fp32 at
+    a small size (a fallback kernel, not the CPU's int8 rate, and minutes to time at full size:
+    seen on an AVX2 CPU without VNNI). ``fp32`` is the fp32 GEMM peak already measured: the
+    floor, where this build has no int8 kernel faster than fp32.
     """
+    conv = int8_conv_peak(gemm_size)
     if not int8_gemm_is_fast():
-        return fp32
-    return max(matmul_peak(torch.int8, gemm_size), fp32)
+        return max(conv, fp32)
+    return max(matmul_peak(torch.int8, gemm_size), conv, fp32)
 
 
 def _ms(ms: float) -> str:

@@ -13,6 +13,7 @@ import copy
 import gc
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,43 @@ def _gemm_rate(mm: Callable[[], torch.Tensor], flops: float, repeats: int, devic
         _sync(device)
         times.append(time.perf_counter() - t0)
     return flops / min(times) / 1e9
+
+
+def int8_conv_peak(n: int = 4096, repeats: int = 10) -> float:
+    """The int8 rate (GOP/s) of oneDNN's quantized 1x1 convolution, or 0.0 where there is none.
+
+    u8 activations (n pixels, channels-last) times s8 weights (n/4 channels in and out), the
+    kernel PT2E's int8 convolutions run. ``torch._int_mm`` is not the CPU's int8 rate
+    everywhere: on an AMX Xeon it ran at 2501-3275 GOP/s, about bf16's rate, while this
+    convolution reached 5321 (AMX-INT8) and OpenVINO's int8 network 2226 GOP/s over the whole
+    network (2026-12-05): held to ``_int_mm`` alone, int8 rows read about twice their share.
+    Reached through ``torch.ao.nn.quantized``, the one public API that calls it directly.
+    """
+    try:
+        import torch.ao.nn.quantized as nnq
+    except ImportError:
+        return 0.0
+    engine = next((e for e in ("onednn", "x86") if e in torch.backends.quantized.supported_engines),
+                  None)
+    if engine is None:
+        return 0.0
+    k = max(n // 4, 1)
+    before = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = engine
+        with warnings.catch_warnings():
+            # Quantized tensors are deprecated for new models; here they only reach the kernel.
+            warnings.simplefilter("ignore")
+            conv = nnq.Conv2d(k, k, 1)
+            conv.set_weight_bias(
+                torch.quantize_per_tensor(torch.randn(k, k, 1, 1), 0.01, 0, torch.qint8), None)
+            x = torch.quantize_per_tensor(torch.rand(1, k, 1, n), 0.01, 0, torch.quint8)
+            x = x.contiguous(memory_format=torch.channels_last)  # (1, k, 1, n), NHWC
+            return _gemm_rate(lambda: conv(x), 2 * n * k * k, max(repeats, 10), "cpu")
+    except (RuntimeError, NotImplementedError):
+        return 0.0
+    finally:
+        torch.backends.quantized.engine = before
 
 
 def int8_gemm_is_fast(probe: int = 256) -> bool:
