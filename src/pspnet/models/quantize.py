@@ -230,14 +230,15 @@ class Int8Model(nn.Module):
         t0 = time.perf_counter()
         with torch.no_grad(), _freezing():
             outs = [self._forward(x[i : i + 1]) for i in range(x.shape[0])]
-        if self.upsample:
-            outs = [F.interpolate(o, x.shape[-2:], mode="bilinear",
-                                  align_corners=self.align_corners) for o in outs]
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        if self.upsample:  # once for the batch, after joining the small coarse logits
+            out = F.interpolate(out, x.shape[-2:], mode="bilinear",
+                                align_corners=self.align_corners)
         if first:
             self._warm.add(tuple(x.shape[1:]))
             self.compile_seconds += time.perf_counter() - t0
             _release_freed_memory()  # what compiling freed: the steady state keeps less
-        return {"out": torch.cat(outs) if len(outs) > 1 else outs[0]}
+        return {"out": out}
 
 
 def _drop_unused_tensors(graph: torch.fx.GraphModule) -> None:
