@@ -297,6 +297,8 @@ SPEED_VARIANTS: dict[str, str] = {
     "network": "folded network compiled alone (inductor freezing), called on the prepared tensor",
     "labels": "load_model(compile=True) + predict_labels (predict / evaluate / serve)",
     "logits": "load_model(compile=True), model(x)['out'] (float32 NCHW logits)",
+    "full_labels": "the labels path of 2026-12-05: the compiled network's full-size logits, "
+                   "then max(dim=1).indices",
     "before": "the labels path before: float32 NCHW copy after the graph, softmax, sum, argmax",
 }
 
@@ -363,8 +365,13 @@ def speed_fns(arch: str, size: int, classes: int, tmp: Path,
             total += out.softmax(dim=1)
             return total.argmax(dim=1)
 
+    def run_full_labels() -> Any:  # before labels were found at the coarse resolution
+        with torch.inference_mode():
+            return fast.native_logits(x).max(dim=1).indices
+
     return {"eager": run_eager, "network": run_network, "labels": run_labels,
-            "logits": lambda: fast(x)["out"], "before": run_before}
+            "logits": lambda: fast(x)["out"], "full_labels": run_full_labels,
+            "before": run_before}
 
 
 def speed(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:

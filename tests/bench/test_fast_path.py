@@ -108,6 +108,7 @@ def test_speed_mode_times_each_path_in_the_asked_precision(fp_mod, tmp_path, mon
     want = torch.bfloat16 if precision == "bf16" else torch.float32
     assert network.dtype == want  # the network alone runs in the asked precision
     assert torch.equal(labels, fns["before"]())  # the labels path gives the old path's labels
+    assert torch.equal(labels, fns["full_labels"]())
     out = tmp_path / "speed"
     argv = ["--speed", "--arch", "pspnet_r18", "--size", "33", "--classes", "3", "--repeats",
             "1", "--precision", precision, "--out", str(out)]

@@ -271,6 +271,13 @@ def predict_labels(
     exact_sum = opts.accumulate_dtype in (torch.float32, torch.float64)
     with torch.no_grad():
         if opts.mode == "whole" and not resized and not opts.flip and exact_sum:
+            fast = _native_labels(model, images, opts)
+            if fast is not None:
+                labels, c = fast
+                if num_classes is not None and c != num_classes:
+                    raise ValueError(
+                        f"num_classes={num_classes} but the model returned {c} channels")
+                return labels.to(acc_device)
             out = _native_forward(model, images, precision=opts.precision)
             if num_classes is not None and out.shape[1] != num_classes:
                 got = out.shape[1]
@@ -279,6 +286,22 @@ def predict_labels(
                 out = _resize(_as_float(out), tuple(images.shape[-2:]), bool(opts.align_corners))
             return _channel_argmax(out).to(acc_device)
         return _channel_argmax(predict(model, images, opts, num_classes=num_classes))
+
+
+def _native_labels(
+    model: nn.Module, images: Tensor, opts: InferenceOptions,
+) -> tuple[Tensor, int] | None:
+    """The labels of the model's native logits from its own labels method, where it has one.
+
+    :meth:`pspnet.models.fuse.InferenceModel.native_labels` (compiled, CPU) finds them at the
+    coarse resolution without full-size logits; None where the model has no such method, it
+    does not apply, or autocast is asked for (the compiled graph was traced without it).
+    """
+    method = getattr(model, "native_labels", None)
+    if not callable(method) or opts.precision != "fp32":
+        return None
+    result: tuple[Tensor, int] | None = method(images)
+    return result
 
 
 def _channel_argmax(scores: Tensor) -> Tensor:

@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pspnet.models.labels import labels_from_coarse
+
 __all__ = ["fold_batchnorm", "InferenceModel", "optimize_for_inference", "PRECISIONS"]
+
+#: Below this many logits per image (classes x H x W) :meth:`InferenceModel.native_labels`
+#: leaves the labels to the full-size logits: upsampling and reducing them all costs about
+#: 1.1 ns a value in bf16 on a 2-core AMX Xeon (1.5 ms for 11 classes at 360x480, CamVid),
+#: less than finding the undecided cells of the coarse logits does (3-5 ms there).
+COARSE_LABELS_MIN_VALUES = 4_000_000
 
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -108,7 +116,7 @@ class _Converted(nn.Module):
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool,
-                 output: Literal["native", "float"]) -> None:
+                 output: Literal["native", "float", "coarse"]) -> None:
         super().__init__()
         self.model = model
         self.dtype = dtype
@@ -119,6 +127,8 @@ class _Converted(nn.Module):
         x = images.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.output == "coarse":
+            return self.model.coarse_logits(x)  # (N, K, h, w) as the network computed them
         if self.output == "float" and hasattr(self.model, "coarse_logits"):
             # Convert the coarse logits (1/64 of the pixels at stride 8) and upsample them in
             # float32: the full-size logits exist once, in the caller's form. Converting after
@@ -169,20 +179,24 @@ class InferenceModel(nn.Module):
             )
         return super().train(False)
 
-    def _run(self, images: Tensor, output: Literal["native", "float"]) -> Tensor:
-        if self.dtype == torch.float32 and not self.channels_last:
+    def _run(self, images: Tensor, output: Literal["native", "float", "coarse", "upsample"],
+             size: tuple[int, int] | None = None) -> Tensor:
+        if output == "float" and self.dtype == torch.float32 and not self.channels_last:
             output = "native"  # the same graph: the network's output already is float32 NCHW
         graph = self._graphs.get(output)
         if graph is None:
-            graph = _Converted(self.model, self.dtype, self.channels_last, output)
+            if output == "upsample":
+                graph = _Upsampled(bool(self.model.align_corners))
+            else:
+                graph = _Converted(self.model, self.dtype, self.channels_last, output)
             if self.compiled:
                 graph = torch.compile(graph, dynamic=False)
             self._graphs[output] = graph
-        key = (output, tuple(images.shape))
+        key = (output, tuple(images.shape), size)
         first = self.compiled and key not in self._warm
         t0 = time.perf_counter()
         with torch.inference_mode(), _freezing(self.compiled):
-            out = graph(images)
+            out = graph(images) if size is None else graph(images, size)
         if first:
             self._warm.add(key)
             self.compile_seconds += time.perf_counter() - t0
@@ -198,6 +212,54 @@ class InferenceModel(nn.Module):
         No copy is made after the network; the caller converts what it needs.
         """
         return self._run(images, "native")
+
+    def native_labels(self, images: Tensor, *,
+                      max_work: int | None = None) -> tuple[Tensor, int] | None:
+        """``native_logits(images).max(dim=1).indices`` and the class count, computed faster.
+
+        Where the network upsamples its coarse logits last (``coarse_logits``) and the graph is
+        compiled for the CPU, the labels are those of the coarse logits' upsampling as the
+        compiled graph computes it, found at the coarse resolution
+        (:func:`pspnet.models.labels.labels_from_coarse`): the full-size logits are never
+        written or read. pspnet50 bf16 at 473x473 on a 2-core AMX Xeon: the labels in less
+        time than the compiled network alone takes to return its logits (docs/benchmarks.md).
+        Where the undecided cells would cost more than upsampling everything, the coarse
+        logits are upsampled by a compiled graph of their own (the same arithmetic as the
+        network's) and reduced.
+
+        Args:
+            images: Normalised (N, 3, H, W) images on the CPU.
+            max_work: Passed to :func:`~pspnet.models.labels.labels_from_coarse` (tests).
+
+        Returns:
+            (N, H, W) int64 labels and the number of classes; None where this does not apply
+            (not compiled: eager upsampling's arithmetic differs in the last float32 bit; not
+            on the CPU; a network without ``coarse_logits``): use :meth:`native_logits`.
+        """
+        if not (self.compiled and images.device.type == "cpu"
+                and hasattr(self.model, "coarse_logits")):
+            return None
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        classes = getattr(getattr(self, "config", None), "num_classes", None)
+        if isinstance(classes, int) and classes * size[0] * size[1] < COARSE_LABELS_MIN_VALUES:
+            return None  # few values: the network's own upsampling and one max are cheaper
+        coarse = self._run(images, "coarse")  # (N, C, h, w) in the network's dtype and format
+        labels = labels_from_coarse(coarse, size, bool(self.model.align_corners),
+                                    max_work=max_work)
+        if labels is None:
+            labels = self._run(coarse, "upsample", size).max(dim=1).indices
+        return labels, int(coarse.shape[1])
+
+
+class _Upsampled(nn.Module):
+    """The network's last step alone: bilinear upsampling of its coarse logits to ``size``."""
+
+    def __init__(self, align_corners: bool) -> None:
+        super().__init__()
+        self.align_corners = align_corners
+
+    def forward(self, coarse: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(coarse, size, mode="bilinear", align_corners=self.align_corners)
 
 
 def default_channels_last(precision: str, device: str | torch.device, compiled: bool) -> bool:
