@@ -32,6 +32,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,16 @@ import torch
 from pspnet import create_model
 from pspnet.benchmark import count_flops, int8_conv_peak, int8_gemm_is_fast, matmul_peak
 from pspnet.export import export_onnx
+from pspnet.inference import predict_labels
 from pspnet.models.fuse import optimize_for_inference
 from pspnet.precision import cpu_has_native_bf16
 
 
-def _pt2e(model: torch.nn.Module, x: torch.Tensor, calib: list[torch.Tensor]) -> Callable:
+def _pt2e(model: torch.nn.Module, x: torch.Tensor, calib: list[torch.Tensor],
+          keep: dict[str, Any]) -> Callable:
     from pspnet.models.quantize import quantize_pt2e
 
-    fast = quantize_pt2e(model, calib)
+    fast = keep["int8"] = quantize_pt2e(model, calib)
     return lambda: fast(x)
 
 
@@ -184,7 +187,19 @@ def main() -> None:
     if native_bf16:
         bf16 = optimize_for_inference(model, precision="bf16", compile=True)
         add("bf16 compiled", lambda: (lambda: bf16(x)))
-    add("int8 pt2e", lambda: _pt2e(model, x, calib))
+        # Labels (predict / evaluate / serve): found at the coarse resolution.
+        add("bf16 compiled labels", lambda: (lambda: predict_labels(bf16, x)))
+    keep: dict[str, Any] = {}
+    add("int8 pt2e", lambda: _pt2e(model, x, calib, keep))
+    if "int8" in keep:
+        int8 = keep["int8"]
+        add("int8 pt2e labels", lambda: (lambda: predict_labels(int8, x)))
+        add("int8 pt2e logits argmax", lambda: (lambda: int8(x)["out"].max(dim=1).indices))
+        if "int8 pt2e labels" in variants and "int8 pt2e logits argmax" in variants:
+            with torch.inference_mode():
+                differ = int((predict_labels(int8, x) != int8(x)["out"].argmax(1)).sum())
+            print(f"int8 labels that differ from the argmax of the int8 logits: {differ} of "
+                  f"{s * s}")
     if not only or only & {"int8 ort", "ov fp32", "int8 ov"}:
         export_onnx(model, onnx_path, height=s, width=s, check=False)
     add("int8 ort", lambda: _ort(onnx_path, xn, calibn, threads))

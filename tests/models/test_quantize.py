@@ -163,6 +163,17 @@ def test_int8_graph_stops_at_the_coarse_logits_and_the_model_upsamples_them() ->
                                                   align_corners=False))
     scale = ref.abs().max()
     assert (out - ref).abs().max() < 0.2 * scale  # int8 rounding, not another function
+    # Labels from the coarse logits, without the upsampling (both ways of finding them):
+    # those of forward's logits.
+    from pspnet.inference import predict_labels
+
+    batch = torch.cat([images, torch.randn(1, 3, 33, 41)])
+    expected = int8(batch)["out"].max(dim=1).indices
+    for max_work in (None, 1 << 40, 0):
+        got = int8.native_labels(batch, max_work=max_work)
+        assert got is not None and got[1] == 3
+        assert torch.equal(got[0], expected), max_work
+    assert torch.equal(predict_labels(int8, batch), expected)
 
 
 def test_importing_torchao_logs_nothing_on_a_cpu_torch() -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pspnet.models.fuse import fold_batchnorm
+from pspnet.models.labels import labels_from_coarse
 
 __all__ = ["Int8Model", "quantize_pt2e", "INT8_INSTALL_HINT"]
 
@@ -220,6 +221,40 @@ class Int8Model(nn.Module):
         return self
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        out = self._graph_out(images)
+        if self.upsample:  # once for the batch, after joining the small coarse logits
+            out = F.interpolate(out, images.shape[-2:], mode="bilinear",
+                                align_corners=self.align_corners)
+        return {"out": out}
+
+    def native_labels(self, images: Tensor, *,
+                      max_work: int | None = None) -> tuple[Tensor, int] | None:
+        """The labels of the int8 logits, found at the coarse resolution, and the class count.
+
+        As :meth:`pspnet.models.fuse.InferenceModel.native_labels`: the upsampling of the
+        graph's coarse logits is never written (pspnet50 at 473x473 on a 2-core AMX Xeon: 87 ms
+        of upsampling and argmax after the int8 graph, docs/benchmarks.md). The labels are the
+        first maximum of the bilinear formula in float32 as inductor evaluates it; ``forward``
+        upsamples with ATen's eager kernel, whose float32 results may differ in the last bit,
+        so where two classes agree to the last bit the argmax of ``forward``'s logits may pick
+        the other one.
+
+        Returns:
+            (N, H, W) int64 labels and the number of classes; None where the graph returns
+            full-size logits or the images are not on the CPU (use ``forward``).
+        """
+        if not self.upsample or images.device.type != "cpu":
+            return None
+        coarse = self._graph_out(images)  # (N, C, h, w) float32
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        labels = labels_from_coarse(coarse, size, self.align_corners, max_work=max_work)
+        if labels is None:  # too many undecided cells: upsample them all, as forward does
+            labels = F.interpolate(coarse, size, mode="bilinear",
+                                   align_corners=self.align_corners).max(dim=1).indices
+        return labels, int(coarse.shape[1])
+
+    def _graph_out(self, images: Tensor) -> Tensor:
+        """The compiled graph's output for the batch, image by image, joined."""
         x = images.to(torch.float32)
         first = tuple(x.shape[1:]) not in self._warm
         if first:
@@ -231,14 +266,11 @@ class Int8Model(nn.Module):
         with torch.no_grad(), _freezing():
             outs = [self._forward(x[i : i + 1]) for i in range(x.shape[0])]
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        if self.upsample:  # once for the batch, after joining the small coarse logits
-            out = F.interpolate(out, x.shape[-2:], mode="bilinear",
-                                align_corners=self.align_corners)
         if first:
             self._warm.add(tuple(x.shape[1:]))
             self.compile_seconds += time.perf_counter() - t0
             _release_freed_memory()  # what compiling freed: the steady state keeps less
-        return {"out": out}
+        return out
 
 
 def _drop_unused_tensors(graph: torch.fx.GraphModule) -> None:
