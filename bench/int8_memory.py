@@ -17,6 +17,10 @@ counted against the ONNX Runtime variants (a deployment loads the quantized file
 
 Weights and calibration images are random: memory does not depend on them.
 
+``--labels``: the prediction of the PyTorch variants is ``predict_labels(model, x)`` (what
+``pspnet predict`` / ``evaluate`` / ``serve`` run: class labels, which compiled CPU models and
+the int8 model find without full-size logits) instead of the logits ``model(x)``.
+
     python bench/int8_memory.py --arch pspnet50 --size 713 --classes 150 --out mem.json
 """
 
@@ -115,7 +119,15 @@ def _child(args: argparse.Namespace) -> dict[str, float]:
             fn = quantize_pt2e(model, calib, inplace=True)
             # as load_model / the CLI: they return the int8 model and keep no float one
             del model, calib
-        runs = [lambda: fn(x)] * (1 if name == "fp32 eager" else 2)  # compile, then run
+        if args.labels:
+            from pspnet.inference import predict_labels
+
+            def predict(fn=fn):  # noqa: ANN001, ANN202
+                return predict_labels(fn, x)
+        else:
+            def predict(fn=fn):  # noqa: ANN001, ANN202
+                return fn(x)
+        runs = [predict] * (1 if name == "fp32 eager" else 2)  # compile, then run
         torch.set_grad_enabled(False)
     for run in runs:
         t0 = time.perf_counter()
@@ -132,6 +144,8 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=150)
     ap.add_argument("--calib", type=int, default=4)
     ap.add_argument("--only", default="", help="comma-separated variant names to run")
+    ap.add_argument("--labels", action="store_true",
+                    help="PyTorch variants predict labels (predict_labels), not logits")
     ap.add_argument("--out", default=None, help="write the results here (JSON)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -145,7 +159,7 @@ def main() -> None:
         return None
     only = [v for v in VARIANTS if not args.only or v in args.only.split(",")]
     common = ["--arch", args.arch, "--size", str(args.size), "--classes", str(args.classes),
-              "--calib", str(args.calib)]
+              "--calib", str(args.calib), *(["--labels"] if args.labels else [])]
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         me = [sys.executable, __file__, *common, "--dir", tmp]
@@ -165,8 +179,8 @@ def main() -> None:
                   flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"arch": args.arch, "size": args.size,
-                                              "classes": args.classes, "results": results},
-                                             indent=2) + "\n")
+                                              "classes": args.classes, "labels": args.labels,
+                                              "results": results}, indent=2) + "\n")
     return None
 
 

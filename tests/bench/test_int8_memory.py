@@ -27,3 +27,15 @@ def test_each_variant_reports_its_own_peak(tmp_path: Path) -> None:
     assert r["peak_mib"] > r["baseline_mib"] > 50 and r["last_run_s"] > 0
     assert "fp32 eager" in run.stdout and "peak" in run.stdout
 
+
+
+@pytest.mark.slow
+def test_labels_mode_predicts_labels(tmp_path: Path) -> None:
+    out = tmp_path / "mem.json"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--size", "33", "--classes", "3", "--labels",
+         "--only", "fp32 eager", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result["labels"] is True and list(result["results"]) == ["fp32 eager"]

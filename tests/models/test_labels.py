@@ -11,7 +11,7 @@ import pspnet
 from golden import deterministic_images, fill_deterministic
 from pspnet.inference import predict_labels
 from pspnet.models.fuse import _freezing, optimize_for_inference
-from pspnet.models.labels import labels_from_coarse
+from pspnet.models.labels import bilinear_as_compiled, labels_from_coarse
 
 
 def _upsampled_like_inductor(coarse: Tensor, size: tuple[int, int], ac: bool) -> Tensor:
@@ -137,6 +137,7 @@ def test_the_reference_is_what_the_compiled_upsampling_computes(dtype: torch.dty
         with torch.inference_mode(), _freezing(True):
             out = compiled(coarse)
         assert torch.equal(out, _upsampled_like_inductor(coarse, (37, 45), ac))
+        assert torch.equal(out, bilinear_as_compiled(coarse, (37, 45), ac))
         got = labels_from_coarse(coarse, (37, 45), ac, max_work=1 << 40)
         assert torch.equal(got, out.max(dim=1).indices)
 
@@ -145,6 +146,7 @@ def test_the_reference_is_what_the_compiled_upsampling_computes(dtype: torch.dty
 def test_compiled_inference_model_labels_skip_the_full_size_logits(monkeypatch) -> None:
     from pspnet.models import fuse
 
+    torch._dynamo.reset()  # this test counts graphs: none of other tests' may be in the way
     net = pspnet.create_model("pspnet_r18", 5, head_channels=16, aux_channels=16,
                               ppm_channels=8, output_stride=8)
     fill_deterministic(net, 4)
@@ -170,3 +172,41 @@ def test_compiled_inference_model_labels_skip_the_full_size_logits(monkeypatch) 
         assert "upsample" in fast._graphs and torch.equal(forced, labels), precision
     eager = optimize_for_inference(net.eval(), precision="bf16")
     assert eager.native_labels(x) is None  # ATen's eager upsampling is not the replicated one
+
+
+class _FixedLogits(torch.nn.Module):
+    """A "network" whose coarse logits are a given tensor, upsampled as PSPNet does."""
+
+    align_corners = True
+
+    def __init__(self, coarse: Tensor) -> None:
+        super().__init__()
+        self.coarse = torch.nn.Parameter(coarse, requires_grad=False)
+
+    def coarse_logits(self, images: Tensor) -> Tensor:
+        return self.coarse * 1  # (N, C, h, w); a new tensor, as a network's would be
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return {"out": F.interpolate(self.coarse_logits(images), images.shape[-2:],
+                                     mode="bilinear", align_corners=True)}
+
+
+def test_a_graph_that_ran_eagerly_gets_the_labels_of_the_eager_upsampling(monkeypatch) -> None:
+    """dynamo runs a frame eagerly past its recompile limit (8 graphs per code object); the
+    network's logits are then ATen's upsampling, whose float32 results differ from inductor's
+    in the last bit: the labels must be theirs, not the compiled formula's."""
+    from pspnet.models import fuse
+
+    monkeypatch.setattr(torch, "compile", lambda m, **_: m)  # every "compiled" call eager
+    monkeypatch.setattr(fuse, "COARSE_LABELS_MIN_VALUES", 0)
+    g = torch.Generator().manual_seed(10)  # logits where the two upsamplings' labels differ
+    coarse = (torch.randn(2, 5, 6, 7, generator=g) * 0.1 + 0.3).to(torch.bfloat16)
+    x = torch.zeros(2, 3, 41, 50)
+    formula = labels_from_coarse(coarse, (41, 50), True, max_work=1 << 40)
+    eager = F.interpolate(coarse, (41, 50), mode="bilinear", align_corners=True)
+    assert not torch.equal(formula, eager.max(dim=1).indices)  # else this test shows nothing
+    fast = optimize_for_inference(_FixedLogits(coarse), precision="bf16", fold_bn=False,
+                                  compile=True)
+    labels, c = fast.native_labels(x, max_work=1 << 40)
+    assert c == 5 and torch.equal(labels, fast.native_logits(x).max(dim=1).indices)
+    assert torch.equal(labels, eager.max(dim=1).indices)

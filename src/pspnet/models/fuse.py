@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pspnet.models.labels import labels_from_coarse
+from pspnet.models.labels import bilinear_as_compiled, labels_from_coarse
 
 __all__ = ["fold_batchnorm", "InferenceModel", "optimize_for_inference", "PRECISIONS"]
 
@@ -128,7 +128,11 @@ class _Converted(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.output == "coarse":
-            return self.model.coarse_logits(x)  # (N, K, h, w) as the network computed them
+            # (N, K, h, w) as the network computed them, and whether this call ran compiled:
+            # dynamo runs a frame eagerly once its recompile limit is reached (8 graphs per
+            # code object: every InferenceModel's graphs and input shapes share this one), and
+            # then the network's upsampling is ATen's, not inductor's.
+            return self.model.coarse_logits(x), torch.compiler.is_compiling()
         if self.output == "float" and hasattr(self.model, "coarse_logits"):
             # Convert the coarse logits (1/64 of the pixels at stride 8) and upsample them in
             # float32: the full-size logits exist once, in the caller's form. Converting after
@@ -180,7 +184,7 @@ class InferenceModel(nn.Module):
         return super().train(False)
 
     def _run(self, images: Tensor, output: Literal["native", "float", "coarse", "upsample"],
-             size: tuple[int, int] | None = None) -> Tensor:
+             size: tuple[int, int] | None = None) -> Any:
         if output == "float" and self.dtype == torch.float32 and not self.channels_last:
             output = "native"  # the same graph: the network's output already is float32 NCHW
         graph = self._graphs.get(output)
@@ -243,11 +247,18 @@ class InferenceModel(nn.Module):
         classes = getattr(getattr(self, "config", None), "num_classes", None)
         if isinstance(classes, int) and classes * size[0] * size[1] < COARSE_LABELS_MIN_VALUES:
             return None  # few values: the network's own upsampling and one max are cheaper
-        coarse = self._run(images, "coarse")  # (N, C, h, w) in the network's dtype and format
-        labels = labels_from_coarse(coarse, size, bool(self.model.align_corners),
-                                    max_work=max_work)
+        # (N, C, h, w) in the network's dtype and format
+        coarse, compiled = self._run(images, "coarse")
+        align_corners = bool(self.model.align_corners)
+        if not compiled:  # run eagerly by dynamo: the network's own (ATen) upsampling, as then
+            up = F.interpolate(coarse, size, mode="bilinear", align_corners=align_corners)
+            return up.max(dim=1).indices, int(coarse.shape[1])
+        labels = labels_from_coarse(coarse, size, align_corners, max_work=max_work)
         if labels is None:
-            labels = self._run(coarse, "upsample", size).max(dim=1).indices
+            up, compiled = self._run(coarse, "upsample", size)
+            if not compiled:
+                up = bilinear_as_compiled(coarse, size, align_corners)
+            labels = up.max(dim=1).indices
         return labels, int(coarse.shape[1])
 
 
@@ -258,8 +269,9 @@ class _Upsampled(nn.Module):
         super().__init__()
         self.align_corners = align_corners
 
-    def forward(self, coarse: Tensor, size: tuple[int, int]) -> Tensor:
-        return F.interpolate(coarse, size, mode="bilinear", align_corners=self.align_corners)
+    def forward(self, coarse: Tensor, size: tuple[int, int]) -> tuple[Tensor, bool]:
+        up = F.interpolate(coarse, size, mode="bilinear", align_corners=self.align_corners)
+        return up, torch.compiler.is_compiling()  # as _Converted's "coarse" output
 
 
 def default_channels_last(precision: str, device: str | torch.device, compiled: bool) -> bool:

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["labels_from_coarse"]
+__all__ = ["bilinear_as_compiled", "labels_from_coarse"]
 
 # Significand bits (with the implicit one) of the dtypes whose rounding the bound allows for.
 _SIGNIFICAND_BITS = {torch.float32: 24, torch.bfloat16: 8, torch.float16: 11}
@@ -47,6 +47,25 @@ def _source(out_size: int, in_size: int, align_corners: bool) -> tuple[Tensor, T
     x0 = x.to(torch.int64)
     x1 = (x0 + 1).clamp(max=in_size - 1)
     return x0, x1, (x - x0).clamp(0.0, 1.0)
+
+
+def bilinear_as_compiled(coarse: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    """``F.interpolate(coarse, size, mode="bilinear")`` as inductor computes it, in eager ops.
+
+    Bitwise what a compiled graph returns on the CPU (checked by the tests), for when the
+    compiled graph could not run (dynamo past its recompile limit). Full size, so slow: every
+    class upsampled in several passes.
+
+    Returns:
+        (N, C, H, W) in ``coarse``'s dtype.
+    """
+    y0, y1, wy = _source(size[0], coarse.shape[-2], align_corners)
+    x0, x1, wx = _source(size[1], coarse.shape[-1], align_corners)
+    c = coarse.float()
+    r0, r1 = c[:, :, y0], c[:, :, y1]  # (N, C, H, w)
+    top = r0[..., x0] + (r0[..., x1] - r0[..., x0]) * wx
+    bottom = r1[..., x0] + (r1[..., x1] - r1[..., x0]) * wx
+    return (top + (bottom - top) * wy[:, None]).to(coarse.dtype)
 
 
 def _ulp(magnitude: float, bits: int) -> float:
