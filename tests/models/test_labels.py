@@ -64,7 +64,8 @@ def _coarse(seed: int, shape: tuple[int, int, int, int], dtype: torch.dtype) -> 
 def test_labels_are_the_first_maximum_of_the_upsampled_logits(dtype: torch.dtype,
                                                               ac: bool) -> None:
     cases = [((2, 7, 5, 6), (37, 45)), ((1, 4, 4, 4), (29, 29)), ((1, 3, 6, 5), (6, 9)),
-             ((1, 1, 3, 3), (17, 17)), ((1, 5, 1, 7), (3, 50))]
+             ((1, 1, 3, 3), (17, 17)), ((1, 5, 1, 7), (3, 50)),
+             ((1, 4, 10, 10), (5, 7)), ((1, 3, 5, 5), (1, 1)), ((1, 3, 1, 1), (9, 9))]
     for seed in range(6):
         for shape, size in cases:
             coarse = _coarse(seed, shape, dtype)
