@@ -30,6 +30,32 @@ def test_tiny_benchmark_reports_speedups_and_writes_files(tmp_path: Path) -> Non
     assert "| pspnet_r18 inference 64x64 b1 | fp32-folded |" in (tmp_path / "b.md").read_text()
 
 
+def test_labels_rows_time_predict_labels_after_the_logits_rows(monkeypatch) -> None:
+    import pspnet.benchmark.timing as timing
+
+    calls: list[str] = []
+    real = timing.predict_labels
+
+    def spy(model, images, *a, **k):  # noqa: ANN001, ANN202
+        calls.append(type(model).__name__)
+        return real(model, images, *a, **k)
+
+    monkeypatch.setattr(timing, "predict_labels", spy)
+    doc = bench.run_benchmark(arch="pspnet_r18", sizes=(64,), variants=("fp32-eager", "fp32-folded"),
+                              sliding=False, train=False, cpu_archs=False, num_classes=3,
+                              warmup=0, repeats=2, gemm_size=256, progress=None, data=False,
+                              labels=True)
+    rows = [(r["case"], r["variant"]) for r in doc["results"]]
+    assert rows == [("pspnet_r18 inference 64x64 b1", "fp32-eager"),
+                    ("pspnet_r18 inference 64x64 b1", "fp32-folded"),
+                    ("pspnet_r18 labels 64x64 b1", "fp32-eager"),
+                    ("pspnet_r18 labels 64x64 b1", "fp32-folded")]
+    assert calls == ["PSPNet"] * 2 + ["InferenceModel"] * 2  # two timed runs of each
+    labels = doc["results"][2:]
+    assert labels[0]["speedup"] == 1.0 and labels[1]["speedup"] == pytest.approx(
+        labels[0]["ms"] / labels[1]["ms"])
+
+
 def test_flop_count_of_a_conv() -> None:
     import torch
 
@@ -125,7 +151,14 @@ def test_benchmark_device_flag_reaches_run_benchmark(monkeypatch) -> None:
     assert seen["device"] == "cpu"
     args = build_parser().parse_args(["benchmark", "--device", "cuda:0"])
     args.func(args)
-    assert seen["device"] == "cuda:0"
+    assert seen["device"] == "cuda:0" and seen["labels"] is False
+    args = build_parser().parse_args(["benchmark", "--labels"])
+    args.func(args)
+    assert seen["labels"] is True
+    # --labels with no inference case would be ignored: refused, naming both flags.
+    args = build_parser().parse_args(["benchmark", "--labels", "--sizes"])
+    with pytest.raises(ValueError, match="--labels.*--sizes"):
+        args.func(args)
 
 
 def test_cuda_benchmark_without_cuda_names_the_device(monkeypatch) -> None:

@@ -105,8 +105,12 @@ def run_benchmark(
     data: bool = True,
     data_options: dict[str, Any] | None = None,
     device: str = "cpu",
+    labels: bool = False,
 ) -> dict[str, Any]:
     """Run the selected cases; returns ``{"machine", "peaks", "results"}``.
+
+    With ``labels`` every inference variant is timed predicting labels too
+    (:func:`bench_inference`).
 
     With ``data`` the training data pipeline is timed too (:func:`bench_data_pipeline`, called
     with ``data_options``); its summary and verdict are under ``"data_pipeline"``. On a CUDA
@@ -116,7 +120,7 @@ def run_benchmark(
     say = progress or (lambda s: None)
     if device.startswith("cuda"):
         return _run_cuda(arch, sizes, variants, num_classes, warmup, repeats, gemm_size, say,
-                         device)
+                         device, labels)
     native_bf16 = cpu_has_native_bf16()
     if not native_bf16:
         # Emulated bf16 is several times slower than fp32: timing it only wastes the run.
@@ -142,7 +146,7 @@ def run_benchmark(
 
     for size in sizes:
         add(bench_inference(arch, size, variants, num_classes=num_classes, warmup=warmup,
-                            repeats=repeats, peaks=peaks))
+                            repeats=repeats, peaks=peaks, labels=labels))
     fast = "bf16-folded" if native_bf16 else "fp32-folded"
     if sliding:
         add(bench_sliding(arch, num_classes=19, variants=("fp32-eager", fast),
@@ -168,7 +172,7 @@ def run_benchmark(
 
 def _run_cuda(
     arch: str, sizes: tuple[int, ...], variants: tuple[str, ...], num_classes: int, warmup: int,
-    repeats: int, gemm_size: int, say: Callable[[str], None], device: str,
+    repeats: int, gemm_size: int, say: Callable[[str], None], device: str, labels: bool = False,
 ) -> dict[str, Any]:
     """:func:`run_benchmark`'s inference cases on a CUDA device (GEMM peaks measured there)."""
     if not torch.cuda.is_available():
@@ -190,7 +194,7 @@ def _run_cuda(
     results: list[BenchResult] = []
     for size in sizes:
         for r in bench_inference(arch, size, variants, num_classes=num_classes, warmup=warmup,
-                                 repeats=repeats, peaks=peaks, device=device):
+                                 repeats=repeats, peaks=peaks, device=device, labels=labels):
             say(f"{r.case:<42} {r.variant:<18} {r.ms:9.1f} ms  x{r.speedup:4.2f}  "
                 f"{100 * r.peak_fraction:5.1f}% peak")
             results.append(r)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pspnet.inference import predict_sliding
+from pspnet.inference import predict_labels, predict_sliding
 from pspnet.models import create_model
 from pspnet.models.fuse import optimize_for_inference
 from pspnet.precision import cpu_has_native_bf16
@@ -229,9 +229,14 @@ def _inference_variant(model: nn.Module, variant: str, x: torch.Tensor | None = 
 
 def bench_inference(
     arch: str, size: int, variants: tuple[str, ...], *, num_classes: int, warmup: int,
-    repeats: int, peaks: dict[str, float], device: str = "cpu",
+    repeats: int, peaks: dict[str, float], device: str = "cpu", labels: bool = False,
 ) -> list[BenchResult]:
     """Batch-1 inference at ``size`` x ``size`` for each variant (fp32 eager is the baseline).
+
+    ``labels``: each variant is also timed predicting class labels with
+    :func:`pspnet.inference.predict_labels` (what ``pspnet predict`` / ``evaluate`` / ``serve``
+    run; compiled CPU and int8 models find them without full-size logits), as the case
+    ``"<arch> labels <size>x<size> b1"``, its speed-up against fp32 eager's labels.
 
     On a CUDA ``device`` each variant is built from its own copy of the weights moved there, and
     the case's ``extra["gpu_peak_mib"]`` is the device memory it held at its peak in the timed
@@ -244,7 +249,8 @@ def bench_inference(
     x = torch.randn(1, 3, size, size, device=device)
     with torch.inference_mode():
         flops = count_flops(lambda: (copy.deepcopy(model).to(device) if cuda else model)(x))
-    results = []
+    results: list[BenchResult] = []
+    label_results: list[BenchResult] = []
     base_ms = None
     for variant in ("fp32-eager",) + tuple(v for v in variants if v != "fp32-eager"):
         if cuda:
@@ -280,13 +286,42 @@ def bench_inference(
             gflops=flops / 1e9 / (ms / 1e3), peak_fraction=flops / (ms / 1e3) / (peak * 1e9),
             peak_rss_mib=peak_rss_mib(), speedup=base_ms / ms, extra=extra,
         ))
+        if labels:
+            label_results.append(_time_labels(m, x, variant, f"{arch} labels {size}x{size} b1",
+                                              flops, peak, warmup, repeats, cuda, label_results))
         del m
         if cuda:
             # A compiled graph keeps its frozen weights alive in dynamo's cache until reset.
             torch._dynamo.reset()
             gc.collect()
             torch.cuda.empty_cache()
-    return results
+    return results + label_results
+
+
+def _time_labels(
+    m: nn.Module, x: torch.Tensor, variant: str, case: str, flops: float, peak: float,
+    warmup: int, repeats: int, cuda: bool, earlier: list[BenchResult],
+) -> BenchResult:
+    """One variant predicting labels; the speed-up is against the first (fp32 eager) row."""
+    reset_peak_rss()  # the row's peak: these calls, over what the variant holds
+
+    def run() -> None:
+        with torch.inference_mode():
+            predict_labels(m, x)
+        if cuda:
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        run()
+    t = _time({variant: run}, 0, repeats)[variant]
+    ms = statistics.median(t) * 1e3
+    base_ms = earlier[0].ms if earlier else ms
+    return BenchResult(
+        case=case, variant=variant, ms=ms, ms_min=min(t) * 1e3, ms_max=max(t) * 1e3,
+        gflop=flops / 1e9, gflops=flops / 1e9 / (ms / 1e3),
+        peak_fraction=flops / (ms / 1e3) / (peak * 1e9), peak_rss_mib=peak_rss_mib(),
+        speedup=base_ms / ms, extra={"compile_s": round(getattr(m, "compile_seconds", 0.0), 1)},
+    )
 
 
 def bench_sliding(

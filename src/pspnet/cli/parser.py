@@ -308,6 +308,9 @@ def _add_benchmark(sub: Subparsers) -> None:
                             "bf16-compile"],
                    help="bf16 variants are skipped on CPUs without native bf16; int8-compile "
                         "(int8 PT2E + inductor, needs torchao) is timed when named")
+    s.add_argument("--labels", action="store_true",
+                   help="also time each inference variant predicting class labels "
+                        "(predict_labels: what predict, evaluate and serve run)")
     s.add_argument("--warmup", type=int, default=2, help="untimed runs per case (default 2)")
     s.add_argument("--repeats", type=int, default=5, help="timed runs per case (default 5)")
     s.add_argument("--no-sliding", action="store_true", help="skip the 2048x1024 sliding case")

@@ -267,6 +267,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         sliding=not args.no_sliding, train=not args.no_train, cpu_archs=not args.no_cpu_archs,
         warmup=args.warmup, repeats=args.repeats,
         data=not args.no_data, data_options=data_options, device=args.device,
+        labels=args.labels,
     )
     benchmark.save(doc, args.json, args.markdown)
     return 0
@@ -276,6 +277,9 @@ def _check_benchmark_flags(args: argparse.Namespace) -> None:
     """Refuse benchmark flags that the chosen cases would ignore; check the output files."""
     check_output_file(args.json, "--json")
     check_output_file(args.markdown, "--markdown")
+    if args.labels and not args.sizes:
+        raise ValueError("--labels times the inference cases, which a bare --sizes skips; give "
+                         "--sizes (e.g. --sizes 473) or leave --labels out")
     if args.warmup < 0 or args.repeats < 1:
         raise ValueError(f"--warmup {args.warmup} --repeats {args.repeats}: warm-up runs must be "
                          ">= 0 and timed runs >= 1")
