@@ -229,7 +229,8 @@ class InferenceModel(nn.Module):
         time than the compiled network alone takes to return its logits (docs/benchmarks.md).
         Where the undecided cells would cost more than upsampling everything, the coarse
         logits are upsampled by a compiled graph of their own (the same arithmetic as the
-        network's) and reduced.
+        network's) and reduced. Where dynamo ran the graph eagerly (past its recompile limit),
+        the labels are those of ATen's upsampling, as the network's logits then are.
 
         Args:
             images: Normalised (N, 3, H, W) images on the CPU.
@@ -238,7 +239,8 @@ class InferenceModel(nn.Module):
         Returns:
             (N, H, W) int64 labels and the number of classes; None where this does not apply
             (not compiled: eager upsampling's arithmetic differs in the last float32 bit; not
-            on the CPU; a network without ``coarse_logits``): use :meth:`native_logits`.
+            on the CPU; a network without ``coarse_logits``; fewer than
+            :data:`COARSE_LABELS_MIN_VALUES` logits per image): use :meth:`native_logits`.
         """
         if not (self.compiled and images.device.type == "cpu"
                 and hasattr(self.model, "coarse_logits")):
