@@ -14,30 +14,6 @@ from pspnet.models.fuse import _freezing, optimize_for_inference
 from pspnet.models.labels import bilinear_as_compiled, labels_from_coarse
 
 
-def _upsampled_like_inductor(coarse: Tensor, size: tuple[int, int], ac: bool) -> Tensor:
-    """Every class upsampled with the arithmetic of inductor's bilinear decomposition.
-
-    float32 source indices and weights, ``v0 + (v1 - v0) * w`` along the width then the height,
-    rounded once to the logits' dtype. The slow test below checks this against torch.compile.
-    """
-    h, w = coarse.shape[-2:]
-
-    def source(out: int, inp: int) -> tuple[Tensor, Tensor, Tensor]:
-        i = torch.arange(out, dtype=torch.float32)
-        x = ((inp - 1.0) / (out - 1.0) if out > 1 else 0.0) * i if ac else (
-            (inp / out) * (i + 0.5) - 0.5)
-        x = x.clamp(min=0.0)
-        x0 = x.to(torch.int64)
-        return x0, (x0 + 1).clamp(max=inp - 1), (x - x0).clamp(0.0, 1.0)
-
-    y0, y1, wy = source(size[0], h)
-    x0, x1, wx = source(size[1], w)
-    c = coarse.float()
-    top = c[:, :, y0][:, :, :, x0] + (c[:, :, y0][:, :, :, x1] - c[:, :, y0][:, :, :, x0]) * wx
-    bot = c[:, :, y1][:, :, :, x0] + (c[:, :, y1][:, :, :, x1] - c[:, :, y1][:, :, :, x0]) * wx
-    return (top + (bot - top) * wy[:, None]).to(coarse.dtype)
-
-
 def _coarse(seed: int, shape: tuple[int, int, int, int], dtype: torch.dtype) -> Tensor:
     """Logits with clear regions, exact ties, near ties and signed zeros.
 
@@ -71,7 +47,7 @@ def test_labels_are_the_first_maximum_of_the_upsampled_logits(dtype: torch.dtype
             coarse = _coarse(seed, shape, dtype)
             for memory in (torch.contiguous_format, torch.channels_last):
                 x = coarse.contiguous(memory_format=memory)
-                expected = _upsampled_like_inductor(x, size, ac).max(dim=1).indices
+                expected = bilinear_as_compiled(x, size, ac).max(dim=1).indices
                 got = labels_from_coarse(x, size, ac, max_work=1 << 40)
                 assert got is not None and got.dtype == torch.int64
                 assert torch.equal(got, expected), (seed, shape, size, memory)
@@ -90,7 +66,7 @@ def test_a_lead_of_one_rounding_step_is_not_taken_for_granted(dtype: torch.dtype
     coarse = torch.cat([signed, bigger.to(dtype)], dim=1)
     assert bool((coarse[:, 1].float() > coarse[:, 0].float()).all())
     for ac in (False, True):
-        expected = _upsampled_like_inductor(coarse, (41, 43), ac).max(dim=1).indices
+        expected = bilinear_as_compiled(coarse, (41, 43), ac).max(dim=1).indices
         assert 0 < int(expected.sum()) < expected.numel()  # class 0 wins some ties
         assert torch.equal(labels_from_coarse(coarse, (41, 43), ac, max_work=1 << 40), expected)
 
@@ -137,7 +113,6 @@ def test_the_reference_is_what_the_compiled_upsampling_computes(dtype: torch.dty
         coarse = _coarse(seed, (2, 7, 5, 6), dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), _freezing(True):
             out = compiled(coarse)
-        assert torch.equal(out, _upsampled_like_inductor(coarse, (37, 45), ac))
         assert torch.equal(out, bilinear_as_compiled(coarse, (37, 45), ac))
         got = labels_from_coarse(coarse, (37, 45), ac, max_work=1 << 40)
         assert torch.equal(got, out.max(dim=1).indices)
