@@ -18,6 +18,7 @@ from pspnet.inference import (
     default_stride,
     get_protocol,
     predict,
+    predict_labels,
     predict_labels_tiled,
     predict_sliding,
     predict_whole,
@@ -247,6 +248,8 @@ def test_bad_arguments_raise() -> None:
         predict_sliding(model, images(1, 8, 8), crop_size=4, stride=5)
     with pytest.raises(ValueError, match="num_classes"):
         predict_sliding(model, images(1, 8, 8), crop_size=4, num_classes=C + 1)
+    with pytest.raises(ValueError, match=f"num_classes={C + 1} but the model returned {C}"):
+        predict_labels(model, images(1, 8, 8), num_classes=C + 1)
     with pytest.raises(ValueError, match="crop_size"):
         predict(model, images(1, 8, 8), mode="slide")
     with pytest.raises(ValueError, match="pad_mode"):

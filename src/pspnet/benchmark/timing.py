@@ -276,16 +276,11 @@ def bench_inference(
         extra = {"compile_s": round(getattr(m, "compile_seconds", 0.0), 1)}
         if cuda:
             extra["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
-        ms = statistics.median(t) * 1e3
-        base_ms = base_ms or ms
         arith = variant.split("-")[0]
         peak = peaks.get(arith, peaks["bf16" if arith == "fp16" else "fp32"])
-        results.append(BenchResult(
-            case=f"{arch} inference {size}x{size} b1", variant=variant, ms=ms,
-            ms_min=min(t) * 1e3, ms_max=max(t) * 1e3, gflop=flops / 1e9,
-            gflops=flops / 1e9 / (ms / 1e3), peak_fraction=flops / (ms / 1e3) / (peak * 1e9),
-            peak_rss_mib=peak_rss_mib(), speedup=base_ms / ms, extra=extra,
-        ))
+        results.append(_row(f"{arch} inference {size}x{size} b1", variant, t, flops, peak,
+                            base_ms, extra))
+        base_ms = base_ms or results[0].ms
         if labels:
             label_results.append(_time_labels(m, x, variant, f"{arch} labels {size}x{size} b1",
                                               flops, peak, warmup, repeats, cuda, label_results))
@@ -311,16 +306,20 @@ def _time_labels(
         if cuda:
             torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        run()
-    t = _time({variant: run}, 0, repeats)[variant]
-    ms = statistics.median(t) * 1e3
-    base_ms = earlier[0].ms if earlier else ms
+    t = _time({variant: run}, warmup, repeats)[variant]
+    return _row(case, variant, t, flops, peak, earlier[0].ms if earlier else None,
+                {"compile_s": round(getattr(m, "compile_seconds", 0.0), 1)})
+
+
+def _row(case: str, variant: str, times: list[float], flops: float, peak: float,
+         base_ms: float | None, extra: dict[str, Any]) -> BenchResult:
+    """One inference row from its timed runs (s); ``base_ms`` None: this row is the base."""
+    ms = statistics.median(times) * 1e3
     return BenchResult(
-        case=case, variant=variant, ms=ms, ms_min=min(t) * 1e3, ms_max=max(t) * 1e3,
+        case=case, variant=variant, ms=ms, ms_min=min(times) * 1e3, ms_max=max(times) * 1e3,
         gflop=flops / 1e9, gflops=flops / 1e9 / (ms / 1e3),
         peak_fraction=flops / (ms / 1e3) / (peak * 1e9), peak_rss_mib=peak_rss_mib(),
-        speedup=base_ms / ms, extra={"compile_s": round(getattr(m, "compile_seconds", 0.0), 1)},
+        speedup=(base_ms or ms) / ms, extra=extra,
     )
 
 

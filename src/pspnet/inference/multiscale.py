@@ -272,19 +272,16 @@ def predict_labels(
     with torch.no_grad():
         if opts.mode == "whole" and not resized and not opts.flip and exact_sum:
             fast = _native_labels(model, images, opts)
-            if fast is not None:
-                labels, c = fast
-                if num_classes is not None and c != num_classes:
-                    raise ValueError(
-                        f"num_classes={num_classes} but the model returned {c} channels")
-                return labels.to(acc_device)
-            out = _native_forward(model, images, precision=opts.precision)
-            if num_classes is not None and out.shape[1] != num_classes:
-                got = out.shape[1]
-                raise ValueError(f"num_classes={num_classes} but the model returned {got} channels")
-            if tuple(out.shape[-2:]) != tuple(images.shape[-2:]):
-                out = _resize(_as_float(out), tuple(images.shape[-2:]), bool(opts.align_corners))
-            return _channel_argmax(out).to(acc_device)
+            if fast is None:  # the argmax of the network's own full-size logits
+                out = _native_forward(model, images, precision=opts.precision)
+                if tuple(out.shape[-2:]) != tuple(images.shape[-2:]):
+                    out = _resize(_as_float(out), tuple(images.shape[-2:]),
+                                  bool(opts.align_corners))
+                fast = _channel_argmax(out), int(out.shape[1])
+            labels, c = fast
+            if num_classes is not None and c != num_classes:
+                raise ValueError(f"num_classes={num_classes} but the model returned {c} channels")
+            return labels.to(acc_device)
         return _channel_argmax(predict(model, images, opts, num_classes=num_classes))
 
 
